@@ -1,0 +1,150 @@
+//! Command-line interface. The doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::paths::DEFAULT_PIN_DIR;
+
+/// Egress enforcer for Docker hosts: eBPF programs on cgroups let a policed container reach
+/// only the destinations it is allowed, and deny everything else at once with EPERM.
+///
+/// Everything the agent puts in the kernel is pinned under one bpffs directory, so enforcement
+/// survives the agent's exit or crash; `cleanup` removes it all.
+#[derive(Debug, Parser)]
+#[command(name = "egress-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "EGRESS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `egress_agent=debug`). RUST_LOG
+    /// works too.
+    #[arg(long, default_value = "info", global = true, env = "EGRESS_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the programs (reusing pinned state of an earlier run without a gap),
+    /// apply policies, and log every denial and audit hit until SIGINT/SIGTERM. Programs stay
+    /// attached and maps pinned after it exits.
+    ///
+    /// Example: police one cgroup so that it may reach 10.0.0.5 on any port and port 53 of
+    /// 10.0.0.0/8 only:
+    ///
+    ///   egress-agent run --policy 'mygroup=10.0.0.5,10.0.0.0/8:53'
+    Run(RunArgs),
+    /// Show what is pinned and attached: policed cgroups with their mode and allowed entries,
+    /// the programs the kernel reports attached, and the counters. Read-only; works whether or
+    /// not an agent runs.
+    Status(StatusArgs),
+    /// Detach every program and unpin every map under the pin directory. Enforcement stops.
+    /// Safe to run twice.
+    Cleanup(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the agent's pinned maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, env = "EGRESS_PIN_DIR")]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+
+    /// cgroup v2 directory to attach the programs to, absolute or relative to the cgroup v2
+    /// mount. They judge sockets of every cgroup below it, including ones created later, and
+    /// pass unpoliced cgroups after one map lookup. Default: the cgroup v2 root.
+    #[arg(long, env = "EGRESS_ATTACH_CGROUP")]
+    pub attach_cgroup: Option<PathBuf>,
+
+    /// Police a cgroup: `CGROUP[@MODE]=ENTRY[,ENTRY...]`. CGROUP is a cgroup v2 directory
+    /// (absolute, or relative to the cgroup v2 mount); MODE is `enforce` (default) or `audit`;
+    /// an ENTRY is an address or CIDR with an optional port: `10.0.0.5`, `10.0.0.0/8:53`,
+    /// `::1`, `[2001:db8::1]:443`, `[2001:db8::/32]:443`. No entries: everything is denied.
+    /// Repeat for more cgroups.
+    #[arg(long = "policy", value_name = "SPEC")]
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_repeated_policies() {
+        let cli = Cli::try_parse_from([
+            "egress-agent",
+            "run",
+            "--policy",
+            "a=10.0.0.1",
+            "--policy",
+            "b@audit=",
+            "--attach-cgroup",
+            "/sys/fs/cgroup/x",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Run(r) => {
+                assert_eq!(r.policies, vec!["a=10.0.0.1", "b@audit="]);
+                assert_eq!(r.attach_cgroup, Some(PathBuf::from("/sys/fs/cgroup/x")));
+                assert_eq!(r.pin.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_and_cleanup_take_a_pin_dir() {
+        let cli = Cli::try_parse_from([
+            "egress-agent",
+            "status",
+            "--json",
+            "--pin-dir",
+            "/sys/fs/bpf/t",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { json: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["egress-agent", "cleanup"]).unwrap();
+        assert!(matches!(cli.command, Command::Cleanup(_)));
+    }
+
+    #[test]
+    fn unknown_log_format_is_rejected() {
+        assert!(Cli::try_parse_from(["egress-agent", "--log-format", "xml", "status"]).is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The pin directory and the check that tells a reusable pinned state from one left by an
+//! incompatible version.
+//!
+//! ```text
+//! <pin dir>/maps/EG_*                          the maps (see egress_common::maps)
+//! <pin dir>/links/<hook>-<cgroup id>-<stamp>   one link per program and attach cgroup
+//! ```
+//!
+//! (bpffs refuses names with dots.)
+
+use std::{
+    fs, io,
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapInfo, MapType, lpm_trie::Key};
+use egress_common::{
+    maps,
+    policy::CgroupPolicy,
+    rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
+    stats,
+};
+
+use crate::{
+    paths::{LINKS_SUBDIR, MAPS_SUBDIR},
+    sys::bpf::{link_detach, obj_get},
+};
+
+/// What a map must look like to be reused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapShape {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn sz<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
+/// The shapes the current eBPF object declares (kept beside the shared types they come from).
+pub fn expected_shapes() -> [MapShape; 8] {
+    [
+        MapShape {
+            name: maps::CGROUP_POLICY,
+            map_type: MapType::Hash,
+            key_size: sz::<u64>(),
+            value_size: sz::<CgroupPolicy>(),
+            max_entries: maps::MAX_POLICED_CGROUPS,
+        },
+        MapShape {
+            name: maps::ALLOW_V4,
+            map_type: MapType::Hash,
+            key_size: sz::<Ip4RuleKey>(),
+            value_size: sz::<RuleValue>(),
+            max_entries: maps::MAX_ADDR_RULES,
+        },
+        MapShape {
+            name: maps::ALLOW_V6,
+            map_type: MapType::Hash,
+            key_size: sz::<Ip6RuleKey>(),
+            value_size: sz::<RuleValue>(),
+            max_entries: maps::MAX_ADDR_RULES,
+        },
+        MapShape {
+            name: maps::CIDR_V4,
+            map_type: MapType::LpmTrie,
+            key_size: sz::<Key<Cidr4Data>>(),
+            value_size: sz::<RuleValue>(),
+            max_entries: maps::MAX_CIDR_RULES,
+        },
+        MapShape {
+            name: maps::CIDR_V6,
+            map_type: MapType::LpmTrie,
+            key_size: sz::<Key<Cidr6Data>>(),
+            value_size: sz::<RuleValue>(),
+            max_entries: maps::MAX_CIDR_RULES,
+        },
+        MapShape {
+            name: maps::EVENTS,
+            map_type: MapType::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: maps::EVENTS_BYTES,
+        },
+        MapShape {
+            name: maps::STATS,
+            map_type: MapType::PerCpuArray,
+            key_size: sz::<u32>(),
+            value_size: sz::<u64>(),
+            max_entries: stats::SLOTS,
+        },
+        MapShape {
+            name: maps::META,
+            map_type: MapType::Array,
+            key_size: sz::<u32>(),
+            value_size: sz::<u64>(),
+            max_entries: maps::META_SLOTS,
+        },
+    ]
+}
+
+/// The agent's directory in bpffs.
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+/// What [`PinDir::check`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PinnedState {
+    /// Nothing pinned yet.
+    Empty,
+    /// Maps of this layout: reuse them.
+    Compatible,
+    /// Something else is pinned; the reason says what differs.
+    Incompatible(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PinIoError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinIoError + '_ {
+    move |source| PinIoError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A link pin's file name: `<hook>-<cgroup id>-<stamp>`.
+pub fn link_pin_name(hook: &str, cgroup_id: u64, stamp: u128) -> String {
+    format!("{hook}-{cgroup_id}-{stamp}")
+}
+
+/// Parses a link pin name into (hook, cgroup id).
+pub fn parse_link_pin_name(name: &str) -> Option<(&str, u64)> {
+    let (hook, rest) = name.split_once('-')?;
+    let (cg, _stamp) = rest.split_once('-')?;
+    Some((hook, cg.parse().ok()?))
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join(MAPS_SUBDIR)
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join(LINKS_SUBDIR)
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    /// The pinned link files, sorted by name.
+    pub fn link_pins(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.links())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Compares what is pinned with what this build would create.
+    pub fn check(&self) -> PinnedState {
+        let shapes = expected_shapes();
+        let present: Vec<bool> = shapes.iter().map(|s| self.map(s.name).exists()).collect();
+        if present.iter().all(|p| !p) {
+            return PinnedState::Empty;
+        }
+        for (shape, present) in shapes.iter().zip(&present) {
+            if !present {
+                return PinnedState::Incompatible(format!("map {} is missing", shape.name));
+            }
+            let info = match MapInfo::from_pin(self.map(shape.name)) {
+                Ok(i) => i,
+                Err(e) => {
+                    return PinnedState::Incompatible(format!(
+                        "map {} unreadable: {e}",
+                        shape.name
+                    ));
+                }
+            };
+            let found = MapShape {
+                name: shape.name,
+                map_type: match info.map_type() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return PinnedState::Incompatible(format!(
+                            "map {} has an unknown type: {e}",
+                            shape.name
+                        ));
+                    }
+                },
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+            };
+            if found != *shape {
+                return PinnedState::Incompatible(format!(
+                    "map {}: pinned {:?}/key {}/value {}/max {}, this build needs {:?}/key {}/value {}/max {}",
+                    shape.name,
+                    found.map_type,
+                    found.key_size,
+                    found.value_size,
+                    found.max_entries,
+                    shape.map_type,
+                    shape.key_size,
+                    shape.value_size,
+                    shape.max_entries
+                ));
+            }
+        }
+        match read_layout_version(&self.map(maps::META)) {
+            Some(v) if v == egress_common::LAYOUT_VERSION => PinnedState::Compatible,
+            Some(v) => PinnedState::Incompatible(format!(
+                "layout version {v}, this build uses {}",
+                egress_common::LAYOUT_VERSION
+            )),
+            None => PinnedState::Incompatible("no layout version recorded".into()),
+        }
+    }
+
+    /// Detaches every pinned link (even ones other processes still hold) and removes every pin
+    /// and directory. Returns the number of links and maps removed. Missing pieces are fine.
+    pub fn remove_all(&self) -> Result<(usize, usize), PinIoError> {
+        let mut links = 0;
+        for pin in self.link_pins() {
+            if let Ok(fd) = obj_get(&pin) {
+                // A link whose cgroup is gone is already detached; ignore that error.
+                let _ = link_detach(&fd);
+            }
+            remove_file(&pin)?;
+            links += 1;
+        }
+        let mut maps_removed = 0;
+        for entry in fs::read_dir(self.maps()).into_iter().flatten().flatten() {
+            remove_file(&entry.path())?;
+            maps_removed += 1;
+        }
+        for dir in [self.links(), self.maps(), self.root.clone()] {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+        }
+        Ok((links, maps_removed))
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), PinIoError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Reads the layout version from a pinned META map.
+pub fn read_layout_version(path: &Path) -> Option<u64> {
+    let data = aya::maps::MapData::from_pin(path).ok()?;
+    let arr: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    arr.get(&maps::META_LAYOUT_SLOT, 0).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        let n = link_pin_name("connect4", 1234, 99);
+        assert_eq!(n, "connect4-1234-99");
+        assert_eq!(parse_link_pin_name(&n), Some(("connect4", 1234)));
+        assert_eq!(parse_link_pin_name("garbage"), None);
+    }
+
+    #[test]
+    fn shapes_match_the_shared_types() {
+        let s = expected_shapes();
+        assert_eq!(s[3].key_size, 16, "LPM key is prefix_len + 12 data bytes");
+        assert_eq!(s[4].key_size, 28);
+        assert!(s.iter().all(|m| maps::ALL.contains(&m.name)));
+    }
+}

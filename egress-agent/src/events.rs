@@ -1,0 +1,179 @@
+//! Decoding the programs' event records into something a person can read.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use egress_common::{
+    AF_INET,
+    event::{Event, Hook, Reason, Verdict},
+};
+
+use crate::enforcer::reason_name;
+
+/// A denial or audit hit, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressEvent {
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub policy_id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: u8,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub hook: Hook,
+}
+
+impl EgressEvent {
+    /// Decodes a raw ring-buffer record. Returns None for a record of the wrong size or with
+    /// unknown codes (a newer kernel object than this agent).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the length was checked; Event is plain data valid for any bit pattern, and
+        // read_unaligned copes with the ring buffer's 8-byte alignment.
+        let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Self::from_raw(&e)
+    }
+
+    pub fn from_raw(e: &Event) -> Option<Self> {
+        let addr = if e.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(e.addr))
+        };
+        let verdict = match e.verdict {
+            1 => Verdict::Denied,
+            2 => Verdict::Audited,
+            _ => return None,
+        };
+        let reason = match e.reason {
+            1 => Reason::NoMatchingRule,
+            _ => return None,
+        };
+        let hook = match e.hook {
+            1 => Hook::Connect4,
+            2 => Hook::Connect6,
+            3 => Hook::Sendmsg4,
+            4 => Hook::Sendmsg6,
+            _ => return None,
+        };
+        let end = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        Some(Self {
+            cgroup_id: e.cgroup_id,
+            pid: e.pid,
+            tid: e.tid,
+            comm: String::from_utf8_lossy(&e.comm[..end]).into_owned(),
+            policy_id: e.policy_id,
+            addr,
+            port: e.port,
+            protocol: e.protocol,
+            verdict,
+            reason,
+            hook,
+        })
+    }
+
+    pub fn verdict_name(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Denied => "denied",
+            Verdict::Audited => "audit",
+        }
+    }
+
+    pub fn reason_name(&self) -> &'static str {
+        reason_name(self.reason)
+    }
+
+    /// `tcp`, `udp` or the protocol number.
+    pub fn protocol_name(&self) -> String {
+        match self.protocol {
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            p => p.to_string(),
+        }
+    }
+
+    /// The destination as `addr:port` / `[addr]:port`.
+    pub fn destination(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+}
+
+impl fmt::Display for EgressEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} from pid {} ({}) in cgroup {}: {}",
+            self.verdict_name(),
+            self.protocol_name(),
+            self.destination(),
+            self.pid,
+            self.comm,
+            self.cgroup_id,
+            self.reason_name()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> Event {
+        let mut e = Event::zeroed();
+        e.cgroup_id = 42;
+        e.pid = 100;
+        e.tid = 101;
+        e.port = 443;
+        e.family = AF_INET;
+        e.protocol = 6;
+        e.verdict = 1;
+        e.reason = 1;
+        e.hook = 1;
+        e.comm[..4].copy_from_slice(b"curl");
+        e.addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        e
+    }
+
+    #[test]
+    fn decodes_a_v4_denial() {
+        let e = raw();
+        // SAFETY: Event is plain data.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>()) };
+        let d = EgressEvent::decode(bytes).unwrap();
+        assert_eq!(d.addr, "10.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(d.comm, "curl");
+        assert_eq!(d.destination(), "10.0.0.9:443");
+        assert_eq!(
+            d.to_string(),
+            "denied tcp 10.0.0.9:443 from pid 100 (curl) in cgroup 42: no_matching_rule"
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(EgressEvent::decode(&[0u8; 10]).is_none());
+        let mut e = raw();
+        e.verdict = 9;
+        assert!(EgressEvent::from_raw(&e).is_none());
+    }
+
+    #[test]
+    fn v6_destinations_are_bracketed() {
+        let mut e = raw();
+        e.family = egress_common::AF_INET6;
+        e.addr = Ipv6Addr::LOCALHOST.octets();
+        let d = EgressEvent::from_raw(&e).unwrap();
+        assert_eq!(d.destination(), "[::1]:443");
+    }
+}

@@ -1,0 +1,202 @@
+//! The one task that owns the [`Enforcer`]: it applies commands sent through an
+//! [`EnforcerHandle`] and drains the event ring buffer, so nothing else ever touches the maps.
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{error, warn};
+
+use crate::{
+    enforcer::{Applied, Enforcer, EnforcerError, Stats},
+    events::EgressEvent,
+    policy::Policy,
+    sys::cgroup::CgroupId,
+};
+
+/// How many decoded events may wait for slow subscribers before the oldest are dropped (and
+/// counted).
+const EVENT_BACKLOG: usize = 8192;
+
+enum Command {
+    Set {
+        cgroup: CgroupId,
+        policy: Policy,
+        reply: oneshot::Sender<Result<(), EnforcerError>>,
+    },
+    Remove {
+        cgroup: CgroupId,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    Policies {
+        reply: oneshot::Sender<Vec<(CgroupId, Applied)>>,
+    },
+    Stats {
+        reply: oneshot::Sender<Result<Stats, EnforcerError>>,
+    },
+}
+
+/// The owner task stopped (it only stops when every handle is dropped or it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the enforcer task has stopped")]
+pub struct OwnerGone;
+
+/// Errors of a command sent to the owner.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Gone(#[from] OwnerGone),
+    #[error(transparent)]
+    Enforcer(#[from] EnforcerError),
+}
+
+/// A cheap, clonable handle on the owner task.
+#[derive(Clone)]
+pub struct EnforcerHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<EgressEvent>,
+}
+
+impl EnforcerHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, OwnerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| OwnerGone)?;
+        rx.await.map_err(|_| OwnerGone)
+    }
+
+    /// Sets or replaces the policy of a cgroup.
+    pub async fn set_policy(&self, cgroup: CgroupId, policy: Policy) -> Result<(), CommandError> {
+        Ok(self
+            .ask(|reply| Command::Set {
+                cgroup,
+                policy,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Removes the policy of a cgroup; false if it had none.
+    pub async fn remove_policy(&self, cgroup: CgroupId) -> Result<bool, CommandError> {
+        Ok(self
+            .ask(|reply| Command::Remove { cgroup, reply })
+            .await??)
+    }
+
+    /// The policies in force.
+    pub async fn policies(&self) -> Result<Vec<(CgroupId, Applied)>, OwnerGone> {
+        self.ask(|reply| Command::Policies { reply }).await
+    }
+
+    /// The kernel counters.
+    pub async fn stats(&self) -> Result<Stats, CommandError> {
+        Ok(self.ask(|reply| Command::Stats { reply }).await??)
+    }
+
+    /// Subscribes to decoded events (denials and audit hits).
+    pub fn subscribe(&self) -> broadcast::Receiver<EgressEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Starts the owner task. It runs until every handle is dropped.
+pub fn spawn(mut enforcer: Enforcer) -> (EnforcerHandle, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Command>(256);
+    let (events_tx, _) = broadcast::channel(EVENT_BACKLOG);
+    // SAFETY: the RingBuf owns its descriptor for as long as the AsyncFd lives.
+    let ring = enforcer
+        .take_events()
+        .and_then(|r| match unsafe { AsyncFd::register(r) } {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                error!("cannot poll the event ring buffer, events will not be reported: {e}");
+                None
+            }
+        });
+    let handle = EnforcerHandle {
+        tx,
+        events: events_tx.clone(),
+    };
+    let task = tokio::spawn(async move {
+        let mut ring = ring;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => apply(&mut enforcer, cmd),
+                    None => break,
+                },
+                Some(()) = readable(&mut ring) => {
+                    if let Some(ring) = ring.as_mut() {
+                        drain(ring, &events_tx);
+                    }
+                }
+            }
+        }
+        // Last words: whatever is still in the ring buffer.
+        if let Some(ring) = ring.as_mut() {
+            drain(ring, &events_tx);
+        }
+    });
+    (handle, task)
+}
+
+fn apply(enforcer: &mut Enforcer, cmd: Command) {
+    match cmd {
+        Command::Set {
+            cgroup,
+            policy,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_policy(cgroup, &policy));
+        }
+        Command::Remove { cgroup, reply } => {
+            let _ = reply.send(enforcer.remove_policy(cgroup));
+        }
+        Command::Policies { reply } => {
+            let _ = reply.send(
+                enforcer
+                    .policies()
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect(),
+            );
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(enforcer.stats());
+        }
+    }
+}
+
+/// Waits until the ring buffer has data; pending forever if there is none.
+async fn readable(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Option<()> {
+    match ring.as_mut() {
+        Some(fd) => match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.clear_ready();
+                Some(())
+            }
+            Err(e) => {
+                warn!("event ring buffer poll failed: {e}");
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn drain(ring: &mut AsyncFd<RingBuf<MapData>>, tx: &broadcast::Sender<EgressEvent>) {
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        match EgressEvent::decode(&item) {
+            // No subscriber is not an error: the counters still have it.
+            Some(ev) => {
+                let _ = tx.send(ev);
+            }
+            None => warn!(len = item.len(), "undecodable event record"),
+        }
+    }
+}

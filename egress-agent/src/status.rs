@@ -1,0 +1,227 @@
+//! The read-only view behind `egress-agent status`: what is pinned and attached, straight from
+//! bpffs and the kernel, whether or not an agent is running.
+
+use std::{fs::File, path::Path};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie};
+use egress_common::maps;
+use serde::Serialize;
+
+use crate::{
+    enforcer::{
+        layout::{self, PinDir, PinnedState},
+        read_stats, read_view,
+    },
+    policy::mode_name,
+    sys::{
+        bpf::{CgroupAttachType, attached_programs},
+        cgroup, mounts,
+    },
+};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    /// `empty`, `compatible` or `incompatible: <reason>`.
+    pub pinned_state: String,
+    pub links: Vec<LinkStatus>,
+    pub policies: Vec<PolicyStatus>,
+    pub orphan_rules: usize,
+    pub counters: Option<Counters>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkStatus {
+    pub hook: String,
+    pub cgroup_id: u64,
+    /// The cgroup's path, if it still exists.
+    pub cgroup: Option<String>,
+    /// Programs the kernel reports attached to that cgroup for this hook.
+    pub kernel_attached_prog_ids: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyStatus {
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub policy_id: u32,
+    pub mode: &'static str,
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counters {
+    pub allowed: u64,
+    pub denied: std::collections::BTreeMap<&'static str, u64>,
+    pub audited: std::collections::BTreeMap<&'static str, u64>,
+    pub events_lost: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    pin: &PinDir,
+    name: &'static str,
+    wrap: fn(MapData) -> Map,
+) -> Result<T, StatusError> {
+    let data =
+        MapData::from_pin(pin.map(name)).map_err(|source| StatusError::Map { name, source })?;
+    T::try_from(wrap(data)).map_err(|source| StatusError::Map { name, source })
+}
+
+/// Reads the pinned state under `pin_dir`.
+pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
+    let pin = PinDir::new(pin_dir);
+    let state = pin.check();
+    let cg_root = mounts::cgroup2_mount().ok();
+    let paths = cg_root
+        .as_deref()
+        .map(cgroup::paths_by_id)
+        .unwrap_or_default();
+    let path_of = |id: u64| paths.get(&id).map(|p| p.display().to_string());
+
+    let mut links = Vec::new();
+    for p in pin.link_pins() {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some((hook, cgroup_id)) = layout::parse_link_pin_name(&name) else {
+            continue;
+        };
+        let kernel_attached_prog_ids = paths
+            .get(&cgroup_id)
+            .and_then(|dir| File::open(dir).ok())
+            .zip(CgroupAttachType::ALL.into_iter().find(|t| t.name() == hook))
+            .and_then(|(f, t)| attached_programs(&f, t).ok())
+            .unwrap_or_default();
+        links.push(LinkStatus {
+            hook: hook.to_owned(),
+            cgroup_id,
+            cgroup: path_of(cgroup_id),
+            kernel_attached_prog_ids,
+        });
+    }
+
+    let (pinned_state, policies, orphan_rules, counters) = match state {
+        PinnedState::Empty => ("empty".to_owned(), vec![], 0, None),
+        PinnedState::Incompatible(why) => (format!("incompatible: {why}"), vec![], 0, None),
+        PinnedState::Compatible => {
+            let cgroups: HashMap<MapData, _, _> = open(&pin, maps::CGROUP_POLICY, Map::HashMap)?;
+            let a4: HashMap<MapData, _, _> = open(&pin, maps::ALLOW_V4, Map::HashMap)?;
+            let a6: HashMap<MapData, _, _> = open(&pin, maps::ALLOW_V6, Map::HashMap)?;
+            let c4: LpmTrie<MapData, _, _> = open(&pin, maps::CIDR_V4, Map::LpmTrie)?;
+            let c6: LpmTrie<MapData, _, _> = open(&pin, maps::CIDR_V6, Map::LpmTrie)?;
+            let st: PerCpuArray<MapData, u64> = open(&pin, maps::STATS, Map::PerCpuArray)?;
+            let view = read_view(&cgroups, &a4, &a6, &c4, &c6);
+            let policies = view
+                .policies
+                .iter()
+                .map(|(id, a)| PolicyStatus {
+                    cgroup_id: *id,
+                    cgroup: path_of(*id),
+                    policy_id: a.policy_id,
+                    mode: mode_name(a.policy.mode),
+                    allow: a.policy.rules.iter().map(|r| r.to_string()).collect(),
+                })
+                .collect();
+            let orphans = view.orphans.values().map(Vec::len).sum();
+            let s = read_stats(&st).map_err(|source| StatusError::Map {
+                name: maps::STATS,
+                source,
+            })?;
+            let counters = Counters {
+                allowed: s.allowed,
+                denied: s.denied,
+                audited: s.audited,
+                events_lost: s.events_lost,
+            };
+            ("compatible".to_owned(), policies, orphans, Some(counters))
+        }
+    };
+    Ok(Status {
+        pin_dir: pin_dir.display().to_string(),
+        pinned_state,
+        links,
+        policies,
+        orphan_rules,
+        counters,
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pin directory: {} ({})", self.pin_dir, self.pinned_state)?;
+        if self.links.is_empty() {
+            writeln!(f, "programs: not attached (no pinned links)")?;
+        } else {
+            writeln!(f, "programs:")?;
+            for l in &self.links {
+                writeln!(
+                    f,
+                    "  {:<9} at {} (cgroup id {}), kernel reports programs {:?} attached there",
+                    l.hook,
+                    l.cgroup.as_deref().unwrap_or("<cgroup gone>"),
+                    l.cgroup_id,
+                    l.kernel_attached_prog_ids
+                )?;
+            }
+        }
+        writeln!(f, "policed cgroups: {}", self.policies.len())?;
+        for p in &self.policies {
+            writeln!(
+                f,
+                "  {} (id {}): {}, policy {}, {} allow rule(s)",
+                p.cgroup.as_deref().unwrap_or("<cgroup gone>"),
+                p.cgroup_id,
+                p.mode,
+                p.policy_id,
+                p.allow.len()
+            )?;
+            for r in &p.allow {
+                writeln!(f, "      allow {r}")?;
+            }
+        }
+        if self.orphan_rules > 0 {
+            writeln!(
+                f,
+                "rules of no policed cgroup: {} (the agent removes them when it starts)",
+                self.orphan_rules
+            )?;
+        }
+        if let Some(c) = &self.counters {
+            let d: u64 = c.denied.values().sum();
+            let a: u64 = c.audited.values().sum();
+            writeln!(
+                f,
+                "counters: allowed {}, denied {} {:?}, audited {} {:?}, events lost {}",
+                c.allowed, d, c.denied, a, c.audited, c.events_lost
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What `cleanup` removed.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub links_detached: usize,
+    pub maps_unpinned: usize,
+}
+
+/// Detaches every link and unpins everything under `pin_dir`. Idempotent.
+pub fn cleanup(pin_dir: &Path) -> Result<CleanupReport, layout::PinIoError> {
+    let (links_detached, maps_unpinned) = PinDir::new(pin_dir).remove_all()?;
+    Ok(CleanupReport {
+        links_detached,
+        maps_unpinned,
+    })
+}

@@ -1,0 +1,75 @@
+//! cgroup v2 directories and their ids.
+//!
+//! A cgroup v2 directory's inode number is the id that `bpf_get_current_cgroup_id()` returns
+//! in the programs, so the id of a path is one `stat` away.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use super::mounts;
+
+/// A cgroup v2 id (the directory's inode number).
+pub type CgroupId = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a cgroup v2 directory (the cgroup v2 hierarchy is mounted at {mount})")]
+    NotCgroup2 { path: PathBuf, mount: PathBuf },
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+}
+
+/// Resolves `path` to a cgroup v2 directory: absolute paths are taken as they are, relative ones
+/// (and ones starting with `/` that do not exist on their own) are taken under the cgroup v2
+/// mount.
+pub fn resolve(path: &Path) -> Result<PathBuf, CgroupError> {
+    let mount = mounts::cgroup2_mount()?;
+    let candidate = if path.is_absolute() && (path.starts_with(&mount) || path.exists()) {
+        path.to_owned()
+    } else {
+        mount.join(path.strip_prefix("/").unwrap_or(path))
+    };
+    if !mounts::is_cgroup2(&candidate) {
+        return Err(CgroupError::NotCgroup2 {
+            path: candidate,
+            mount,
+        });
+    }
+    Ok(candidate)
+}
+
+/// The id of a cgroup v2 directory.
+pub fn id_of(path: &Path) -> Result<CgroupId, CgroupError> {
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })
+}
+
+/// Maps ids to paths for every cgroup under `root` (for display; a cgroup that no longer exists
+/// has no entry).
+pub fn paths_by_id(root: &Path) -> HashMap<CgroupId, PathBuf> {
+    let mut out = HashMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(m) = fs::metadata(&dir) {
+            out.insert(m.ino(), dir.clone());
+        }
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}

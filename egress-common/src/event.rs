@@ -1,0 +1,93 @@
+//! The fixed-size record the programs send to user space for every denial and audit hit.
+
+/// What the program did.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Denied with EPERM.
+    Denied = 1,
+    /// Allowed because the policy is in audit mode; enforce mode would have denied it.
+    Audited = 2,
+}
+
+/// Why a destination was not allowed. Doubles as the index offset in the stats map.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No rule of the cgroup's policy matches the destination address and port.
+    NoMatchingRule = 1,
+}
+
+/// Number of reason slots reserved per verdict in the stats map.
+pub const REASON_SLOTS: u32 = 16;
+
+/// Which hook saw the destination.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Connect4 = 1,
+    Connect6 = 2,
+    Sendmsg4 = 3,
+    Sendmsg6 = 4,
+}
+
+/// Ring-buffer record (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// cgroup id the policy was found under.
+    pub cgroup_id: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub policy_id: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`crate::AF_INET`] or [`crate::AF_INET6`]; a `::ffff:a.b.c.d` destination is reported as
+    /// IPv4, as it was judged.
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP, ...).
+    pub protocol: u8,
+    /// A [`Verdict`].
+    pub verdict: u8,
+    /// A [`Reason`].
+    pub reason: u8,
+    /// A [`Hook`].
+    pub hook: u8,
+    pub _pad: [u8; 5],
+    /// Thread name, NUL-padded.
+    pub comm: [u8; 16],
+    /// Destination address in network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            cgroup_id: 0,
+            pid: 0,
+            tid: 0,
+            policy_id: 0,
+            port: 0,
+            family: 0,
+            protocol: 0,
+            verdict: 0,
+            reason: 0,
+            hook: 0,
+            _pad: [0; 5],
+            comm: [0; 16],
+            addr: [0; 16],
+        }
+    }
+}
+
+crate::user_pod!(Event);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_is_64_bytes() {
+        assert_eq!(core::mem::size_of::<super::Event>(), 64);
+    }
+}

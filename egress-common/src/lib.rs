@@ -1,0 +1,34 @@
+//! Types shared by the eBPF programs (`egress-ebpf`) and the agent (`egress-agent`).
+//!
+//! Every map key, map value and event record is defined here once, `#[repr(C)]` with explicit
+//! padding so that the kernel and user space agree byte for byte. Map names and sizes live in
+//! [`maps`]; the layout version in [`LAYOUT_VERSION`] changes whenever any of them does, so that
+//! an agent can tell a compatible pinned state from an incompatible one.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+pub mod policy;
+pub mod rule;
+pub mod stats;
+
+/// Version of the pinned map layout. Bump it on any change to a map's name, type, key, value or
+/// size: an agent that finds pinned maps of another layout replaces them instead of reusing them.
+pub const LAYOUT_VERSION: u64 = 1;
+
+/// Address families as they appear in `bpf_sock_addr.user_family` and in events.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Marks a type as plain old data for aya's typed maps (user space only).
+macro_rules! user_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is `#[repr(C)]`, `Copy`, made of integers and byte arrays only, with
+            // every padding byte spelled out as a field, so every bit pattern is valid.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use user_pod;

@@ -1,0 +1,44 @@
+//! Names and capacities of the maps (names stay under the kernel's 15-character limit). The eBPF side declares maps with these names; the agent
+//! opens them, pins them under its pin directory and checks pinned maps against these sizes.
+
+/// cgroup id (u64) -> [`crate::policy::CgroupPolicy`]. The only lookup an unpoliced cgroup pays.
+pub const CGROUP_POLICY: &str = "EG_CGRP_POLICY";
+/// [`crate::rule::Ip4RuleKey`] -> [`crate::rule::RuleValue`]: exact IPv4 destinations.
+pub const ALLOW_V4: &str = "EG_ALLOW_V4";
+/// [`crate::rule::Ip6RuleKey`] -> [`crate::rule::RuleValue`]: exact IPv6 destinations.
+pub const ALLOW_V6: &str = "EG_ALLOW_V6";
+/// LPM trie of [`crate::rule::Cidr4Data`] -> [`crate::rule::RuleValue`]: IPv4 CIDR rules.
+pub const CIDR_V4: &str = "EG_CIDR_V4";
+/// LPM trie of [`crate::rule::Cidr6Data`] -> [`crate::rule::RuleValue`]: IPv6 CIDR rules.
+pub const CIDR_V6: &str = "EG_CIDR_V6";
+/// Ring buffer of [`crate::event::Event`] records (denials and audit hits).
+pub const EVENTS: &str = "EG_EVENTS";
+/// Per-CPU array of u64 counters indexed by [`crate::stats`].
+pub const STATS: &str = "EG_STATS";
+/// Array of u64: index 0 holds the [`crate::LAYOUT_VERSION`] the maps were created with.
+pub const META: &str = "EG_META";
+
+/// All maps, in the order `status` shows them.
+pub const ALL: [&str; 8] = [
+    CGROUP_POLICY,
+    ALLOW_V4,
+    ALLOW_V6,
+    CIDR_V4,
+    CIDR_V6,
+    EVENTS,
+    STATS,
+    META,
+];
+
+/// How many cgroups can be policed at once.
+pub const MAX_POLICED_CGROUPS: u32 = 16_384;
+/// Exact-address rules over all policies, per family.
+pub const MAX_ADDR_RULES: u32 = 262_144;
+/// CIDR rules over all policies, per family.
+pub const MAX_CIDR_RULES: u32 = 16_384;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Slot in [`META`] that holds the layout version.
+pub const META_LAYOUT_SLOT: u32 = 0;
+/// Number of slots in [`META`].
+pub const META_SLOTS: u32 = 4;

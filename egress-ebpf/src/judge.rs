@@ -1,0 +1,141 @@
+//! The verdict: unpoliced cgroups pass after one lookup; policed ones must match a rule.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use egress_common::{
+    AF_INET, AF_INET6,
+    event::{Event, Hook, Reason, Verdict},
+    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, Mode},
+    rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
+    stats,
+};
+
+use crate::{
+    dest::{Addr, Dest},
+    maps::{ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CIDR_V4, CIDR_V6, EVENTS, STATS},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+/// Judges one destination for the calling task's cgroup.
+///
+/// The policy is looked up by the cgroup of the task that connects or sends. The program only
+/// runs for sockets created under the cgroup it is attached to; see the README ("Which cgroup
+/// a socket is judged by").
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
+    // SAFETY: a helper with no arguments, valid in cgroup programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is plain data, copied out before anything else touches the map.
+    let policy = match unsafe { CGROUP_POLICY.get(&cgroup_id) } {
+        Some(p) => *p,
+        None => return ALLOW,
+    };
+    if allowed(&policy, &dest) {
+        count(stats::ALLOWED);
+        return ALLOW;
+    }
+    let reason = Reason::NoMatchingRule;
+    let verdict = match policy.mode() {
+        Mode::Audit => Verdict::Audited,
+        Mode::Enforce => Verdict::Denied,
+    };
+    count(stats::slot(verdict, reason));
+    report(ctx, hook, cgroup_id, &policy, &dest, verdict, reason);
+    match verdict {
+        Verdict::Audited => ALLOW,
+        Verdict::Denied => DENY,
+    }
+}
+
+/// True if a rule of `policy` allows `dest`: the exact address with the port, then with any
+/// port; then the same in the CIDR trie if the policy has CIDR rules of that family.
+#[inline(always)]
+fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
+    let id = policy.policy_id;
+    let port = dest.port;
+    // SAFETY (every `get` on a hash map below): the value is only tested for presence.
+    match dest.addr {
+        Addr::V4(a) => unsafe {
+            ALLOW_V4.get(&Ip4RuleKey::new(id, a, port)).is_some()
+                || ALLOW_V4.get(&Ip4RuleKey::new(id, a, ANY_PORT)).is_some()
+                || (policy.flags & FLAG_CIDR4 != 0
+                    && (cidr4(Cidr4Data::new(id, a, port))
+                        || cidr4(Cidr4Data::new(id, a, ANY_PORT))))
+        },
+        Addr::V6(a) => unsafe {
+            ALLOW_V6.get(&Ip6RuleKey::new(id, a, port)).is_some()
+                || ALLOW_V6.get(&Ip6RuleKey::new(id, a, ANY_PORT)).is_some()
+                || (policy.flags & FLAG_CIDR6 != 0
+                    && (cidr6(Cidr6Data::new(id, a, port))
+                        || cidr6(Cidr6Data::new(id, a, ANY_PORT))))
+        },
+    }
+}
+
+#[inline(always)]
+fn cidr4(data: Cidr4Data) -> bool {
+    CIDR_V4.get(Key::new(CIDR_PREFIX_BITS + 32, data)).is_some()
+}
+
+#[inline(always)]
+fn cidr6(data: Cidr6Data) -> bool {
+    CIDR_V6
+        .get(Key::new(CIDR_PREFIX_BITS + 128, data))
+        .is_some()
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs this program concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn report(
+    ctx: &SockAddrContext,
+    hook: Hook,
+    cgroup_id: u64,
+    policy: &CgroupPolicy,
+    dest: &Dest,
+    verdict: Verdict,
+    reason: Reason,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stats::EVENTS_LOST);
+        return;
+    };
+    let mut ev = Event::zeroed();
+    ev.cgroup_id = cgroup_id;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.policy_id = policy.policy_id;
+    ev.port = dest.port;
+    // SAFETY: a field of the valid context.
+    ev.protocol = unsafe { (*ctx.sock_addr).protocol } as u8;
+    ev.verdict = verdict as u8;
+    ev.reason = reason as u8;
+    ev.hook = hook as u8;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    match dest.addr {
+        Addr::V4(a) => {
+            ev.family = AF_INET;
+            ev.addr[..4].copy_from_slice(&a);
+        }
+        Addr::V6(a) => {
+            ev.family = AF_INET6;
+            ev.addr = a;
+        }
+    }
+    entry.write(ev);
+    entry.submit(0);
+}

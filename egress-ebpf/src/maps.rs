@@ -1,0 +1,38 @@
+//! The maps, pinned by name: the agent points aya at its pin directory so that a restarted
+//! agent reuses them (names and sizes from `egress_common::maps`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use egress_common::{
+    maps::{EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES, MAX_POLICED_CGROUPS, META_SLOTS},
+    policy::CgroupPolicy,
+    rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
+    stats,
+};
+
+#[map(name = "EG_CGRP_POLICY")]
+pub static CGROUP_POLICY: HashMap<u64, CgroupPolicy> = HashMap::pinned(MAX_POLICED_CGROUPS, 0);
+
+#[map(name = "EG_ALLOW_V4")]
+pub static ALLOW_V4: HashMap<Ip4RuleKey, RuleValue> = HashMap::pinned(MAX_ADDR_RULES, 0);
+
+#[map(name = "EG_ALLOW_V6")]
+pub static ALLOW_V6: HashMap<Ip6RuleKey, RuleValue> = HashMap::pinned(MAX_ADDR_RULES, 0);
+
+#[map(name = "EG_CIDR_V4")]
+pub static CIDR_V4: LpmTrie<Cidr4Data, RuleValue> = LpmTrie::pinned(MAX_CIDR_RULES, 0);
+
+#[map(name = "EG_CIDR_V6")]
+pub static CIDR_V6: LpmTrie<Cidr6Data, RuleValue> = LpmTrie::pinned(MAX_CIDR_RULES, 0);
+
+#[map(name = "EG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "EG_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::SLOTS, 0);
+
+/// Written by the agent only; declared here so that it is created and pinned with the rest.
+#[map(name = "EG_META")]
+pub static META: Array<u64> = Array::pinned(META_SLOTS, 0);
