@@ -1,1 +1,3 @@
+//! Test harness shared by the privileged tests.
 
+pub mod dns;

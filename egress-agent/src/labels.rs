@@ -1,0 +1,1 @@
+//! Container labels (`egress.*`): grammar and classification. (being written)

@@ -1,0 +1,1 @@
+//! Agent-side TOML policy file. (being written)

@@ -1,0 +1,1 @@
+//! DNS resolution of allowed domains. (being written)
