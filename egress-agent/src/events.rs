@@ -54,6 +54,7 @@ impl EgressEvent {
         };
         let reason = match e.reason {
             1 => Reason::NoMatchingRule,
+            2 => Reason::Unclassified,
             _ => return None,
         };
         let hook = match e.hook {

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod container;
 pub mod enforcer;
 pub mod events;
 mod kernel_log;

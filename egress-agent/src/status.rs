@@ -25,7 +25,12 @@ pub struct Status {
     /// `empty`, `compatible` or `incompatible: <reason>`.
     pub pinned_state: String,
     pub links: Vec<LinkStatus>,
+    /// Cgroups policed on their own.
     pub policies: Vec<PolicyStatus>,
+    /// Containers the agent registered.
+    pub containers: Vec<ContainerStatus>,
+    /// Container cgroups denied everything because their container was not classified yet.
+    pub unclassified_cgroups: Vec<CgroupRef>,
     pub orphan_rules: usize,
     pub counters: Option<Counters>,
 }
@@ -47,6 +52,23 @@ pub struct PolicyStatus {
     pub policy_id: u32,
     pub mode: &'static str,
     pub allow: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub policed: bool,
+    pub policy_id: Option<u32>,
+    pub mode: Option<&'static str>,
+    pub allow: Vec<String>,
+    /// cgroups that carry the container's policy in the kernel.
+    pub cgroups: Vec<CgroupRef>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CgroupRef {
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +133,8 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         });
     }
 
+    let mut containers = Vec::new();
+    let mut unclassified_cgroups = Vec::new();
     let (pinned_state, policies, orphan_rules, counters) = match state {
         PinnedState::Empty => ("empty".to_owned(), vec![], 0, None),
         PinnedState::Incompatible(why) => (format!("incompatible: {why}"), vec![], 0, None),
@@ -121,9 +145,38 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             let c4: LpmTrie<MapData, _, _> = open(&pin, maps::CIDR_V4, Map::LpmTrie)?;
             let c6: LpmTrie<MapData, _, _> = open(&pin, maps::CIDR_V6, Map::LpmTrie)?;
             let st: PerCpuArray<MapData, u64> = open(&pin, maps::STATS, Map::PerCpuArray)?;
-            let view = read_view(&cgroups, &a4, &a6, &c4, &c6);
+            let ct: HashMap<MapData, _, _> = open(&pin, maps::CONTAINERS, Map::HashMap)?;
+            let view = read_view(&cgroups, &a4, &a6, &c4, &c6, &ct);
+            let cgref = |id: u64| CgroupRef {
+                cgroup_id: id,
+                cgroup: path_of(id),
+            };
+            for (id, policy_id) in &view.containers {
+                let policy = policy_id.and_then(|p| view.policies.get(&p));
+                containers.push(ContainerStatus {
+                    id: id.to_string(),
+                    policed: policy_id.is_some(),
+                    policy_id: *policy_id,
+                    mode: policy.map(|p| mode_name(p.mode)),
+                    allow: policy
+                        .map(|p| p.rules.iter().map(|r| r.to_string()).collect())
+                        .unwrap_or_default(),
+                    cgroups: view
+                        .cgroup_entries
+                        .iter()
+                        .filter(|(_, v)| policy_id.is_some_and(|p| v.policy_id == p))
+                        .map(|(cg, _)| cgref(*cg))
+                        .collect(),
+                });
+            }
+            unclassified_cgroups = view
+                .cgroup_entries
+                .iter()
+                .filter(|(_, v)| v.flags & egress_common::policy::FLAG_UNCLASSIFIED != 0)
+                .map(|(cg, _)| cgref(*cg))
+                .collect();
             let policies = view
-                .policies
+                .cgroup_policies()
                 .iter()
                 .map(|(id, a)| PolicyStatus {
                     cgroup_id: *id,
@@ -152,6 +205,8 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         pinned_state,
         links,
         policies,
+        containers,
+        unclassified_cgroups,
         orphan_rules,
         counters,
     })
@@ -169,7 +224,11 @@ impl std::fmt::Display for Status {
                     f,
                     "  {:<9} at {} (cgroup id {}), kernel reports programs {:?} attached there",
                     l.hook,
-                    l.cgroup.as_deref().unwrap_or("<cgroup gone>"),
+                    match (l.cgroup_id, l.cgroup.as_deref()) {
+                        (0, _) => "the cgroup tracepoint (all cgroups)",
+                        (_, Some(p)) => p,
+                        (_, None) => "<cgroup gone>",
+                    },
                     l.cgroup_id,
                     l.kernel_attached_prog_ids
                 )?;
@@ -188,6 +247,43 @@ impl std::fmt::Display for Status {
             )?;
             for r in &p.allow {
                 writeln!(f, "      allow {r}")?;
+            }
+        }
+        writeln!(f, "containers: {}", self.containers.len())?;
+        for c in &self.containers {
+            let cgs: Vec<String> = c
+                .cgroups
+                .iter()
+                .map(|r| r.cgroup.clone().unwrap_or_else(|| r.cgroup_id.to_string()))
+                .collect();
+            match c.mode {
+                Some(mode) => writeln!(
+                    f,
+                    "  {}: {}, policy {}, {} allow rule(s), cgroups {:?}",
+                    &c.id[..12],
+                    mode,
+                    c.policy_id.unwrap_or_default(),
+                    c.allow.len(),
+                    cgs
+                )?,
+                None => writeln!(f, "  {}: not policed", &c.id[..12])?,
+            }
+            for r in &c.allow {
+                writeln!(f, "      allow {r}")?;
+            }
+        }
+        if !self.unclassified_cgroups.is_empty() {
+            writeln!(
+                f,
+                "unclassified container cgroups (everything denied until the agent classifies them): {}",
+                self.unclassified_cgroups.len()
+            )?;
+            for r in &self.unclassified_cgroups {
+                writeln!(
+                    f,
+                    "  {}",
+                    r.cgroup.clone().unwrap_or_else(|| r.cgroup_id.to_string())
+                )?;
             }
         }
         if self.orphan_rules > 0 {

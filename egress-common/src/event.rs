@@ -16,6 +16,8 @@ pub enum Verdict {
 pub enum Reason {
     /// No rule of the cgroup's policy matches the destination address and port.
     NoMatchingRule = 1,
+    /// The cgroup belongs to a container the agent had not classified yet (fail closed).
+    Unclassified = 2,
 }
 
 /// Number of reason slots reserved per verdict in the stats map.

@@ -17,9 +17,15 @@ pub const EVENTS: &str = "EG_EVENTS";
 pub const STATS: &str = "EG_STATS";
 /// Array of u64: index 0 holds the [`crate::LAYOUT_VERSION`] the maps were created with.
 pub const META: &str = "EG_META";
+/// [`crate::container::ContainerKey`] -> [`crate::policy::CgroupPolicy`]: the policy each known
+/// container gets, written by the agent at Docker's `create` event, applied by the
+/// `cgroup_mkdir` tracepoint to the container's cgroups the moment runc makes them.
+pub const CONTAINERS: &str = "EG_CONTAINERS";
+/// Array of u64 settings the programs read (see `CONFIG_*`).
+pub const CONFIG: &str = "EG_CONFIG";
 
 /// All maps, in the order `status` shows them.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     CGROUP_POLICY,
     ALLOW_V4,
     ALLOW_V6,
@@ -28,6 +34,8 @@ pub const ALL: [&str; 8] = [
     EVENTS,
     STATS,
     META,
+    CONTAINERS,
+    CONFIG,
 ];
 
 /// How many cgroups can be policed at once.
@@ -42,3 +50,12 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const META_LAYOUT_SLOT: u32 = 0;
 /// Number of slots in [`META`].
 pub const META_SLOTS: u32 = 4;
+/// Containers the agent can know at once.
+pub const MAX_CONTAINERS: u32 = 16_384;
+/// [`CONFIG`] slot: what a new container cgroup gets when the agent has not classified its
+/// container: [`UNCLASSIFIED_ALLOW`] or [`UNCLASSIFIED_DENY`] (the default, 0, denies).
+pub const CONFIG_UNCLASSIFIED: u32 = 0;
+/// Number of slots in [`CONFIG`].
+pub const CONFIG_SLOTS: u32 = 4;
+pub const UNCLASSIFIED_DENY: u64 = 0;
+pub const UNCLASSIFIED_ALLOW: u64 = 1;

@@ -24,6 +24,14 @@ impl Mode {
 pub const FLAG_CIDR4: u8 = 1 << 0;
 /// Flag: the policy has IPv6 CIDR rules (else the IPv6 trie is not consulted).
 pub const FLAG_CIDR6: u8 = 1 << 1;
+/// Flag (in [`crate::maps::CONTAINERS`] only): a known container that is not policed; the
+/// tracepoint leaves its cgroups alone.
+pub const FLAG_UNPOLICED: u8 = 1 << 2;
+/// Flag: the cgroup belongs to a container the agent had not classified when the cgroup was
+/// made; it has no rules and everything is denied with [`crate::event::Reason::Unclassified`].
+pub const FLAG_UNCLASSIFIED: u8 = 1 << 3;
+/// Policy id that has no rules (used by unclassified cgroups).
+pub const NO_RULES_POLICY_ID: u32 = 0;
 
 /// Value of [`crate::maps::CGROUP_POLICY`], keyed by cgroup id (the cgroup v2 directory's inode).
 ///
@@ -51,6 +59,11 @@ impl CgroupPolicy {
     }
 
     /// The mode, failing closed on an unknown value.
+    /// The policy of an unclassified container cgroup: deny everything.
+    pub const fn unclassified() -> Self {
+        Self::new(NO_RULES_POLICY_ID, Mode::Enforce, FLAG_UNCLASSIFIED)
+    }
+
     pub const fn mode(&self) -> Mode {
         match Mode::from_u8(self.mode) {
             Some(m) => m,

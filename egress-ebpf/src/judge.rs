@@ -8,7 +8,7 @@ use aya_ebpf::{
 use egress_common::{
     AF_INET, AF_INET6,
     event::{Event, Hook, Reason, Verdict},
-    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, Mode},
+    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, FLAG_UNCLASSIFIED, Mode},
     rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
     stats,
 };
@@ -35,11 +35,14 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         Some(p) => *p,
         None => return ALLOW,
     };
-    if allowed(&policy, &dest) {
+    let reason = if policy.flags & FLAG_UNCLASSIFIED != 0 {
+        Reason::Unclassified
+    } else if allowed(&policy, &dest) {
         count(stats::ALLOWED);
         return ALLOW;
-    }
-    let reason = Reason::NoMatchingRule;
+    } else {
+        Reason::NoMatchingRule
+    };
     let verdict = match policy.mode() {
         Mode::Audit => Verdict::Audited,
         Mode::Enforce => Verdict::Denied,

@@ -1,8 +1,11 @@
-//! Entry points of the egress programs. Each is a thin wrapper over [`judge::judge`]; the maps
-//! are in [`maps`], the destination decoding in [`dest`].
+//! Entry points of the egress programs, thin wrappers: the cgroup sock_addr hooks over
+//! [`judge::judge`], the cgroup tracepoints over [`classify`]. The maps are in [`maps`], the
+//! destination decoding in [`dest`].
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod classify;
 #[cfg(target_arch = "bpf")]
 mod dest;
 #[cfg(target_arch = "bpf")]
@@ -12,10 +15,23 @@ mod maps;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+    use aya_ebpf::{
+        macros::{cgroup_sock_addr, tracepoint},
+        programs::{SockAddrContext, TracePointContext},
+    };
     use egress_common::event::Hook;
 
-    use crate::{dest, judge::judge};
+    use crate::{classify, dest, judge::judge};
+
+    #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
+    pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+        classify::on_mkdir(&ctx)
+    }
+
+    #[tracepoint(category = "cgroup", name = "cgroup_rmdir")]
+    pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+        classify::on_rmdir(&ctx)
+    }
 
     #[cgroup_sock_addr(connect4)]
     pub fn connect4(ctx: SockAddrContext) -> i32 {

@@ -6,7 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    maps::{EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES, MAX_POLICED_CGROUPS, META_SLOTS},
+    container::{ContainerKey, PATH_SCAN},
+    maps::{
+        CONFIG_SLOTS, EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES, MAX_CONTAINERS,
+        MAX_POLICED_CGROUPS, META_SLOTS,
+    },
     policy::CgroupPolicy,
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
@@ -36,3 +40,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::SLOTS, 0);
 /// Written by the agent only; declared here so that it is created and pinned with the rest.
 #[map(name = "EG_META")]
 pub static META: Array<u64> = Array::pinned(META_SLOTS, 0);
+
+#[map(name = "EG_CONTAINERS")]
+pub static CONTAINERS: HashMap<ContainerKey, CgroupPolicy> = HashMap::pinned(MAX_CONTAINERS, 0);
+
+#[map(name = "EG_CONFIG")]
+pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);
+
+/// Per-CPU scratch space for the cgroup path a tracepoint reads (too big for the stack).
+#[map(name = "EG_PATH_SCRATCH")]
+pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCAN]> = PerCpuArray::with_max_entries(1, 0);

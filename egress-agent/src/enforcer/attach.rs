@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint, links::FdLink},
 };
 use tracing::{debug, warn};
 
@@ -20,8 +20,10 @@ use super::{
 };
 use crate::sys::cgroup::CgroupId;
 
-/// Program names in the object, which are also the hook names in link pins.
+/// cgroup sock_addr program names in the object, which are also the hook names in link pins.
 pub const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// Tracepoint programs (category `cgroup`), pinned with cgroup id 0 in their link names.
+pub const TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
     let p = ebpf.program_mut(name).ok_or(EnforcerError::Program {
@@ -75,6 +77,33 @@ pub fn attach_all(
             })?;
             // The pin holds the link; our descriptor can go.
             drop(pinned);
+            new_pins.push(path);
+        }
+        for name in TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(EnforcerError::Program {
+                    name,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| EnforcerError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| EnforcerError::Program { name, source })?;
+            let id = prog
+                .attach("cgroup", name)
+                .map_err(|source| EnforcerError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| EnforcerError::Program { name, source })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|source| EnforcerError::Link { name, source })?;
+            let path = pin.links().join(layout::link_pin_name(name, 0, stamp));
+            fd.pin(&path).map_err(|source| EnforcerError::PinLink {
+                path: path.clone(),
+                source,
+            })?;
             new_pins.push(path);
         }
         Ok(())

@@ -16,6 +16,7 @@ use std::{
 
 use aya::maps::{MapInfo, MapType, lpm_trie::Key};
 use egress_common::{
+    container::ContainerKey,
     maps,
     policy::CgroupPolicy,
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
@@ -42,7 +43,7 @@ const fn sz<T>() -> u32 {
 }
 
 /// The shapes the current eBPF object declares (kept beside the shared types they come from).
-pub fn expected_shapes() -> [MapShape; 8] {
+pub fn expected_shapes() -> [MapShape; 10] {
     [
         MapShape {
             name: maps::CGROUP_POLICY,
@@ -99,6 +100,20 @@ pub fn expected_shapes() -> [MapShape; 8] {
             key_size: sz::<u32>(),
             value_size: sz::<u64>(),
             max_entries: maps::META_SLOTS,
+        },
+        MapShape {
+            name: maps::CONTAINERS,
+            map_type: MapType::Hash,
+            key_size: sz::<ContainerKey>(),
+            value_size: sz::<CgroupPolicy>(),
+            max_entries: maps::MAX_CONTAINERS,
+        },
+        MapShape {
+            name: maps::CONFIG,
+            map_type: MapType::Array,
+            key_size: sz::<u32>(),
+            value_size: sz::<u64>(),
+            max_entries: maps::CONFIG_SLOTS,
         },
     ]
 }

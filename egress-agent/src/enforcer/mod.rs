@@ -8,7 +8,7 @@ pub mod layout;
 mod state;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
@@ -17,8 +17,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
 };
 use egress_common::{
+    container::ContainerKey,
     maps,
-    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6},
+    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, FLAG_UNPOLICED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
 };
 use tracing::{debug, info, warn};
@@ -29,6 +30,7 @@ use self::{
     layout::{PinDir, PinnedState},
 };
 use crate::{
+    container::ContainerId,
     policy::{Policy, Rule},
     sys::{
         cgroup::{self, CgroupId},
@@ -95,7 +97,7 @@ pub enum EnforcerError {
 
 pub type Result<T, E = EnforcerError> = std::result::Result<T, E>;
 
-/// A policy as applied to a cgroup.
+/// A policy with the id its rules are stored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub policy_id: u32,
@@ -114,7 +116,7 @@ pub struct OpenReport {
     pub attach_cgroup_id: CgroupId,
     /// Link pins of earlier runs that were released after the new links were in place.
     pub released_links: usize,
-    /// Policies found in the pinned maps.
+    /// Policies (of cgroups and containers) found in the pinned maps.
     pub recovered_policies: usize,
     /// Rules found in the maps that belonged to no policed cgroup, removed.
     pub orphan_rules_removed: usize,
@@ -128,15 +130,26 @@ struct Maps {
     cidr4: LpmTrie<MapData, Cidr4Data, RuleValue>,
     cidr6: LpmTrie<MapData, Cidr6Data, RuleValue>,
     stats: PerCpuArray<MapData, u64>,
+    containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
+    config: Array<MapData, u64>,
 }
 
 /// The loaded programs, the maps, and the policies the maps hold.
+///
+/// A policy (mode and rules) is stored once under a policy id and owned either by one cgroup
+/// ([`Enforcer::set_policy`]) or by one container ([`Enforcer::set_container`]), whose cgroups
+/// (its own and any it makes below it) all point at the container's policy id.
 pub struct Enforcer {
     // Kept so that aya-log and later programs can find the object; links are pinned.
     _ebpf: Ebpf,
     maps: Maps,
     events: Option<RingBuf<MapData>>,
-    applied: BTreeMap<CgroupId, Applied>,
+    /// Policy id -> policy.
+    policies: BTreeMap<u32, Policy>,
+    /// Cgroups policed on their own (not as part of a container), with their policy id.
+    cgroup_owned: BTreeMap<CgroupId, u32>,
+    /// Known containers: Some(policy id) if policed, None if known and unpoliced.
+    containers: BTreeMap<ContainerId, Option<u32>>,
     pin: PinDir,
 }
 
@@ -152,12 +165,24 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(map).map_err(map_err(name))
 }
 
+fn cgroup_value(policy_id: u32, policy: &Policy) -> CgroupPolicy {
+    let mut flags = 0;
+    if policy.has_v4_cidr() {
+        flags |= FLAG_CIDR4;
+    }
+    if policy.has_v6_cidr() {
+        flags |= FLAG_CIDR6;
+    }
+    CgroupPolicy::new(policy_id, policy.mode, flags)
+}
+
 impl Enforcer {
     /// Loads the programs, reusing pinned maps of a compatible earlier run (so policies survive
     /// an agent restart), attaches them at `attach_cgroup` and pins the links. Links of earlier
     /// runs stay attached until the new ones are in place, so enforcement has no gap.
     pub fn open(cfg: &EnforcerConfig) -> Result<(Self, OpenReport)> {
         let mounted_bpffs = mounts::ensure_bpffs(&cfg.pin_dir)?;
+        mounts::ensure_tracefs()?;
         let pin = PinDir::new(&cfg.pin_dir);
         let mut replaced = None;
         let reused = match pin.check() {
@@ -198,6 +223,8 @@ impl Enforcer {
             cidr4: take(&mut ebpf, maps::CIDR_V4)?,
             cidr6: take(&mut ebpf, maps::CIDR_V6)?,
             stats: take(&mut ebpf, maps::STATS)?,
+            containers: take(&mut ebpf, maps::CONTAINERS)?,
+            config: take(&mut ebpf, maps::CONFIG)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, maps::EVENTS)?;
 
@@ -209,7 +236,9 @@ impl Enforcer {
             _ebpf: ebpf,
             maps,
             events: Some(events),
-            applied: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            cgroup_owned: BTreeMap::new(),
+            containers: BTreeMap::new(),
             pin,
         };
         let (recovered_policies, orphan_rules_removed) = enforcer.recover()?;
@@ -245,7 +274,7 @@ impl Enforcer {
         self.events.take()
     }
 
-    /// Rebuilds `applied` from the maps and removes rules no policed cgroup refers to.
+    /// Rebuilds the bookkeeping from the maps and removes rules nobody refers to.
     fn recover(&mut self) -> Result<(usize, usize)> {
         let view = state::read(
             &self.maps.cgroups,
@@ -253,6 +282,7 @@ impl Enforcer {
             &self.maps.allow6,
             &self.maps.cidr4,
             &self.maps.cidr6,
+            &self.maps.containers,
         );
         let mut orphans = 0;
         for (policy_id, rules) in &view.orphans {
@@ -264,94 +294,267 @@ impl Enforcer {
         if orphans > 0 {
             warn!(
                 rules = orphans,
-                "removed allow rules that belonged to no policed cgroup"
+                "removed allow rules that belonged to no policed cgroup or container"
             );
         }
-        self.applied = view.policies;
-        Ok((self.applied.len(), orphans))
+        self.policies = view.policies;
+        self.cgroup_owned = view.cgroup_owned;
+        self.containers = view.containers;
+        Ok((self.cgroup_owned.len() + self.containers.len(), orphans))
     }
 
-    /// Policies currently applied, by cgroup id.
-    pub fn policies(&self) -> &BTreeMap<CgroupId, Applied> {
-        &self.applied
+    /// Cgroups policed on their own (see [`Enforcer::set_policy`]), with their policies.
+    pub fn policies(&self) -> BTreeMap<CgroupId, Applied> {
+        self.cgroup_owned
+            .iter()
+            .filter_map(|(cg, id)| {
+                let policy = self.policies.get(id)?.clone();
+                Some((
+                    *cg,
+                    Applied {
+                        policy_id: *id,
+                        policy,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Known containers: their policy if policed, None if known and not policed.
+    pub fn containers(&self) -> BTreeMap<ContainerId, Option<Applied>> {
+        self.containers
+            .iter()
+            .map(|(c, id)| {
+                let applied = id.and_then(|id| {
+                    Some(Applied {
+                        policy_id: id,
+                        policy: self.policies.get(&id)?.clone(),
+                    })
+                });
+                (*c, applied)
+            })
+            .collect()
+    }
+
+    /// What new container cgroups get while their container is unknown to the agent: allow
+    /// (false) or deny (true, the default and the safe choice).
+    pub fn set_unclassified_deny(&mut self, deny: bool) -> Result<()> {
+        let v = if deny {
+            maps::UNCLASSIFIED_DENY
+        } else {
+            maps::UNCLASSIFIED_ALLOW
+        };
+        self.maps
+            .config
+            .set(maps::CONFIG_UNCLASSIFIED, v, 0)
+            .map_err(map_err(maps::CONFIG))
     }
 
     fn alloc_policy_id(&self) -> Result<u32> {
-        let used: BTreeSet<u32> = self.applied.values().map(|a| a.policy_id).collect();
-        (1..=maps::MAX_POLICED_CGROUPS)
-            .find(|id| !used.contains(id))
-            .ok_or(EnforcerError::NoPolicyId(used.len()))
+        let max = maps::MAX_POLICED_CGROUPS + maps::MAX_CONTAINERS;
+        (1..=max)
+            .find(|id| !self.policies.contains_key(id))
+            .ok_or(EnforcerError::NoPolicyId(self.policies.len()))
     }
 
-    /// Sets or replaces the policy of `cgroup`. New rules are written before the cgroup entry
-    /// and stale rules are removed after it, so a replacement never denies what both the old
-    /// and the new policy allow. On a write error the maps keep the old policy.
-    pub fn set_policy(&mut self, cgroup: CgroupId, policy: &Policy) -> Result<()> {
-        let (policy_id, old_rules) = match self.applied.get(&cgroup) {
-            Some(a) => (a.policy_id, a.policy.rules.clone()),
-            None => (self.alloc_policy_id()?, BTreeSet::new()),
-        };
+    /// Writes `policy` under `policy_id`, replacing what was there: new rules are written
+    /// first, then `commit` points the cgroup/container entries at it, then stale rules go, so a
+    /// replacement never denies what both versions allow. On error the maps keep the old rules.
+    fn write_policy(
+        &mut self,
+        owner: CgroupId,
+        policy_id: u32,
+        policy: &Policy,
+        commit: impl FnOnce(&mut Maps, CgroupPolicy) -> Result<()>,
+    ) -> Result<()> {
+        let old_rules = self
+            .policies
+            .get(&policy_id)
+            .map(|p| p.rules.clone())
+            .unwrap_or_default();
         let added: Vec<Rule> = policy.rules.difference(&old_rules).copied().collect();
         for (i, rule) in added.iter().enumerate() {
-            if let Err(e) = self.insert_rule(cgroup, policy_id, rule) {
+            if let Err(e) = self.insert_rule(owner, policy_id, rule) {
                 for r in &added[..i] {
-                    let _ = self.remove_rule(cgroup, policy_id, r);
+                    let _ = self.remove_rule(owner, policy_id, r);
                 }
                 return Err(e);
             }
         }
-        let mut flags = 0;
-        if policy.has_v4_cidr() {
-            flags |= FLAG_CIDR4;
-        }
-        if policy.has_v6_cidr() {
-            flags |= FLAG_CIDR6;
-        }
-        let value = CgroupPolicy::new(policy_id, policy.mode, flags);
-        if let Err(source) = self.maps.cgroups.insert(cgroup, value, 0) {
+        if let Err(e) = commit(&mut self.maps, cgroup_value(policy_id, policy)) {
             for r in &added {
-                let _ = self.remove_rule(cgroup, policy_id, r);
+                let _ = self.remove_rule(owner, policy_id, r);
             }
-            return Err(EnforcerError::Write {
-                cgroup,
-                what: "the cgroup's policy entry".into(),
-                source,
-            });
+            return Err(e);
         }
         for rule in old_rules.difference(&policy.rules) {
-            self.remove_rule(cgroup, policy_id, rule)?;
+            self.remove_rule(owner, policy_id, rule)?;
         }
-        self.applied.insert(
-            cgroup,
-            Applied {
-                policy_id,
-                policy: policy.clone(),
-            },
-        );
+        self.policies.insert(policy_id, policy.clone());
+        Ok(())
+    }
+
+    /// Removes every rule of `policy_id` and forgets it.
+    fn drop_policy(&mut self, owner: CgroupId, policy_id: u32) -> Result<()> {
+        if let Some(p) = self.policies.remove(&policy_id) {
+            for rule in &p.rules {
+                self.remove_rule(owner, policy_id, rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets or replaces the policy of one cgroup (not part of a container). New rules are
+    /// written before the cgroup entry and stale ones removed after it. On a write error the
+    /// maps keep the old policy.
+    pub fn set_policy(&mut self, cgroup: CgroupId, policy: &Policy) -> Result<()> {
+        let policy_id = match self.cgroup_owned.get(&cgroup) {
+            Some(id) => *id,
+            None => self.alloc_policy_id()?,
+        };
+        self.write_policy(cgroup, policy_id, policy, |maps, value| {
+            maps.cgroups
+                .insert(cgroup, value, 0)
+                .map_err(|source| EnforcerError::Write {
+                    cgroup,
+                    what: "the cgroup's policy entry".into(),
+                    source,
+                })
+        })?;
+        self.cgroup_owned.insert(cgroup, policy_id);
         Ok(())
     }
 
     /// Removes the policy of `cgroup`: it is unpoliced again at once. Returns false if it had
     /// none.
     pub fn remove_policy(&mut self, cgroup: CgroupId) -> Result<bool> {
-        let Some(applied) = self.applied.get(&cgroup).cloned() else {
+        let Some(policy_id) = self.cgroup_owned.get(&cgroup).copied() else {
             return Ok(false);
         };
-        match self.maps.cgroups.remove(&cgroup) {
+        remove_cgroup_entry(&mut self.maps, cgroup)?;
+        self.cgroup_owned.remove(&cgroup);
+        self.drop_policy(cgroup, policy_id)?;
+        Ok(true)
+    }
+
+    /// Registers a container: `Some(policy)` polices it, `None` marks it known and unpoliced.
+    ///
+    /// The container's entry is what the `cgroup_mkdir` tracepoint gives the container's
+    /// cgroups when runc makes them, so calling this at Docker's `create` event polices the
+    /// container from its first instruction. `cgroups` are the container's cgroups that exist
+    /// already (its own and those below it); their entries are updated too (for a container
+    /// that started before the agent knew it, or whose policy changes).
+    pub fn set_container(
+        &mut self,
+        container: &ContainerId,
+        policy: Option<&Policy>,
+        cgroups: &[CgroupId],
+    ) -> Result<()> {
+        let key = container.key();
+        let previous = self.containers.get(container).copied().flatten();
+        match policy {
+            Some(policy) => {
+                let policy_id = match previous {
+                    Some(id) => id,
+                    None => self.alloc_policy_id()?,
+                };
+                let first = cgroups.first().copied().unwrap_or(0);
+                self.write_policy(first, policy_id, policy, |maps, value| {
+                    maps.containers.insert(key, value, 0).map_err(|source| {
+                        EnforcerError::Write {
+                            cgroup: first,
+                            what: format!("the entry of container {}", container.short()),
+                            source,
+                        }
+                    })?;
+                    for cg in cgroups {
+                        maps.cgroups.insert(*cg, value, 0).map_err(|source| {
+                            EnforcerError::Write {
+                                cgroup: *cg,
+                                what: format!(
+                                    "the cgroup entry of container {}",
+                                    container.short()
+                                ),
+                                source,
+                            }
+                        })?;
+                    }
+                    Ok(())
+                })?;
+                self.containers.insert(*container, Some(policy_id));
+            }
+            None => {
+                let unpoliced = CgroupPolicy::new(0, crate::policy::Mode::Enforce, FLAG_UNPOLICED);
+                self.maps
+                    .containers
+                    .insert(key, unpoliced, 0)
+                    .map_err(|source| EnforcerError::Write {
+                        cgroup: 0,
+                        what: format!("the entry of container {}", container.short()),
+                        source,
+                    })?;
+                for cg in cgroups {
+                    remove_cgroup_entry(&mut self.maps, *cg)?;
+                }
+                self.containers.insert(*container, None);
+                if let Some(id) = previous {
+                    self.remove_entries_of(id)?;
+                    self.drop_policy(0, id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a container: its entry, the entries of its cgroups and its rules.
+    pub fn remove_container(
+        &mut self,
+        container: &ContainerId,
+        cgroups: &[CgroupId],
+    ) -> Result<bool> {
+        let Some(previous) = self.containers.remove(container) else {
+            return Ok(false);
+        };
+        match self.maps.containers.remove(&container.key()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => {
                 return Err(EnforcerError::Write {
-                    cgroup,
-                    what: "removing the cgroup's policy entry".into(),
+                    cgroup: 0,
+                    what: format!("removing the entry of container {}", container.short()),
                     source,
                 });
             }
         }
-        self.applied.remove(&cgroup);
-        for rule in &applied.policy.rules {
-            self.remove_rule(cgroup, applied.policy_id, rule)?;
+        for cg in cgroups {
+            remove_cgroup_entry(&mut self.maps, *cg)?;
+        }
+        if let Some(id) = previous {
+            self.remove_entries_of(id)?;
+            self.drop_policy(0, id)?;
         }
         Ok(true)
+    }
+
+    /// Removes every cgroup entry that points at `policy_id` (cgroups the tracepoint gave a
+    /// container's policy that the caller did not list).
+    fn remove_entries_of(&mut self, policy_id: u32) -> Result<()> {
+        let stale: Vec<u64> = self
+            .maps
+            .cgroups
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.policy_id == policy_id)
+            .map(|(k, _)| k)
+            .collect();
+        for cg in stale {
+            remove_cgroup_entry(&mut self.maps, cg)?;
+        }
+        Ok(())
+    }
+
+    /// Every cgroup entry in the kernel map (own, container and unclassified ones).
+    pub fn cgroup_entries(&self) -> Vec<(CgroupId, CgroupPolicy)> {
+        self.maps.cgroups.iter().flatten().collect()
     }
 
     fn insert_rule(&mut self, cgroup: CgroupId, policy_id: u32, rule: &Rule) -> Result<()> {
@@ -393,5 +596,16 @@ impl Enforcer {
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
         state::read_stats(&self.maps.stats).map_err(map_err(maps::STATS))
+    }
+}
+
+fn remove_cgroup_entry(maps: &mut Maps, cgroup: CgroupId) -> Result<()> {
+    match maps.cgroups.remove(&cgroup) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(EnforcerError::Write {
+            cgroup,
+            what: "removing the cgroup's policy entry".into(),
+            source,
+        }),
     }
 }

@@ -8,24 +8,51 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
+    container::ContainerKey,
     event::{Reason, Verdict},
-    policy::CgroupPolicy,
+    policy::{CgroupPolicy, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
 };
 
 use super::{Applied, keys};
 use crate::{
-    policy::{Policy, Rule},
+    container::ContainerId,
+    policy::{Mode, Policy, Rule},
     sys::cgroup::CgroupId,
 };
 
-/// Policies and stray rules found in the maps.
+/// Policies, their owners and stray rules found in the maps.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PinnedView {
-    pub policies: BTreeMap<CgroupId, Applied>,
-    /// Rules whose policy id no policed cgroup uses, by policy id.
+    /// Policy id -> policy, for every policy a cgroup or container owns.
+    pub policies: BTreeMap<u32, Policy>,
+    /// Cgroups policed on their own, with their policy id.
+    pub cgroup_owned: BTreeMap<CgroupId, u32>,
+    /// Known containers: Some(policy id) if policed.
+    pub containers: BTreeMap<ContainerId, Option<u32>>,
+    /// Every cgroup entry (own, container and unclassified ones).
+    pub cgroup_entries: BTreeMap<CgroupId, CgroupPolicy>,
+    /// Rules whose policy id nobody owns, by policy id.
     pub orphans: BTreeMap<u32, Vec<Rule>>,
+}
+
+impl PinnedView {
+    /// Policies of cgroups policed on their own, by cgroup.
+    pub fn cgroup_policies(&self) -> BTreeMap<CgroupId, Applied> {
+        self.cgroup_owned
+            .iter()
+            .filter_map(|(cg, id)| {
+                Some((
+                    *cg,
+                    Applied {
+                        policy_id: *id,
+                        policy: self.policies.get(id)?.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// Reads every policy and rule.
@@ -35,6 +62,7 @@ pub fn read<T: Borrow<MapData>>(
     allow6: &HashMap<T, Ip6RuleKey, RuleValue>,
     cidr4: &LpmTrie<T, Cidr4Data, RuleValue>,
     cidr6: &LpmTrie<T, Cidr6Data, RuleValue>,
+    containers: &HashMap<T, ContainerKey, CgroupPolicy>,
 ) -> PinnedView {
     let mut rules: BTreeMap<u32, BTreeSet<Rule>> = BTreeMap::new();
     let mut add = |decoded: Option<(u32, Rule)>| {
@@ -54,27 +82,38 @@ pub fn read<T: Borrow<MapData>>(
     for k in cidr6.keys().flatten() {
         add(keys::decode_cidr6(k.prefix_len(), &k.data()));
     }
-    let mut policies = BTreeMap::new();
-    for (cg, v) in cgroups.iter().flatten() {
-        let own = rules.get(&v.policy_id).cloned().unwrap_or_default();
-        policies.insert(
-            cg,
-            Applied {
-                policy_id: v.policy_id,
-                policy: Policy {
-                    mode: v.mode(),
-                    rules: own,
-                },
-            },
-        );
+    let mut view = PinnedView::default();
+    // policy id -> mode, from whichever entry names it.
+    let mut modes: BTreeMap<u32, Mode> = BTreeMap::new();
+    for (k, v) in containers.iter().flatten() {
+        let Some(id) = ContainerId::from_key(&k) else {
+            continue;
+        };
+        if v.flags & FLAG_UNPOLICED != 0 {
+            view.containers.insert(id, None);
+        } else {
+            view.containers.insert(id, Some(v.policy_id));
+            modes.insert(v.policy_id, v.mode());
+        }
     }
-    let used: BTreeSet<u32> = policies.values().map(|a: &Applied| a.policy_id).collect();
-    let orphans = rules
+    let container_ids: BTreeSet<u32> = view.containers.values().flatten().copied().collect();
+    for (cg, v) in cgroups.iter().flatten() {
+        view.cgroup_entries.insert(cg, v);
+        if v.flags & FLAG_UNCLASSIFIED != 0 || container_ids.contains(&v.policy_id) {
+            continue;
+        }
+        view.cgroup_owned.insert(cg, v.policy_id);
+        modes.insert(v.policy_id, v.mode());
+    }
+    for (id, mode) in modes {
+        let own = rules.remove(&id).unwrap_or_default();
+        view.policies.insert(id, Policy { mode, rules: own });
+    }
+    view.orphans = rules
         .into_iter()
-        .filter(|(id, _)| !used.contains(id))
         .map(|(id, r)| (id, r.into_iter().collect()))
         .collect();
-    PinnedView { policies, orphans }
+    view
 }
 
 /// Counters, summed over CPUs.
@@ -104,10 +143,11 @@ impl Stats {
 pub fn reason_name(r: Reason) -> &'static str {
     match r {
         Reason::NoMatchingRule => "no_matching_rule",
+        Reason::Unclassified => "unclassified_container",
     }
 }
 
-const REASONS: [Reason; 1] = [Reason::NoMatchingRule];
+const REASONS: [Reason; 2] = [Reason::NoMatchingRule, Reason::Unclassified];
 
 /// Reads the per-CPU counters.
 pub fn read_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Result<Stats, MapError> {

@@ -16,6 +16,8 @@ pub enum MountError {
     Io { path: PathBuf, source: io::Error },
     #[error("could not mount bpffs at {path}: {source} (the agent needs root / CAP_SYS_ADMIN)")]
     MountBpf { path: PathBuf, source: io::Error },
+    #[error("could not mount tracefs at /sys/kernel/tracing: {source}")]
+    MountTracefs { source: io::Error },
     #[error(
         "{path} is not on a BPF filesystem; pin directories must be under a bpffs mount such as /sys/fs/bpf"
     )]
@@ -87,6 +89,32 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool, MountError> {
         });
     }
     Ok(mounted)
+}
+
+/// Mounts tracefs at /sys/kernel/tracing if nothing is there (tracepoints are found through it).
+pub fn ensure_tracefs() -> Result<(), MountError> {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    let fstype = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: static NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(MountError::MountTracefs {
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`: `/sys/fs/cgroup`
