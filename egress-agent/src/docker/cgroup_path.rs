@@ -1,0 +1,1 @@
+//! Finding a container's cgroup v2 directories. (being written)

@@ -1,0 +1,4 @@
+//! Docker: following containers through the Engine API, and finding their cgroups.
+
+pub mod cgroup_path;
+pub mod watch;

@@ -1,0 +1,1 @@
+//! Following Docker containers. (being written)
