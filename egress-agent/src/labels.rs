@@ -1,1 +1,925 @@
-//! Container labels (`egress.*`): grammar and classification. (being written)
+//! Container labels (`egress.*`): the grammar a container uses to say where it may connect,
+//! and the classification of a container from its labels.
+//!
+//! # Labels
+//!
+//! | label          | value                                                      | default   |
+//! |----------------|------------------------------------------------------------|-----------|
+//! | `egress.allow` | comma-separated list of allowed destinations (see below)   | nothing   |
+//! | `egress.mode`  | `enforce` (block the rest) or `audit` (log it, block none) | `enforce` |
+//!
+//! Label keys are case-sensitive. Any other key that starts with `egress.` is an error (an
+//! unknown key), so a typo such as `egress.alow` is never silently ignored.
+//!
+//! A container with no `egress.*` label at all is not policed. A container with at least one
+//! `egress.*` label is policed: `egress.allow=` (empty) allows nothing, and `egress.mode=audit`
+//! alone audits everything. A container whose `egress.*` labels contain any error is denied
+//! all egress (fail closed), and every error is reported at once.
+//!
+//! # The `egress.allow` grammar
+//!
+//! ```text
+//! allow    = [ item *( "," item ) ]          ; whitespace around items is ignored,
+//!                                            ; empty items (e.g. a trailing comma) are ignored
+//! item     = domain [ ":" port ]             ; that name, exactly
+//!          | "*." domain [ ":" port ]        ; any subdomain of it, at any depth, not the name itself
+//!          | address                         ; an IPv4/IPv6 address or CIDR, see below
+//! domain   = dlabel *( "." dlabel ) [ "." ]  ; at most 253 characters without the final dot
+//! dlabel   = 1*63( ALPHA / DIGIT / "-" )     ; not starting or ending with "-"
+//! port     = 1*DIGIT                         ; 1-65535
+//! address  = v4 [ "/" len ] [ ":" port ]
+//!          | v6 [ "/" len ]                  ; no port without brackets
+//!          | "[" v6 [ "/" len ] "]" [ ":" port ]
+//! ```
+//!
+//! - A domain is case-insensitive (it is lowercased) and one final dot is dropped:
+//!   `API.Example.COM.` is `api.example.com`. Single-label names (`db`) are allowed. The last
+//!   DNS label must not be all digits (`foo.123`), so a name never reads as an address.
+//!   Internationalised names are written in their ASCII (`xn--`) form.
+//! - `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`; allow
+//!   both to get both. The `*` is only allowed as the whole first DNS label.
+//! - Without a port, an entry allows every port; `name:443` allows only port 443.
+//! - Addresses follow [`crate::policy::parse_ip_entry`]: `10.0.0.1`, `10.1.0.0/16:5432`,
+//!   `2001:db8::/32`, `[2001:db8::1]:443`.
+//! - The same entry twice is fine (it is kept once).
+//! - Anything else is an error naming the item: `*foo.com`, `a.*.com`, `**.x`, `*`,
+//!   `http://x`, `x.com/path`, `x.com:0`, `x.com:http`, `-a.com`, `a..com`, `a_b.com`.
+//!
+//! # Wildcards
+//!
+//! The agent resolves domain names ahead of time, which cannot cover "any subdomain", so a
+//! wildcard entry is accepted only when the caller says it can honour it
+//! ([`Capabilities::wildcards`]). Otherwise it is an error (the container is denied all
+//! egress), never silently ignored.
+
+use std::{collections::HashMap, fmt, str::FromStr};
+
+use crate::policy::{EntryError, Mode, Rule, parse_ip_entry, parse_mode};
+
+/// Every label the agent reads starts with this.
+pub const LABEL_PREFIX: &str = "egress.";
+/// The allowed destinations.
+pub const ALLOW_LABEL: &str = "egress.allow";
+/// `enforce` or `audit`.
+pub const MODE_LABEL: &str = "egress.mode";
+
+/// Longest domain name, without the final dot.
+const MAX_NAME_LEN: usize = 253;
+/// Longest DNS label.
+const MAX_DNS_LABEL_LEN: usize = 63;
+
+const WILDCARD_SHAPE: &str = "a wildcard must be `*.` followed by a domain (`*.example.com`)";
+pub(crate) const WILDCARDS_UNAVAILABLE: &str = "wildcard entries need the DNS-aware mode, which is not \
+     available yet (list the names, or allow the addresses)";
+
+/// True for a label key the agent reads (or rejects as unknown): it starts with `egress.`.
+pub fn is_policed_label(key: &str) -> bool {
+    key.starts_with(LABEL_PREFIX)
+}
+
+/// True if a container with these labels is policed (it has at least one `egress.*` label).
+pub fn is_policed(labels: &HashMap<String, String>) -> bool {
+    labels.keys().any(|k| is_policed_label(k))
+}
+
+/// A validated domain name: lowercase, without a final dot, RFC 1123 labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+/// Why a string is not a domain name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DomainError(pub String);
+
+impl DomainName {
+    /// Validates and lowercases `s` (one final dot is dropped).
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let err = |m: String| Err(DomainError(m));
+        let name = s.strip_suffix('.').unwrap_or(s);
+        if name.is_empty() {
+            return err("empty domain name".into());
+        }
+        if name.len() > MAX_NAME_LEN {
+            return err(format!(
+                "domain name is {} characters long (at most {MAX_NAME_LEN})",
+                name.len()
+            ));
+        }
+        let name = name.to_ascii_lowercase();
+        for label in name.split('.') {
+            if label.is_empty() {
+                return err("empty DNS label (`..`, or a leading dot)".into());
+            }
+            if let Some(c) = label
+                .chars()
+                .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+            {
+                return if c.is_ascii() {
+                    err(format!(
+                        "invalid character `{c}` (a domain has letters, digits, `-` and `.`)"
+                    ))
+                } else {
+                    err(format!(
+                        "invalid character `{c}` (write internationalised names in their \
+                         `xn--` form)"
+                    ))
+                };
+            }
+            if label.len() > MAX_DNS_LABEL_LEN {
+                return err(format!(
+                    "DNS label `{label}` is {} characters long (at most {MAX_DNS_LABEL_LEN})",
+                    label.len()
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return err(format!(
+                    "DNS label `{label}` must not start or end with a hyphen"
+                ));
+            }
+        }
+        let last = name.rsplit('.').next().unwrap_or_default();
+        if last.chars().all(|c| c.is_ascii_digit()) {
+            return err(format!(
+                "the last DNS label `{last}` is all digits (write an address as an IP)"
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True if `self` is a strict subdomain of `suffix` at any depth (what `*.suffix` matches):
+    /// `a.b.example.com` is under `example.com`; `example.com` is not.
+    pub fn is_subdomain_of(&self, suffix: &DomainName) -> bool {
+        self.0
+            .strip_suffix(suffix.as_str())
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+    }
+}
+
+impl FromStr for DomainName {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for DomainName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One item of `egress.allow` (or of an `allow` list in the policy file).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllowEntry {
+    /// An address or CIDR, on one port or on every port.
+    Addr(Rule),
+    /// Exactly this name (its addresses, once resolved).
+    Domain { name: DomainName, port: Option<u16> },
+    /// Any strict subdomain of `suffix`, at any depth (`*.suffix`).
+    Wildcard {
+        suffix: DomainName,
+        port: Option<u16>,
+    },
+}
+
+impl AllowEntry {
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            AllowEntry::Addr(r) => r.port(),
+            AllowEntry::Domain { port, .. } | AllowEntry::Wildcard { port, .. } => *port,
+        }
+    }
+}
+
+impl fmt::Display for AllowEntry {
+    /// The entry in the label grammar (it parses back to the same entry).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (star, name, port) = match self {
+            AllowEntry::Addr(r) => return r.fmt(f),
+            AllowEntry::Domain { name, port } => ("", name, port),
+            AllowEntry::Wildcard { suffix, port } => ("*.", suffix, port),
+        };
+        write!(f, "{star}{name}")?;
+        match port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the agent can enforce; entries it cannot honour are errors (fail closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `*.example.com` entries can be enforced (needs the DNS-aware mode, not available yet).
+    pub wildcards: bool,
+}
+
+/// A bad allow entry: the item as written (trimmed) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{token}`: {message}")]
+pub struct EntryProblem {
+    pub token: String,
+    pub message: String,
+}
+
+/// Parses one allow entry (surrounding whitespace is ignored; an empty entry is an error here,
+/// it is only skipped inside a comma-separated list).
+pub fn parse_allow_entry(raw: &str, caps: Capabilities) -> Result<AllowEntry, EntryProblem> {
+    let token = raw.trim();
+    let problem = |message: String| EntryProblem {
+        token: token.to_owned(),
+        message,
+    };
+    // Checked first: `https://x:443` would otherwise read as a malformed IPv6 address.
+    if token.contains("://") {
+        return Err(problem(
+            "a URL is not an entry: write the host name, optionally with `:port`".into(),
+        ));
+    }
+    match parse_ip_entry(token) {
+        Ok(Some(rule)) => Ok(AllowEntry::Addr(rule)),
+        Ok(None) => parse_name_entry(token, caps).map_err(problem),
+        Err(e) => Err(problem(ip_entry_message(e))),
+    }
+}
+
+/// The message of an address-entry error, without the entry (the caller names the token).
+fn ip_entry_message(e: EntryError) -> String {
+    match e {
+        EntryError::Empty => "empty entry".into(),
+        EntryError::BadPort { port, .. } => format!("bad port `{port}` (expected 1-65535)"),
+        EntryError::BadPrefix { len, max, .. } => {
+            format!("bad prefix length `{len}` (at most {max})")
+        }
+        EntryError::BadAddress { .. } => "not an IPv4 or IPv6 address".into(),
+        EntryError::Rule { source, .. } => source.to_string(),
+    }
+}
+
+/// `domain[:port]` or `*.domain[:port]`; `token` is trimmed, non-empty and not an address.
+fn parse_name_entry(token: &str, caps: Capabilities) -> Result<AllowEntry, String> {
+    // Not an address, so at most one colon is left (two or more read as IPv6).
+    let (host, port) = match token.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (token, None),
+    };
+    if host.contains('/') {
+        return Err(
+            "`/` is not allowed after a name: write the host name, optionally with \
+                    `:port` (a prefix length needs an address)"
+                .into(),
+        );
+    }
+    let wildcard = host.contains('*');
+    let name = if wildcard {
+        let suffix = host
+            .strip_prefix("*.")
+            .filter(|rest| !rest.is_empty() && !rest.contains('*'))
+            .ok_or_else(|| WILDCARD_SHAPE.to_owned())?;
+        let suffix = DomainName::parse(suffix).map_err(|e| e.0)?;
+        if suffix.as_str().len() > MAX_NAME_LEN - 2 {
+            return Err(format!(
+                "a wildcard's domain can be at most {} characters long (`*.` counts)",
+                MAX_NAME_LEN - 2
+            ));
+        }
+        suffix
+    } else {
+        DomainName::parse(host).map_err(|e| e.0)?
+    };
+    let port = port.map(parse_port).transpose()?;
+    if !wildcard {
+        return Ok(AllowEntry::Domain { name, port });
+    }
+    if !caps.wildcards {
+        return Err(WILDCARDS_UNAVAILABLE.into());
+    }
+    Ok(AllowEntry::Wildcard { suffix: name, port })
+}
+
+/// `1*DIGIT` in 1-65535 (no sign, no service names).
+fn parse_port(p: &str) -> Result<u16, String> {
+    Some(p)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|n| *n != 0)
+        .ok_or_else(|| format!("bad port `{p}` (expected 1-65535)"))
+}
+
+/// What a policed container may reach: the mode and the allowed entries (no duplicates, in the
+/// order first written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub mode: Mode,
+    pub entries: Vec<AllowEntry>,
+}
+
+impl ContainerSpec {
+    /// Nothing allowed, in `mode`.
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `entry` unless it is already there; returns whether it was added.
+    pub fn add(&mut self, entry: AllowEntry) -> bool {
+        if self.entries.contains(&entry) {
+            return false;
+        }
+        self.entries.push(entry);
+        true
+    }
+
+    /// The address entries.
+    pub fn rules(&self) -> impl Iterator<Item = Rule> + '_ {
+        self.entries.iter().filter_map(|e| match e {
+            AllowEntry::Addr(r) => Some(*r),
+            _ => None,
+        })
+    }
+
+    /// The exact-name entries, with their ports.
+    pub fn domains(&self) -> impl Iterator<Item = (&DomainName, Option<u16>)> + '_ {
+        self.entries.iter().filter_map(|e| match e {
+            AllowEntry::Domain { name, port } => Some((name, *port)),
+            _ => None,
+        })
+    }
+
+    /// The wildcard entries, with their ports.
+    pub fn wildcards(&self) -> impl Iterator<Item = (&DomainName, Option<u16>)> + '_ {
+        self.entries.iter().filter_map(|e| match e {
+            AllowEntry::Wildcard { suffix, port } => Some((suffix, *port)),
+            _ => None,
+        })
+    }
+}
+
+/// One problem with a container's `egress.*` labels.
+///
+/// `label` is the label key (or, for an error that comes from the policy file, where in the
+/// file); `token` is the offending item as written, or empty when the whole label is at fault
+/// (an unknown key, an empty mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelError {
+    pub label: String,
+    pub token: String,
+    pub message: String,
+}
+
+impl fmt::Display for LabelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_policed_label(&self.label) {
+            write!(f, "label `{}`: ", self.label)?;
+        } else {
+            write!(f, "{}: ", self.label)?;
+        }
+        if !self.token.is_empty() {
+            write!(f, "`{}`: ", self.token)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LabelError {}
+
+/// What the agent does with a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Classification {
+    /// No `egress.*` label: not policed.
+    Unpoliced,
+    /// Policed with this spec.
+    Policed(ContainerSpec),
+    /// Policed, but the labels are malformed: deny all egress. Every problem is listed.
+    Invalid(Vec<LabelError>),
+}
+
+/// Classifies a container by its labels (keys are read in sorted order, so errors are listed
+/// in a stable order).
+pub fn classify(labels: &HashMap<String, String>, caps: Capabilities) -> Classification {
+    let parsed = parse_labels(labels, caps);
+    if !parsed.policed {
+        Classification::Unpoliced
+    } else if !parsed.errors.is_empty() {
+        Classification::Invalid(parsed.errors)
+    } else {
+        Classification::Policed(ContainerSpec {
+            mode: parsed.mode.unwrap_or(Mode::Enforce),
+            entries: parsed.entries,
+        })
+    }
+}
+
+/// The labels read apart: what was valid, and every error (for callers that combine the labels
+/// with other sources, such as the policy file).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ParsedLabels {
+    /// Some `egress.*` label is present.
+    pub policed: bool,
+    /// `egress.mode`, if given and valid.
+    pub mode: Option<Mode>,
+    /// The valid entries of `egress.allow`, deduplicated.
+    pub entries: Vec<AllowEntry>,
+    pub errors: Vec<LabelError>,
+}
+
+pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities) -> ParsedLabels {
+    let mut keys: Vec<&String> = labels.keys().filter(|k| is_policed_label(k)).collect();
+    keys.sort();
+    let mut out = ParsedLabels {
+        policed: !keys.is_empty(),
+        ..ParsedLabels::default()
+    };
+    let mut spec = ContainerSpec::new(Mode::Enforce);
+    for key in keys {
+        let value = &labels[key];
+        let error = |token: &str, message: String| LabelError {
+            label: key.clone(),
+            token: token.to_owned(),
+            message,
+        };
+        match key.as_str() {
+            ALLOW_LABEL => {
+                for item in value.split(',').filter(|i| !i.trim().is_empty()) {
+                    match parse_allow_entry(item, caps) {
+                        Ok(entry) => {
+                            spec.add(entry);
+                        }
+                        Err(p) => out.errors.push(error(&p.token, p.message)),
+                    }
+                }
+            }
+            MODE_LABEL => match value.trim() {
+                "" => out.errors.push(error(
+                    "",
+                    "empty value: expected `enforce` or `audit`".into(),
+                )),
+                v => match parse_mode(v) {
+                    Ok(m) => out.mode = Some(m),
+                    Err(_) => out.errors.push(error(
+                        v,
+                        "unknown mode: expected `enforce` or `audit`".into(),
+                    )),
+                },
+            },
+            _ => out.errors.push(error(
+                "",
+                format!("unknown key (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"),
+            )),
+        }
+    }
+    out.entries = spec.entries;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_WILD: Capabilities = Capabilities { wildcards: false };
+    const WILD: Capabilities = Capabilities { wildcards: true };
+
+    fn entry(s: &str) -> AllowEntry {
+        parse_allow_entry(s, WILD).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn bad(s: &str) -> EntryProblem {
+        match parse_allow_entry(s, WILD) {
+            Ok(e) => panic!("{s:?} parsed as {e:?}"),
+            Err(p) => p,
+        }
+    }
+
+    fn domain(name: &str, port: Option<u16>) -> AllowEntry {
+        AllowEntry::Domain {
+            name: DomainName::parse(name).unwrap(),
+            port,
+        }
+    }
+
+    fn wildcard(suffix: &str, port: Option<u16>) -> AllowEntry {
+        AllowEntry::Wildcard {
+            suffix: DomainName::parse(suffix).unwrap(),
+            port,
+        }
+    }
+
+    fn addr(s: &str) -> AllowEntry {
+        AllowEntry::Addr(parse_ip_entry(s).unwrap().unwrap())
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn policed(pairs: &[(&str, &str)], caps: Capabilities) -> ContainerSpec {
+        match classify(&labels(pairs), caps) {
+            Classification::Policed(s) => s,
+            other => panic!("{pairs:?}: {other:?}"),
+        }
+    }
+
+    fn invalid(pairs: &[(&str, &str)], caps: Capabilities) -> Vec<LabelError> {
+        match classify(&labels(pairs), caps) {
+            Classification::Invalid(e) => e,
+            other => panic!("{pairs:?}: {other:?}"),
+        }
+    }
+
+    // ---- entries ----
+
+    #[test]
+    fn domain_names() {
+        assert_eq!(entry("api.example.com"), domain("api.example.com", None));
+        assert_eq!(entry("db"), domain("db", None));
+        assert_eq!(entry("a-b.c0.example"), domain("a-b.c0.example", None));
+        assert_eq!(entry("123.example.com"), domain("123.example.com", None));
+        assert_eq!(
+            entry("xn--bcher-kva.example"),
+            domain("xn--bcher-kva.example", None)
+        );
+    }
+
+    #[test]
+    fn domain_names_with_ports() {
+        assert_eq!(
+            entry("api.example.com:443"),
+            domain("api.example.com", Some(443))
+        );
+        assert_eq!(entry("db:5432"), domain("db", Some(5432)));
+        assert_eq!(entry("x.com:1"), domain("x.com", Some(1)));
+        assert_eq!(entry("x.com:65535"), domain("x.com", Some(65535)));
+        assert_eq!(entry("x.com:0080"), domain("x.com", Some(80)));
+    }
+
+    #[test]
+    fn case_is_folded() {
+        assert_eq!(entry("API.Example.COM"), domain("api.example.com", None));
+        assert_eq!(
+            entry("*.Example.COM:443"),
+            wildcard("example.com", Some(443))
+        );
+        assert_eq!(entry("API.example.com").to_string(), "api.example.com");
+    }
+
+    #[test]
+    fn one_trailing_dot_is_dropped() {
+        assert_eq!(entry("api.example.com."), domain("api.example.com", None));
+        assert_eq!(
+            entry("api.example.com.:443"),
+            domain("api.example.com", Some(443))
+        );
+        assert_eq!(entry("*.example.com."), wildcard("example.com", None));
+        assert!(bad("api.example.com..").message.contains("empty DNS label"));
+        // `.` reads as a malformed address; as a name it is empty.
+        assert_eq!(bad(".").token, ".");
+        assert!(
+            DomainName::parse(".")
+                .unwrap_err()
+                .0
+                .contains("empty domain name")
+        );
+        assert!(bad("*..").message.contains("empty"));
+    }
+
+    #[test]
+    fn whitespace_around_an_entry_is_ignored() {
+        assert_eq!(
+            entry("  api.example.com \t"),
+            domain("api.example.com", None)
+        );
+        assert_eq!(entry(" 10.0.0.1 "), addr("10.0.0.1"));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert_eq!(entry("*.example.com"), wildcard("example.com", None));
+        assert_eq!(
+            entry("*.example.com:443"),
+            wildcard("example.com", Some(443))
+        );
+        assert_eq!(entry("*.internal"), wildcard("internal", None));
+    }
+
+    #[test]
+    fn wildcards_need_the_capability() {
+        let e = parse_allow_entry("*.example.com", NO_WILD).unwrap_err();
+        assert_eq!(e.token, "*.example.com");
+        assert!(e.message.contains("DNS-aware mode"), "{e}");
+        // A malformed wildcard reports its shape first, whatever the capabilities.
+        let e = parse_allow_entry("*foo.com", NO_WILD).unwrap_err();
+        assert!(e.message.contains("`*.` followed by a domain"), "{e}");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(entry("10.0.0.1"), addr("10.0.0.1"));
+        assert_eq!(entry("10.0.0.1:53"), addr("10.0.0.1:53"));
+        assert_eq!(entry("10.1.0.0/16:5432"), addr("10.1.0.0/16:5432"));
+        assert_eq!(entry("2001:db8::1"), addr("2001:db8::1"));
+        assert_eq!(entry("2001:DB8::1"), addr("2001:db8::1"));
+        assert_eq!(entry("[2001:db8::1]"), addr("2001:db8::1"));
+        assert_eq!(entry("[2001:db8::1]:443"), addr("[2001:db8::1]:443"));
+        assert_eq!(entry("2001:db8::/32"), addr("2001:db8::/32"));
+        assert_eq!(entry("[2001:db8::/32]:443"), addr("[2001:db8::/32]:443"));
+        assert_eq!(entry("[2001:db8::1]:443").port(), Some(443));
+    }
+
+    #[test]
+    fn bad_addresses_name_the_token() {
+        for (s, want) in [
+            ("10.0.0.1:0", "bad port `0`"),
+            ("10.0.0.1:70000", "bad port `70000`"),
+            ("10.0.0.0/33", "bad prefix length `33`"),
+            ("10.0.0", "not an IPv4 or IPv6 address"),
+            ("1.2.3.4.5", "not an IPv4 or IPv6 address"),
+            ("[2001:db8::1", "not an IPv4 or IPv6 address"),
+            ("[2001:db8::1]443", "not an IPv4 or IPv6 address"),
+            ("2001:db8::1:443]", "not an IPv4 or IPv6 address"),
+            ("[2001:db8::1]:0", "bad port `0`"),
+            ("x.com:80:90", "not an IPv4 or IPv6 address"),
+            ("123", "not an IPv4 or IPv6 address"),
+        ] {
+            let p = bad(s);
+            assert_eq!(p.token, s);
+            assert!(p.message.contains(want), "{s}: {p}");
+            assert!(!p.message.contains(s), "{s}: the token is repeated: {p}");
+        }
+    }
+
+    #[test]
+    fn bad_entries_name_the_token() {
+        for (s, want) in [
+            ("*foo.com", "`*.` followed by a domain"),
+            ("a.*.com", "`*.` followed by a domain"),
+            ("**.x", "`*.` followed by a domain"),
+            ("*.*.x", "`*.` followed by a domain"),
+            ("*", "`*.` followed by a domain"),
+            ("*.", "`*.` followed by a domain"),
+            ("*.com*", "`*.` followed by a domain"),
+            ("http://x", "a URL is not an entry"),
+            ("https://x.com:443/", "a URL is not an entry"),
+            ("x.com/path", "`/` is not allowed"),
+            ("x.com/24", "`/` is not allowed"),
+            ("x.com:0", "bad port `0`"),
+            ("x.com:http", "bad port `http`"),
+            ("x.com:", "bad port ``"),
+            ("x.com:+80", "bad port `+80`"),
+            ("x.com:65536", "bad port `65536`"),
+            (
+                "-a.com",
+                "DNS label `-a` must not start or end with a hyphen",
+            ),
+            ("a-.com", "DNS label `a-`"),
+            ("a.com-", "DNS label `com-`"),
+            ("a..com", "empty DNS label"),
+            (".a.com", "empty DNS label"),
+            ("a_b.com", "invalid character `_`"),
+            ("a b.com", "invalid character ` `"),
+            ("bücher.example", "`xn--` form"),
+            ("foo.123", "all digits"),
+            ("*.-a.com", "DNS label `-a`"),
+            ("*.10.0.0.1", "all digits"),
+        ] {
+            let p = bad(s);
+            assert_eq!(p.token, s);
+            assert!(p.message.contains(want), "{s}: {p}");
+        }
+    }
+
+    #[test]
+    fn length_limits() {
+        let l63 = "a".repeat(63);
+        let l64 = "a".repeat(64);
+        assert!(matches!(
+            entry(&format!("{l63}.com")),
+            AllowEntry::Domain { .. }
+        ));
+        assert!(bad(&format!("{l64}.com")).message.contains("at most 63"));
+        // 4 * 63 + 3 dots = 255 > 253; 3 * 63 + 61 + 3 = 253.
+        let long = [l63.as_str(); 4].join(".");
+        assert!(bad(&long).message.contains("at most 253"));
+        let max = format!("{l63}.{l63}.{l63}.{}", "b".repeat(61));
+        assert_eq!(max.len(), 253);
+        assert!(matches!(entry(&max), AllowEntry::Domain { .. }));
+        assert!(matches!(
+            entry(&format!("{max}.")),
+            AllowEntry::Domain { .. }
+        ));
+        // `*.` + 253 cannot match any name.
+        assert!(bad(&format!("*.{max}")).message.contains("at most 251"));
+        let wild = format!("*.{l63}.{l63}.{l63}.{}", "b".repeat(59));
+        assert!(matches!(entry(&wild), AllowEntry::Wildcard { .. }));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "api.example.com",
+            "api.example.com:443",
+            "*.example.com",
+            "*.example.com:8443",
+            "10.0.0.0/8:5432",
+            "[2001:db8::1]:443",
+            "2001:db8::/32",
+        ] {
+            let e = entry(s);
+            assert_eq!(e.to_string(), s);
+            assert_eq!(entry(&e.to_string()), e);
+        }
+    }
+
+    #[test]
+    fn subdomains() {
+        let suffix = DomainName::parse("example.com").unwrap();
+        let name = |s: &str| DomainName::parse(s).unwrap();
+        assert!(name("a.example.com").is_subdomain_of(&suffix));
+        assert!(name("a.b.example.com").is_subdomain_of(&suffix));
+        assert!(!name("example.com").is_subdomain_of(&suffix));
+        assert!(!name("badexample.com").is_subdomain_of(&suffix));
+        assert!(!name("example.com.evil").is_subdomain_of(&suffix));
+    }
+
+    // ---- labels ----
+
+    #[test]
+    fn no_egress_label_is_unpoliced() {
+        assert_eq!(classify(&labels(&[]), NO_WILD), Classification::Unpoliced);
+        let l = labels(&[("com.example.team", "x"), ("Egress.allow", "x.com")]);
+        assert_eq!(classify(&l, NO_WILD), Classification::Unpoliced);
+        assert!(!is_policed(&l));
+        assert!(is_policed(&labels(&[("egress.mode", "audit")])));
+        assert!(is_policed_label("egress.allow"));
+        assert!(!is_policed_label("egress"));
+    }
+
+    #[test]
+    fn empty_allow_allows_nothing() {
+        let s = policed(&[("egress.allow", "")], NO_WILD);
+        assert_eq!(s, ContainerSpec::new(Mode::Enforce));
+        let s = policed(&[("egress.allow", " , ,")], NO_WILD);
+        assert!(s.entries.is_empty());
+    }
+
+    #[test]
+    fn audit_alone_audits_everything() {
+        let s = policed(&[("egress.mode", "audit")], NO_WILD);
+        assert_eq!(s, ContainerSpec::new(Mode::Audit));
+    }
+
+    #[test]
+    fn allow_list() {
+        let s = policed(
+            &[
+                (
+                    "egress.allow",
+                    " api.example.com:443, 10.1.0.0/16:5432 ,[2001:db8::1]:443,db,",
+                ),
+                ("other", "ignored"),
+            ],
+            NO_WILD,
+        );
+        assert_eq!(s.mode, Mode::Enforce);
+        assert_eq!(
+            s.entries,
+            vec![
+                domain("api.example.com", Some(443)),
+                addr("10.1.0.0/16:5432"),
+                addr("[2001:db8::1]:443"),
+                domain("db", None),
+            ]
+        );
+        assert_eq!(s.rules().count(), 2);
+        assert_eq!(s.domains().count(), 2);
+        assert_eq!(s.wildcards().count(), 0);
+    }
+
+    #[test]
+    fn duplicates_are_kept_once() {
+        let s = policed(
+            &[(
+                "egress.allow",
+                "x.com,X.com.,x.com:443,x.com,10.0.0.1,10.0.0.1,::ffff:10.0.0.1",
+            )],
+            NO_WILD,
+        );
+        assert_eq!(
+            s.entries,
+            vec![
+                domain("x.com", None),
+                domain("x.com", Some(443)),
+                addr("10.0.0.1")
+            ]
+        );
+    }
+
+    #[test]
+    fn modes() {
+        let s = policed(
+            &[("egress.mode", " enforce "), ("egress.allow", "x.com")],
+            NO_WILD,
+        );
+        assert_eq!(s.mode, Mode::Enforce);
+        let s = policed(
+            &[("egress.mode", "audit"), ("egress.allow", "x.com")],
+            NO_WILD,
+        );
+        assert_eq!(s.mode, Mode::Audit);
+    }
+
+    #[test]
+    fn mode_errors() {
+        let e = invalid(&[("egress.mode", "block")], NO_WILD);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].label, "egress.mode");
+        assert_eq!(e[0].token, "block");
+        assert_eq!(
+            e[0].to_string(),
+            "label `egress.mode`: `block`: unknown mode: expected `enforce` or `audit`"
+        );
+        let e = invalid(&[("egress.mode", "Audit")], NO_WILD);
+        assert_eq!(e[0].token, "Audit");
+        let e = invalid(&[("egress.mode", " ")], NO_WILD);
+        assert_eq!(
+            e[0].to_string(),
+            "label `egress.mode`: empty value: expected `enforce` or `audit`"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = invalid(&[("egress.alow", "x.com"), ("egress.", "")], NO_WILD);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].label, "egress.");
+        assert_eq!(e[1].label, "egress.alow");
+        assert!(e[1].token.is_empty());
+        assert!(
+            e[1].to_string()
+                .starts_with("label `egress.alow`: unknown key"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn every_error_is_collected() {
+        let e = invalid(
+            &[
+                (
+                    "egress.allow",
+                    "ok.com, *foo.com, x.com:0, 10.0.0.1, -a.com",
+                ),
+                ("egress.mode", "block"),
+                ("egress.deny", "y.com"),
+            ],
+            NO_WILD,
+        );
+        let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "label `egress.allow`: `*foo.com`: a wildcard must be `*.` followed by a domain \
+                 (`*.example.com`)",
+                "label `egress.allow`: `x.com:0`: bad port `0` (expected 1-65535)",
+                "label `egress.allow`: `-a.com`: DNS label `-a` must not start or end with a \
+                 hyphen",
+                "label `egress.deny`: unknown key (the agent reads `egress.allow` and \
+                 `egress.mode`)",
+                "label `egress.mode`: `block`: unknown mode: expected `enforce` or `audit`",
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcard_labels_follow_capabilities() {
+        let pairs = [("egress.allow", "*.example.com:443, example.com")];
+        let e = invalid(&pairs, NO_WILD);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].token, "*.example.com:443");
+        assert!(e[0].message.contains("not available yet"), "{}", e[0]);
+        let s = policed(&pairs, WILD);
+        assert_eq!(
+            s.entries,
+            vec![
+                wildcard("example.com", Some(443)),
+                domain("example.com", None)
+            ]
+        );
+        assert_eq!(s.wildcards().count(), 1);
+    }
+}

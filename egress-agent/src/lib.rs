@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod container;
+pub mod denial_log;
 pub mod docker;
 pub mod enforcer;
 pub mod events;
