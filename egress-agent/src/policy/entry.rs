@@ -73,27 +73,28 @@ pub fn parse_ip_entry(raw: &str) -> Result<Option<Rule>, EntryError> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match len {
         None => max,
-        Some(l) => {
-            l.parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| EntryError::BadPrefix {
-                    entry: entry.to_owned(),
-                    len: l.to_owned(),
-                    max,
-                })?
-        }
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|n| *n <= max && all_digits(l))
+            .ok_or_else(|| EntryError::BadPrefix {
+                entry: entry.to_owned(),
+                len: l.to_owned(),
+                max,
+            })?,
     };
-    let port =
-        match port {
-            None => None,
-            Some(p) => Some(p.parse::<u16>().ok().filter(|n| *n != 0).ok_or_else(|| {
-                EntryError::BadPort {
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|n| *n != 0 && all_digits(p))
+                .ok_or_else(|| EntryError::BadPort {
                     entry: entry.to_owned(),
                     port: p.to_owned(),
-                }
-            })?),
-        };
+                })?,
+        ),
+    };
     let net = IpNet::new(ip, prefix).map_err(|_| EntryError::BadPrefix {
         entry: entry.to_owned(),
         len: prefix.to_string(),
@@ -117,6 +118,11 @@ pub fn parse_ip_entries(list: &str) -> Result<Vec<Rule>, EntryError> {
             })
         })
         .collect()
+}
+
+/// Plain decimal digits (Rust's integer parsing also takes a leading `+`).
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Digits, dots and colons only (or hex and colons): meant as an address, not a name.
@@ -177,6 +183,14 @@ mod tests {
         assert!(matches!(
             parse_ip_entry("[10.0.0.1]x"),
             Err(EntryError::BadAddress { .. })
+        ));
+        assert!(matches!(
+            parse_ip_entry("10.1.2.3:+80"),
+            Err(EntryError::BadPort { .. })
+        ));
+        assert!(matches!(
+            parse_ip_entry("10.1.2.0/+8"),
+            Err(EntryError::BadPrefix { .. })
         ));
         let e = parse_ip_entry("10.1.2.3:http").unwrap_err();
         assert!(e.to_string().contains("10.1.2.3:http"), "{e}");
