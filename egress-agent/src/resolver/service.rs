@@ -1,0 +1,836 @@
+//! The resolver service: one task that owns the [`DomainState`] of every domain in use, runs
+//! their lookups (concurrently, as child tasks) when due, and publishes changes of their
+//! effective sets.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use futures_util::future::BoxFuture;
+use hickory_resolver::net::NetError;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::{AbortHandle, Id, JoinSet},
+};
+use tracing::{debug, info, warn};
+
+use super::{Answer, DomainState, RefreshConfig, ResolverError, normalize_domain};
+
+/// Where the service gets answers from: [`DnsClient`](super::DnsClient), or a fake in tests.
+pub trait Upstream: Send + Sync + 'static {
+    /// Looks up the A and AAAA records of a (normalized) domain.
+    fn lookup(&self, domain: String) -> BoxFuture<'static, Result<Answer, ResolverError>>;
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// TTL floor and ceiling, grace period and failure backoff.
+    pub refresh: RefreshConfig,
+    /// How long [`ResolverHandle::add`] waits for the first answer of a new domain before
+    /// returning [`FirstAnswer::Pending`]. Default 5 s.
+    pub first_answer_timeout: Duration,
+    /// A lookup that has not finished after this long counts as failed (the DNS client has its
+    /// own, shorter timeouts; this is the backstop). Default 15 s.
+    pub lookup_timeout: Duration,
+}
+
+impl ServiceConfig {
+    /// Default of [`ServiceConfig::first_answer_timeout`].
+    pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of [`ServiceConfig::lookup_timeout`].
+    pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+    fn validate(&self) -> Result<(), ResolverError> {
+        self.refresh.validate()?;
+        if self.lookup_timeout.is_zero() {
+            return Err(ResolverError::InvalidConfig(
+                "the lookup timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            refresh: RefreshConfig::default(),
+            first_answer_timeout: Self::DEFAULT_FIRST_ANSWER_TIMEOUT,
+            lookup_timeout: Self::DEFAULT_LOOKUP_TIMEOUT,
+        }
+    }
+}
+
+/// The effective set of a domain changed (or the domain got its first answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainUpdate {
+    /// The normalized domain (see [`normalize_domain`]).
+    pub domain: String,
+    /// Its whole effective set: the last answer and the IPs still in grace.
+    pub ips: BTreeSet<IpAddr>,
+}
+
+/// What [`ResolverHandle::add`] knows about the domain when it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstAnswer {
+    /// The domain has been answered (maybe with no IPs); `ips` is its effective set.
+    Resolved,
+    /// No answer yet: its lookups failed so far (the last error) and are being retried.
+    Failed(String),
+    /// No outcome within the first-answer timeout (or the domain was removed meanwhile); the
+    /// IPs will come as a [`DomainUpdate`].
+    Pending,
+}
+
+/// The result of [`ResolverHandle::add`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddOutcome {
+    /// The normalized domain, the key of its [`DomainUpdate`]s.
+    pub domain: String,
+    /// Its effective set when `add` returned.
+    pub ips: BTreeSet<IpAddr>,
+    pub status: FirstAnswer,
+}
+
+enum Command {
+    Add {
+        domain: String,
+        reply: oneshot::Sender<AddOutcome>,
+    },
+    Remove {
+        domain: String,
+    },
+}
+
+type Snapshots = Arc<Mutex<HashMap<String, BTreeSet<IpAddr>>>>;
+
+fn lock(snapshots: &Snapshots) -> MutexGuard<'_, HashMap<String, BTreeSet<IpAddr>>> {
+    snapshots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A cheap, clonable handle on the service. The service stops when the last one is dropped.
+#[derive(Clone)]
+pub struct ResolverHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    snapshots: Snapshots,
+    first_answer_timeout: Duration,
+}
+
+impl std::fmt::Debug for ResolverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolverHandle").finish_non_exhaustive()
+    }
+}
+
+impl ResolverHandle {
+    /// Takes a reference on `domain` — at once, when called: dropping the returned future does
+    /// not undo it — and resolves it if it is new. The future returns the domain's effective
+    /// set as soon as it has an answer, or when its first lookup failed, or after the
+    /// first-answer timeout, whichever comes first (at once for a domain already answered).
+    /// Errors: the name is not a domain, or the service stopped.
+    pub fn add(
+        &self,
+        domain: &str,
+    ) -> impl Future<Output = Result<AddOutcome, ResolverError>> + Send + 'static {
+        let sent = normalize_domain(domain).and_then(|domain| {
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Command::Add {
+                    domain: domain.clone(),
+                    reply,
+                })
+                .map_err(|_| ResolverError::Stopped)?;
+            Ok((domain, rx))
+        });
+        let timeout = self.first_answer_timeout;
+        let snapshots = self.snapshots.clone();
+        let tx = self.tx.clone();
+        async move {
+            let (domain, rx) = sent?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(_)) if tx.is_closed() => Err(ResolverError::Stopped),
+                Ok(Err(_)) | Err(_) => {
+                    let ips = lock(&snapshots).get(&domain).cloned().unwrap_or_default();
+                    Ok(AddOutcome {
+                        domain,
+                        ips,
+                        status: FirstAnswer::Pending,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Drops one reference on `domain`; after the last one the domain is no longer resolved
+    /// and no more updates are sent for it. Removing a domain that has no reference (or is not
+    /// a domain) does nothing.
+    pub fn remove(&self, domain: &str) {
+        if let Ok(domain) = normalize_domain(domain) {
+            // A stopped service has nothing left to remove.
+            let _ = self.tx.send(Command::Remove { domain });
+        }
+    }
+
+    /// The current effective set of a domain that has references (empty until its first
+    /// answer), or `None` if it has none.
+    pub fn snapshot(&self, domain: &str) -> Option<BTreeSet<IpAddr>> {
+        let domain = normalize_domain(domain).ok()?;
+        lock(&self.snapshots).get(&domain).cloned()
+    }
+
+    /// The domains that have references, sorted.
+    pub fn domains(&self) -> Vec<String> {
+        let mut all: Vec<_> = lock(&self.snapshots).keys().cloned().collect();
+        all.sort();
+        all
+    }
+
+    /// The service task is still running.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// The resolver service (see the [module docs](super)).
+pub struct ResolverService;
+
+impl ResolverService {
+    /// Spawns the service task on the current tokio runtime. Returns the handle to add and
+    /// remove domains and the receiver of [`DomainUpdate`]s (which may be dropped if only
+    /// snapshots are wanted).
+    pub fn spawn<U: Upstream>(
+        upstream: U,
+        config: ServiceConfig,
+    ) -> Result<(ResolverHandle, mpsc::UnboundedReceiver<DomainUpdate>), ResolverError> {
+        config.validate()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let snapshots = Snapshots::default();
+        let task = Task {
+            upstream: Arc::new(upstream),
+            config,
+            domains: HashMap::new(),
+            next_generation: 0,
+            lookups: JoinSet::new(),
+            running: HashMap::new(),
+            updates: updates_tx,
+            snapshots: snapshots.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        let handle = ResolverHandle {
+            tx,
+            snapshots,
+            first_answer_timeout: config.first_answer_timeout,
+        };
+        Ok((handle, updates_rx))
+    }
+}
+
+struct Domain {
+    refs: usize,
+    state: DomainState,
+    /// Tells apart lookups of an earlier life of the same domain (removed, then added again).
+    generation: u64,
+    /// The running lookup, aborted if the domain is dropped.
+    lookup: Option<AbortHandle>,
+    /// `add`s waiting for the first outcome.
+    waiters: Vec<oneshot::Sender<AddOutcome>>,
+    /// The last error before the first answer.
+    first_error: Option<String>,
+}
+
+type LookupResult = Result<Answer, ResolverError>;
+
+struct Task<U> {
+    upstream: Arc<U>,
+    config: ServiceConfig,
+    domains: HashMap<String, Domain>,
+    next_generation: u64,
+    lookups: JoinSet<LookupResult>,
+    /// Running lookup task → (domain, generation).
+    running: HashMap<Id, (String, u64)>,
+    updates: mpsc::UnboundedSender<DomainUpdate>,
+    snapshots: Snapshots,
+}
+
+impl<U: Upstream> Task<U> {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let deadline = self
+                .domains
+                .values()
+                .filter_map(|d| d.state.next_deadline())
+                .min();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                Some(joined) = self.lookups.join_next_with_id(), if !self.lookups.is_empty() => {
+                    match joined {
+                        Ok((id, result)) => self.lookup_done(id, result),
+                        Err(e) => self.lookup_died(e),
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {}
+            }
+            self.tick(Instant::now());
+        }
+        self.lookups.shutdown().await;
+        lock(&self.snapshots).clear();
+        debug!("resolver service stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Add { domain, reply } => self.add(domain, reply),
+            Command::Remove { domain } => self.remove(&domain),
+        }
+    }
+
+    fn add(&mut self, domain: String, reply: oneshot::Sender<AddOutcome>) {
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.refs += 1;
+            debug!(%domain, refs = d.refs, "domain referenced again");
+            if d.state.has_answer() {
+                let _ = reply.send(AddOutcome {
+                    ips: d.state.effective(),
+                    domain,
+                    status: FirstAnswer::Resolved,
+                });
+            } else if let (Some(error), false) = (&d.first_error, d.state.is_in_flight()) {
+                // Failing and waiting to retry: no point in waiting for the retry.
+                let _ = reply.send(AddOutcome {
+                    domain,
+                    ips: BTreeSet::new(),
+                    status: FirstAnswer::Failed(error.clone()),
+                });
+            } else {
+                d.waiters.push(reply);
+            }
+            return;
+        }
+        debug!(%domain, "resolving new domain");
+        self.next_generation += 1;
+        lock(&self.snapshots).insert(domain.clone(), BTreeSet::new());
+        self.domains.insert(
+            domain,
+            Domain {
+                refs: 1,
+                state: DomainState::new(self.config.refresh, Instant::now()),
+                generation: self.next_generation,
+                lookup: None,
+                waiters: vec![reply],
+                first_error: None,
+            },
+        );
+        // The lookup starts in the tick that follows.
+    }
+
+    fn remove(&mut self, domain: &str) {
+        let Some(d) = self.domains.get_mut(domain) else {
+            debug!(%domain, "remove of a domain without references ignored");
+            return;
+        };
+        d.refs -= 1;
+        if d.refs > 0 {
+            debug!(%domain, refs = d.refs, "domain reference dropped");
+            return;
+        }
+        if let Some(lookup) = d.lookup.take() {
+            lookup.abort();
+        }
+        self.domains.remove(domain);
+        lock(&self.snapshots).remove(domain);
+        debug!(%domain, "domain no longer used; stopped resolving it");
+    }
+
+    /// Expires grace periods and starts the lookups that are due.
+    fn tick(&mut self, now: Instant) {
+        for (name, d) in &mut self.domains {
+            let change = d.state.expire(now);
+            if !change.is_empty() {
+                info!(domain = %name, removed = ?change.removed, "grace period over");
+                publish(&self.updates, &self.snapshots, name, &d.state);
+            }
+            if d.state.is_due(now) {
+                d.state.begin_lookup();
+                let upstream = self.upstream.clone();
+                let (domain, timeout) = (name.clone(), self.config.lookup_timeout);
+                let handle = self.lookups.spawn(async move {
+                    match tokio::time::timeout(timeout, upstream.lookup(domain.clone())).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ResolverError::Timeout { domain, timeout }),
+                    }
+                });
+                self.running
+                    .insert(handle.id(), (name.clone(), d.generation));
+                d.lookup = Some(handle);
+            }
+        }
+    }
+
+    fn lookup_done(&mut self, id: Id, result: LookupResult) {
+        if let Some((name, generation)) = self.running.remove(&id) {
+            self.apply(name, generation, result);
+        }
+    }
+
+    /// A lookup task panicked (or was aborted because its domain was dropped).
+    fn lookup_died(&mut self, error: tokio::task::JoinError) {
+        let Some((name, generation)) = self.running.remove(&error.id()) else {
+            return;
+        };
+        if error.is_cancelled() {
+            return;
+        }
+        let reason = ResolverError::Lookup {
+            domain: name.clone(),
+            source: NetError::Msg(format!("lookup task failed: {error}")),
+        };
+        self.apply(name, generation, Err(reason));
+    }
+
+    fn apply(&mut self, name: String, generation: u64, result: LookupResult) {
+        let Some(d) = self
+            .domains
+            .get_mut(&name)
+            .filter(|d| d.generation == generation)
+        else {
+            return; // The domain was dropped meanwhile.
+        };
+        d.lookup = None;
+        let now = Instant::now();
+        match result {
+            Ok(answer) => {
+                let first = !d.state.has_answer();
+                let recovered = d.state.consecutive_failures() > 0;
+                let ttl = answer.ttl;
+                let change = d.state.on_answer(now, answer.ips, ttl);
+                d.first_error = None;
+                if recovered {
+                    info!(domain = %name, "lookups succeed again");
+                }
+                if first || !change.is_empty() {
+                    if first {
+                        info!(domain = %name, ips = ?d.state.current(), ?ttl, "resolved");
+                    } else {
+                        info!(
+                            domain = %name, added = ?change.added, removed = ?change.removed,
+                            in_grace = ?d.state.in_grace().keys().collect::<Vec<_>>(),
+                            "addresses changed"
+                        );
+                    }
+                    publish(&self.updates, &self.snapshots, &name, &d.state);
+                } else {
+                    debug!(domain = %name, ?ttl, "unchanged");
+                }
+                for waiter in d.waiters.drain(..) {
+                    let _ = waiter.send(AddOutcome {
+                        domain: name.clone(),
+                        ips: d.state.effective(),
+                        status: FirstAnswer::Resolved,
+                    });
+                }
+            }
+            Err(error) => {
+                let change = d.state.on_failure(now);
+                let retry_in = d.state.refresh_at().saturating_duration_since(now);
+                warn!(
+                    domain = %name, %error, failures = d.state.consecutive_failures(),
+                    ?retry_in, kept = ?d.state.effective(),
+                    "lookup failed; keeping the last good addresses"
+                );
+                if !change.is_empty() {
+                    publish(&self.updates, &self.snapshots, &name, &d.state);
+                }
+                if !d.state.has_answer() {
+                    let message = error.to_string();
+                    for waiter in d.waiters.drain(..) {
+                        let _ = waiter.send(AddOutcome {
+                            domain: name.clone(),
+                            ips: d.state.effective(),
+                            status: FirstAnswer::Failed(message.clone()),
+                        });
+                    }
+                    d.first_error = Some(message);
+                }
+            }
+        }
+    }
+}
+
+fn publish(
+    updates: &mpsc::UnboundedSender<DomainUpdate>,
+    snapshots: &Snapshots,
+    domain: &str,
+    state: &DomainState,
+) {
+    let ips = state.effective();
+    lock(snapshots).insert(domain.to_owned(), ips.clone());
+    // Nobody listening is fine: snapshots still work.
+    let _ = updates.send(DomainUpdate {
+        domain: domain.to_owned(),
+        ips,
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeInner {
+        answers: HashMap<String, LookupResult>,
+        calls: HashMap<String, usize>,
+        delay: Duration,
+    }
+
+    /// An upstream that answers from a table and counts lookups.
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<FakeInner>>);
+
+    impl Fake {
+        fn set(&self, domain: &str, ips: &[&str], ttl_ms: u64) {
+            let answer = Answer {
+                ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+                ttl: Duration::from_millis(ttl_ms),
+            };
+            self.0
+                .lock()
+                .unwrap()
+                .answers
+                .insert(domain.into(), Ok(answer));
+        }
+
+        fn fail(&self, domain: &str) {
+            let error = ResolverError::Lookup {
+                domain: domain.into(),
+                source: NetError::Message("SERVFAIL (fake)"),
+            };
+            self.0
+                .lock()
+                .unwrap()
+                .answers
+                .insert(domain.into(), Err(error));
+        }
+
+        fn delay(&self, delay: Duration) {
+            self.0.lock().unwrap().delay = delay;
+        }
+
+        fn calls(&self, domain: &str) -> usize {
+            self.0
+                .lock()
+                .unwrap()
+                .calls
+                .get(domain)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    impl Upstream for Fake {
+        fn lookup(&self, domain: String) -> BoxFuture<'static, LookupResult> {
+            let (result, delay) = {
+                let mut inner = self.0.lock().unwrap();
+                *inner.calls.entry(domain.clone()).or_default() += 1;
+                let result =
+                    inner
+                        .answers
+                        .get(&domain)
+                        .cloned()
+                        .unwrap_or(Err(ResolverError::Lookup {
+                            domain,
+                            source: NetError::Message("no such fake"),
+                        }));
+                (result, inner.delay)
+            };
+            async move {
+                tokio::time::sleep(delay).await;
+                result
+            }
+            .boxed()
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn config() -> ServiceConfig {
+        ServiceConfig {
+            refresh: RefreshConfig {
+                ttl_floor: ms(100),
+                ttl_ceiling: ms(10_000),
+                grace: ms(400),
+                failure_retry_min: ms(50),
+                failure_retry_max: ms(200),
+            },
+            first_answer_timeout: ms(2_000),
+            lookup_timeout: ms(2_000),
+        }
+    }
+
+    fn spawn(fake: &Fake) -> (ResolverHandle, mpsc::UnboundedReceiver<DomainUpdate>) {
+        ResolverService::spawn(fake.clone(), config()).unwrap()
+    }
+
+    async fn next_update(rx: &mut mpsc::UnboundedReceiver<DomainUpdate>) -> DomainUpdate {
+        tokio::time::timeout(ms(3_000), rx.recv())
+            .await
+            .expect("no update within 3 s")
+            .expect("service stopped")
+    }
+
+    #[tokio::test]
+    async fn first_answer_is_returned_by_add_and_published() {
+        let fake = Fake::default();
+        fake.set("www.test", &["10.0.0.1", "2001:db8::1"], 60_000);
+        let (resolver, mut updates) = spawn(&fake);
+        let added = resolver.add("WWW.test.").await.unwrap();
+        assert_eq!(added.domain, "www.test");
+        assert_eq!(added.status, FirstAnswer::Resolved);
+        assert_eq!(added.ips, ips(&["10.0.0.1", "2001:db8::1"]));
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.domain, "www.test");
+        assert_eq!(update.ips, added.ips);
+        assert_eq!(resolver.snapshot("www.test"), Some(added.ips));
+        assert_eq!(resolver.domains(), ["www.test"]);
+    }
+
+    #[tokio::test]
+    async fn a_domain_added_many_times_is_resolved_once_until_the_last_remove() {
+        let fake = Fake::default();
+        fake.set("shared.test", &["10.0.0.1"], 100); // refreshed every 100 ms (floor)
+        let (resolver, _updates) = spawn(&fake);
+        let adds: Vec<_> = (0..5).map(|_| resolver.add("shared.test")).collect();
+        for outcome in futures_util::future::join_all(adds).await {
+            assert_eq!(outcome.unwrap().ips, ips(&["10.0.0.1"]));
+        }
+        assert_eq!(fake.calls("shared.test"), 1, "five adds, one lookup");
+        // Refreshes happen once per TTL, not once per reference.
+        tokio::time::sleep(ms(450)).await;
+        let calls = fake.calls("shared.test");
+        assert!(
+            (3..=6).contains(&calls),
+            "{calls} lookups in ~450 ms at a 100 ms TTL"
+        );
+        for _ in 0..4 {
+            resolver.remove("shared.test");
+        }
+        tokio::time::sleep(ms(50)).await;
+        assert!(
+            resolver.snapshot("shared.test").is_some(),
+            "one reference left"
+        );
+        resolver.remove("Shared.Test.");
+        tokio::time::sleep(ms(50)).await;
+        assert_eq!(resolver.snapshot("shared.test"), None);
+        assert!(resolver.domains().is_empty());
+        let after = fake.calls("shared.test");
+        tokio::time::sleep(ms(300)).await;
+        assert_eq!(
+            fake.calls("shared.test"),
+            after,
+            "no lookups after the last remove"
+        );
+        // An extra remove is harmless.
+        resolver.remove("shared.test");
+    }
+
+    #[tokio::test]
+    async fn changes_are_published_and_old_ips_leave_after_grace() {
+        let fake = Fake::default();
+        fake.set("move.test", &["10.0.0.1"], 100);
+        let (resolver, mut updates) = spawn(&fake);
+        resolver.add("move.test").await.unwrap();
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.1"]));
+        fake.set("move.test", &["10.0.0.2"], 100);
+        let started = Instant::now();
+        let update = next_update(&mut updates).await;
+        assert_eq!(
+            update.ips,
+            ips(&["10.0.0.1", "10.0.0.2"]),
+            "old IP in grace"
+        );
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.2"]));
+        let took = started.elapsed();
+        assert!(took >= ms(400), "grace of 400 ms respected, took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_answer_is_published_first_and_then_ips_go_after_grace() {
+        let fake = Fake::default();
+        fake.set("gone.test", &[], 100);
+        let (resolver, mut updates) = spawn(&fake);
+        let added = resolver.add("gone.test").await.unwrap();
+        assert_eq!(added.status, FirstAnswer::Resolved);
+        assert!(added.ips.is_empty());
+        assert!(
+            next_update(&mut updates).await.ips.is_empty(),
+            "first answer, even empty"
+        );
+
+        fake.set("later.test", &["10.0.0.7"], 100);
+        resolver.add("later.test").await.unwrap();
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.7"]));
+        fake.set("later.test", &[], 100);
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.domain, "later.test");
+        assert!(update.ips.is_empty(), "removed after the grace period");
+    }
+
+    #[tokio::test]
+    async fn failures_keep_the_last_good_ips() {
+        let fake = Fake::default();
+        fake.set("flaky.test", &["10.0.0.1"], 100);
+        let (resolver, mut updates) = spawn(&fake);
+        resolver.add("flaky.test").await.unwrap();
+        next_update(&mut updates).await;
+        fake.fail("flaky.test");
+        let before = fake.calls("flaky.test");
+        // Well past the grace period: nothing may change while lookups fail.
+        tokio::time::sleep(ms(900)).await;
+        assert!(fake.calls("flaky.test") > before + 2, "retried");
+        assert_eq!(resolver.snapshot("flaky.test"), Some(ips(&["10.0.0.1"])));
+        assert!(updates.try_recv().is_err(), "no update while failing");
+        // Recovery with a new address publishes it.
+        fake.set("flaky.test", &["10.0.0.2"], 100);
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.1", "10.0.0.2"]));
+    }
+
+    #[tokio::test]
+    async fn failing_new_domain_reports_the_failure() {
+        let fake = Fake::default();
+        fake.fail("bad.test");
+        let (resolver, mut updates) = spawn(&fake);
+        let added = resolver.add("bad.test").await.unwrap();
+        assert!(
+            matches!(&added.status, FirstAnswer::Failed(e) if e.contains("SERVFAIL")),
+            "{added:?}"
+        );
+        assert!(added.ips.is_empty());
+        // A second add while it keeps failing answers at once.
+        let started = Instant::now();
+        let again = resolver.add("bad.test").await.unwrap();
+        assert!(matches!(
+            again.status,
+            FirstAnswer::Failed(_) | FirstAnswer::Resolved
+        ));
+        assert!(started.elapsed() < ms(1_000));
+        // When it recovers, the first answer is published.
+        fake.set("bad.test", &["10.0.0.3"], 1_000);
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.3"]));
+    }
+
+    #[tokio::test]
+    async fn slow_first_answer_returns_pending_then_arrives_as_update() {
+        let fake = Fake::default();
+        fake.set("slow.test", &["10.0.0.4"], 60_000);
+        fake.delay(ms(500));
+        let config = ServiceConfig {
+            first_answer_timeout: ms(100),
+            ..config()
+        };
+        let (resolver, mut updates) = ResolverService::spawn(fake.clone(), config).unwrap();
+        let added = resolver.add("slow.test").await.unwrap();
+        assert_eq!(added.status, FirstAnswer::Pending);
+        assert!(added.ips.is_empty());
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.4"]));
+    }
+
+    #[tokio::test]
+    async fn lookups_that_hang_time_out_as_failures() {
+        let fake = Fake::default();
+        fake.set("hang.test", &["10.0.0.5"], 60_000);
+        fake.delay(ms(10_000));
+        let config = ServiceConfig {
+            lookup_timeout: ms(100),
+            ..config()
+        };
+        let (resolver, _updates) = ResolverService::spawn(fake.clone(), config).unwrap();
+        let added = resolver.add("hang.test").await.unwrap();
+        assert!(
+            matches!(&added.status, FirstAnswer::Failed(e) if e.contains("no answer within")),
+            "{added:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn removed_then_added_again_ignores_the_old_lookup() {
+        let fake = Fake::default();
+        fake.set("again.test", &["10.0.0.1"], 60_000);
+        fake.delay(ms(200));
+        let (resolver, mut updates) = spawn(&fake);
+        drop(resolver.add("again.test")); // the reference is taken even if not awaited
+        tokio::time::sleep(ms(50)).await;
+        assert_eq!(resolver.domains(), ["again.test"]);
+        resolver.remove("again.test");
+        fake.set("again.test", &["10.0.0.2"], 60_000);
+        let added = resolver.add("again.test").await.unwrap();
+        assert_eq!(added.ips, ips(&["10.0.0.2"]));
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.2"]));
+        tokio::time::sleep(ms(300)).await;
+        assert!(
+            updates.try_recv().is_err(),
+            "nothing from the aborted lookup"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_domains_and_bad_settings_are_rejected() {
+        let fake = Fake::default();
+        let (resolver, _updates) = spawn(&fake);
+        assert!(matches!(
+            resolver.add("10.0.0.1").await,
+            Err(ResolverError::InvalidDomain { .. })
+        ));
+        resolver.remove("*.nope"); // ignored
+        assert!(resolver.domains().is_empty());
+        let bad = ServiceConfig {
+            refresh: RefreshConfig {
+                ttl_floor: Duration::ZERO,
+                ..RefreshConfig::default()
+            },
+            ..ServiceConfig::default()
+        };
+        assert!(ResolverService::spawn(fake, bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_service_stops_with_its_last_handle() {
+        let fake = Fake::default();
+        fake.set("x.test", &["10.0.0.1"], 60_000);
+        let (resolver, mut updates) = spawn(&fake);
+        let other = resolver.clone();
+        resolver.add("x.test").await.unwrap();
+        next_update(&mut updates).await;
+        drop(resolver);
+        assert!(other.is_running());
+        drop(other);
+        let end = tokio::time::timeout(ms(2_000), updates.recv()).await;
+        assert_eq!(end, Ok(None), "updates end when the service stops");
+    }
+}
