@@ -1,0 +1,175 @@
+//! The test's bpffs pin directory (removed on drop with the agent's own cleanup), the kernel's
+//! view of what is attached to a cgroup, and raw bpf(2) calls to fake pinned state of another
+//! layout.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use egress_agent::{
+    enforcer::layout::PinDir,
+    sys::bpf::{CgroupAttachType, attached_programs, obj_get},
+};
+
+/// `/sys/fs/bpf/egress-test-<name>-<pid>`; everything under it is detached and unpinned on drop
+/// (through `egress_agent::status::cleanup`, the same code as `egress-agent cleanup`).
+#[derive(Debug)]
+pub struct PinGuard {
+    pub path: PathBuf,
+}
+
+impl PinGuard {
+    pub fn new(name: &str) -> Self {
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/egress-test-{name}-{}",
+            std::process::id()
+        ));
+        if path.exists() {
+            let _ = egress_agent::status::cleanup(&path);
+        }
+        Self { path }
+    }
+
+    pub fn dir(&self) -> PinDir {
+        PinDir::new(&self.path)
+    }
+
+    /// Path of a pinned map.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir().map(name)
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Err(e) = egress_agent::status::cleanup(&self.path) {
+            eprintln!(
+                "warning: cleaning up pin directory {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// The program ids the kernel reports attached directly to `cgroup`, per cgroup hook.
+#[track_caller]
+pub fn attached(cgroup: &Path) -> Vec<(CgroupAttachType, Vec<u32>)> {
+    let f = File::open(cgroup).unwrap_or_else(|e| panic!("opening {}: {e}", cgroup.display()));
+    CgroupAttachType::ALL
+        .into_iter()
+        .map(|t| {
+            let ids = attached_programs(&f, t).unwrap_or_else(|e| {
+                panic!("BPF_PROG_QUERY {} on {}: {e}", t.name(), cgroup.display())
+            });
+            (t, ids)
+        })
+        .collect()
+}
+
+/// `bpftool -j cgroup show <cgroup>`, parsed; fails the test if bpftool is missing.
+#[track_caller]
+pub fn bpftool_cgroup_show(cgroup: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running bpftool: {e}. The kernel-view checks need bpftool: `apt-get install -y bpftool` (the CI script installs it)"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show {} failed: {}; {}",
+        cgroup.display(),
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if stdout.trim().is_empty() {
+        return vec![];
+    }
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bpftool printed something that is not JSON ({e}): {stdout}"))
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a buffer of attr.len() initialised bytes the kernel may read and write.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn put_u32(attr: &mut [u8], at: usize, v: u32) {
+    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8], at: usize, v: u64) {
+    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// Creates a map with the given shape and pins it at `path` (replacing what was pinned there),
+/// the way an agent of another version would have left it.
+#[track_caller]
+pub fn pin_foreign_map(
+    path: &Path,
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, map_flags,
+    // inner_map_fd, numa_node, map_name[16].
+    let mut attr = [0u8; 48];
+    put_u32(&mut attr, 0, map_type);
+    put_u32(&mut attr, 4, key_size);
+    put_u32(&mut attr, 8, value_size);
+    put_u32(&mut attr, 12, max_entries);
+    let n = name.len().min(15);
+    attr[28..28 + n].copy_from_slice(&name.as_bytes()[..n]);
+    let fd =
+        sys_bpf(BPF_MAP_CREATE, &mut attr).unwrap_or_else(|e| panic!("BPF_MAP_CREATE {name}: {e}"));
+    // SAFETY: a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing {}: {e}", path.display()),
+    }
+    std::fs::create_dir_all(path.parent().expect("pin path has a parent"))
+        .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+    // BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u8; 16];
+    put_u64(&mut attr, 0, c.as_ptr() as u64);
+    put_u32(&mut attr, 8, fd.as_raw_fd() as u32);
+    sys_bpf(BPF_OBJ_PIN, &mut attr).unwrap_or_else(|e| panic!("pinning {}: {e}", path.display()));
+}
+
+/// Writes a u64 into slot `index` of the pinned array map at `path`.
+#[track_caller]
+pub fn write_array_u64(path: &Path, index: u32, value: u64) {
+    let fd = obj_get(path).unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
+    // BPF_MAP_UPDATE_ELEM: map_fd (u32), pad, key (u64), value (u64), flags (u64).
+    let mut attr = [0u8; 32];
+    put_u32(&mut attr, 0, fd.as_raw_fd() as u32);
+    put_u64(&mut attr, 8, (&raw const index) as u64);
+    put_u64(&mut attr, 16, (&raw const value) as u64);
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+        .unwrap_or_else(|e| panic!("updating {}[{index}]: {e}", path.display()));
+}

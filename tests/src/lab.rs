@@ -1,0 +1,278 @@
+//! The fixture of the kernel tests: one test's cgroup subtree, pin directory, addresses and
+//! (optionally) an in-process enforcer, all removed again when it is dropped, even on panic.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use egress_agent::{
+    enforcer::{Enforcer, EnforcerConfig, OpenReport, Stats},
+    events::EgressEvent,
+    owner::{self, EnforcerHandle},
+    policy::{Mode, Policy, parse_ip_entries},
+};
+use tokio::{runtime::Runtime, sync::broadcast};
+
+use crate::{
+    bpf::PinGuard,
+    cgroup::{Cgroup, CgroupTree},
+    net,
+    probe::{Outcome, Probe},
+};
+
+/// How long to wait for an event to reach user space.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Panics unless the tests run as root: they load eBPF programs and make cgroups.
+#[track_caller]
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the kernel tests load eBPF programs and create cgroups: run them as root (`sudo -E cargo xtask test`)"
+    );
+}
+
+/// An enforcer running in this process: its owner task on a private tokio runtime, and a
+/// subscription to its events taken before anything could be denied.
+pub struct InProcess {
+    pub report: OpenReport,
+    handle: Option<EnforcerHandle>,
+    events: Mutex<EventLog>,
+    rt: Option<Runtime>,
+}
+
+struct EventLog {
+    rx: broadcast::Receiver<EgressEvent>,
+    seen: Vec<EgressEvent>,
+}
+
+impl InProcess {
+    /// `Enforcer::open` at `pin_dir`, attached at `attach`, and `owner::spawn`.
+    #[track_caller]
+    pub fn open(pin_dir: &Path, attach: &Path) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let cfg = EnforcerConfig {
+            pin_dir: pin_dir.to_owned(),
+            attach_cgroup: attach.to_owned(),
+        };
+        let _in_rt = rt.enter();
+        let (enforcer, report) = Enforcer::open(&cfg).unwrap_or_else(|e| {
+            panic!(
+                "Enforcer::open(pin {}, attach {}): {e:#}",
+                pin_dir.display(),
+                attach.display()
+            )
+        });
+        let (handle, _task) = owner::spawn(enforcer);
+        let rx = handle.subscribe();
+        drop(_in_rt);
+        Self {
+            report,
+            handle: Some(handle),
+            events: Mutex::new(EventLog { rx, seen: vec![] }),
+            rt: Some(rt),
+        }
+    }
+
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().expect("runtime")
+    }
+
+    fn handle(&self) -> &EnforcerHandle {
+        self.handle.as_ref().expect("handle")
+    }
+
+    /// Sets or replaces the policy of `cg`: `entries` in the `--policy` grammar (`a,b/24:80`).
+    #[track_caller]
+    pub fn set_policy(&self, cg: &Cgroup, mode: Mode, entries: &str) {
+        let rules =
+            parse_ip_entries(entries).unwrap_or_else(|e| panic!("policy entries {entries:?}: {e}"));
+        let policy = Policy::new(mode, rules);
+        self.rt()
+            .block_on(self.handle().set_policy(cg.id, policy))
+            .unwrap_or_else(|e| panic!("set_policy({}, {entries:?}): {e}", cg.path.display()));
+    }
+
+    /// Removes the policy of `cg`; returns whether it had one.
+    #[track_caller]
+    pub fn remove_policy(&self, cg: &Cgroup) -> bool {
+        self.rt()
+            .block_on(self.handle().remove_policy(cg.id))
+            .unwrap_or_else(|e| panic!("remove_policy({}): {e}", cg.path.display()))
+    }
+
+    /// The kernel counters.
+    #[track_caller]
+    pub fn stats(&self) -> Stats {
+        self.rt()
+            .block_on(self.handle().stats())
+            .unwrap_or_else(|e| panic!("stats(): {e}"))
+    }
+
+    /// Waits for an event matching `pred` (events seen earlier count too) and returns it.
+    #[track_caller]
+    pub fn expect_event(&self, what: &str, pred: impl Fn(&EgressEvent) -> bool) -> EgressEvent {
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = log.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = self
+                .rt()
+                .block_on(async { tokio::time::timeout(left, log.rx.recv()).await });
+            match next {
+                Ok(Ok(ev)) => {
+                    log.seen.push(ev.clone());
+                    if pred(&ev) {
+                        return ev;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    panic!("{what}: the event subscription lagged by {n} events")
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    panic!(
+                        "{what}: the enforcer task stopped; events seen: {:#?}",
+                        log.seen
+                    )
+                }
+                Err(_) => panic!(
+                    "{what}: no matching event within {EVENT_TIMEOUT:?}; events seen: {:#?}",
+                    log.seen
+                ),
+            }
+        }
+    }
+
+    /// Every event received so far (waits [`net::SETTLE`] for stragglers first).
+    pub fn events(&self) -> Vec<EgressEvent> {
+        std::thread::sleep(net::SETTLE);
+        let mut log = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        while let Ok(ev) = log.rx.try_recv() {
+            log.seen.push(ev);
+        }
+        log.seen.clone()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        // Dropping the last handle stops the owner task, which drops the enforcer; the pinned
+        // links keep enforcing until the pin directory is cleaned up.
+        self.handle.take();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// One test's world. Dropped in field order: the enforcer, then the pins (detached and
+/// unpinned), then the cgroups.
+pub struct Lab {
+    pub name: String,
+    /// Second octet of this test's IPv4 addresses (see [`crate::slots`]).
+    pub slot: u8,
+    enforcer: Option<InProcess>,
+    pub pins: PinGuard,
+    pub tree: CgroupTree,
+}
+
+impl Lab {
+    /// A lab with an in-process enforcer attached at the test's parent cgroup.
+    #[track_caller]
+    pub fn new(name: &str, slot: u8) -> Self {
+        let mut lab = Self::bare(name, slot);
+        lab.start_enforcer();
+        lab
+    }
+
+    /// A lab without an enforcer (for tests that start the agent binary or open it themselves).
+    #[track_caller]
+    pub fn bare(name: &str, slot: u8) -> Self {
+        require_root();
+        Self {
+            name: name.to_owned(),
+            slot,
+            enforcer: None,
+            pins: PinGuard::new(name),
+            tree: CgroupTree::create(name),
+        }
+    }
+
+    /// Opens an in-process enforcer on this lab's pin directory and parent cgroup.
+    #[track_caller]
+    pub fn start_enforcer(&mut self) -> &OpenReport {
+        assert!(self.enforcer.is_none(), "an enforcer is running already");
+        let e = InProcess::open(&self.pins.path, &self.tree.root.path);
+        &self.enforcer.insert(e).report
+    }
+
+    /// Stops the in-process enforcer (its pinned state stays and keeps enforcing).
+    pub fn stop_enforcer(&mut self) {
+        self.enforcer.take();
+    }
+
+    /// The running in-process enforcer.
+    #[track_caller]
+    pub fn enforcer(&self) -> &InProcess {
+        self.enforcer
+            .as_ref()
+            .expect("no enforcer running in this lab")
+    }
+
+    /// The test's parent cgroup, where the programs are attached. It is never policed.
+    pub fn parent(&self) -> &Cgroup {
+        &self.tree.root
+    }
+
+    /// Creates a child cgroup of the test's parent cgroup.
+    #[track_caller]
+    pub fn cgroup(&self, name: &str) -> Cgroup {
+        self.tree.child(name)
+    }
+
+    /// `127.<slot>.0.<host>`.
+    pub fn ip(&self, host: u8) -> IpAddr {
+        net::v4(self.slot, 0, host)
+    }
+
+    /// `127.<slot>.<net>.<host>`.
+    pub fn ip_in(&self, net: u8, host: u8) -> IpAddr {
+        net::v4(self.slot, net, host)
+    }
+
+    /// Enforce mode: only `entries` are allowed.
+    #[track_caller]
+    pub fn enforce(&self, cg: &Cgroup, entries: &str) {
+        self.enforcer().set_policy(cg, Mode::Enforce, entries);
+    }
+
+    /// Audit mode: everything is allowed, what `entries` do not allow is reported.
+    #[track_caller]
+    pub fn audit(&self, cg: &Cgroup, entries: &str) {
+        self.enforcer().set_policy(cg, Mode::Audit, entries);
+    }
+
+    /// Runs `probe` in `cg`.
+    #[track_caller]
+    pub fn probe(&self, cg: &Cgroup, probe: Probe) -> Outcome {
+        probe.run_in(cg)
+    }
+
+    /// TCP connect from `cg` to `addr`.
+    #[track_caller]
+    pub fn tcp(&self, cg: &Cgroup, addr: SocketAddr) -> Outcome {
+        Probe::tcp(addr).run_in(cg)
+    }
+}

@@ -1,0 +1,65 @@
+//! Each kernel test's own IPv4 addresses: test `X` uses `127.<X>.0.0/16` only (all of
+//! 127.0.0.0/8 is local on Linux), so no two tests ever share an address or a listener. Add a
+//! constant here for a new test; the unit test below keeps them distinct.
+
+pub const TCP_V4: u8 = 100;
+pub const TCP_V6: u8 = 101;
+pub const V4_MAPPED: u8 = 102;
+pub const UDP_V4: u8 = 103;
+pub const UDP_V6: u8 = 104;
+pub const CIDR_V4: u8 = 105;
+pub const PORT_RULE: u8 = 106;
+pub const CIDR_V6: u8 = 107;
+pub const CIDR_V6_NETNS: u8 = 108;
+pub const UNPOLICED: u8 = 109;
+pub const REMOVE_POLICY: u8 = 110;
+pub const TWO_CGROUPS: u8 = 111;
+pub const REPLACE_POLICY: u8 = 112;
+pub const AUDIT: u8 = 113;
+pub const DENIAL_EVENTS: u8 = 114;
+pub const MOVE_INTO_POLICED: u8 = 115;
+pub const MOVE_OUT_OF_POLICED: u8 = 116;
+pub const CREATED_OUTSIDE_ATTACH: u8 = 117;
+pub const AGENT_RESTART: u8 = 118;
+pub const AGENT_CLEANUP: u8 = 119;
+pub const AGENT_INCOMPATIBLE: u8 = 120;
+pub const LAYOUT_REUSE: u8 = 121;
+pub const LAYOUT_META: u8 = 122;
+pub const LAYOUT_POLICY_MAP: u8 = 123;
+pub const LAYOUT_VERSION: u8 = 124;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_are_distinct() {
+        let all = [
+            super::TCP_V4,
+            super::TCP_V6,
+            super::V4_MAPPED,
+            super::UDP_V4,
+            super::UDP_V6,
+            super::CIDR_V4,
+            super::PORT_RULE,
+            super::CIDR_V6,
+            super::CIDR_V6_NETNS,
+            super::UNPOLICED,
+            super::REMOVE_POLICY,
+            super::TWO_CGROUPS,
+            super::REPLACE_POLICY,
+            super::AUDIT,
+            super::DENIAL_EVENTS,
+            super::MOVE_INTO_POLICED,
+            super::MOVE_OUT_OF_POLICED,
+            super::CREATED_OUTSIDE_ATTACH,
+            super::AGENT_RESTART,
+            super::AGENT_CLEANUP,
+            super::AGENT_INCOMPATIBLE,
+            super::LAYOUT_REUSE,
+            super::LAYOUT_META,
+            super::LAYOUT_POLICY_MAP,
+            super::LAYOUT_VERSION,
+        ];
+        let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
+        assert_eq!(set.len(), all.len(), "two tests share a slot");
+    }
+}
