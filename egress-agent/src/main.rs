@@ -9,7 +9,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     match cli.command {
-        Command::Run(args) => cmd::run::run(args, cmd::run::signals()).await,
+        Command::Run(args) => {
+            let shutdown = cmd::run::signals()?;
+            cmd::run::run(args, shutdown).await
+        }
         Command::Status(args) => cmd::status::main(&args),
         Command::Cleanup(args) => cmd::cleanup::main(&args),
     }

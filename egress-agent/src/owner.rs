@@ -10,6 +10,7 @@ use tokio::{
 use tracing::{error, warn};
 
 use crate::{
+    container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerError, Stats},
     events::EgressEvent,
     policy::Policy,
@@ -32,6 +33,27 @@ enum Command {
     },
     Policies {
         reply: oneshot::Sender<Vec<(CgroupId, Applied)>>,
+    },
+    SetContainer {
+        container: ContainerId,
+        policy: Option<Policy>,
+        cgroups: Vec<CgroupId>,
+        reply: oneshot::Sender<Result<(), EnforcerError>>,
+    },
+    RemoveContainer {
+        container: ContainerId,
+        cgroups: Vec<CgroupId>,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    Containers {
+        reply: oneshot::Sender<Vec<(ContainerId, Option<Applied>)>>,
+    },
+    ReleasePrevious {
+        reply: oneshot::Sender<Result<usize, EnforcerError>>,
+    },
+    SetUnclassifiedDeny {
+        deny: bool,
+        reply: oneshot::Sender<Result<(), EnforcerError>>,
     },
     Stats {
         reply: oneshot::Sender<Result<Stats, EnforcerError>>,
@@ -90,6 +112,58 @@ impl EnforcerHandle {
     /// The policies in force.
     pub async fn policies(&self) -> Result<Vec<(CgroupId, Applied)>, OwnerGone> {
         self.ask(|reply| Command::Policies { reply }).await
+    }
+
+    /// Registers a container (see [`Enforcer::set_container`]).
+    pub async fn set_container(
+        &self,
+        container: ContainerId,
+        policy: Option<Policy>,
+        cgroups: Vec<CgroupId>,
+    ) -> Result<(), CommandError> {
+        Ok(self
+            .ask(|reply| Command::SetContainer {
+                container,
+                policy,
+                cgroups,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Forgets a container (see [`Enforcer::remove_container`]); false if it was not known.
+    pub async fn remove_container(
+        &self,
+        container: ContainerId,
+        cgroups: Vec<CgroupId>,
+    ) -> Result<bool, CommandError> {
+        Ok(self
+            .ask(|reply| Command::RemoveContainer {
+                container,
+                cgroups,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Known containers and their policies.
+    pub async fn containers(&self) -> Result<Vec<(ContainerId, Option<Applied>)>, OwnerGone> {
+        self.ask(|reply| Command::Containers { reply }).await
+    }
+
+    /// What cgroups of containers unknown to the agent get (see
+    /// [`Enforcer::set_unclassified_deny`]).
+    pub async fn set_unclassified_deny(&self, deny: bool) -> Result<(), CommandError> {
+        Ok(self
+            .ask(|reply| Command::SetUnclassifiedDeny { deny, reply })
+            .await??)
+    }
+
+    /// See [`Enforcer::release_previous`].
+    pub async fn release_previous(&self) -> Result<usize, CommandError> {
+        Ok(self
+            .ask(|reply| Command::ReleasePrevious { reply })
+            .await??)
     }
 
     /// The kernel counters.
@@ -164,6 +238,30 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
                     .map(|(k, v)| (*k, v.clone()))
                     .collect(),
             );
+        }
+        Command::SetContainer {
+            container,
+            policy,
+            cgroups,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_container(&container, policy.as_ref(), &cgroups));
+        }
+        Command::RemoveContainer {
+            container,
+            cgroups,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.remove_container(&container, &cgroups));
+        }
+        Command::Containers { reply } => {
+            let _ = reply.send(enforcer.containers().into_iter().collect());
+        }
+        Command::ReleasePrevious { reply } => {
+            let _ = reply.send(enforcer.release_previous());
+        }
+        Command::SetUnclassifiedDeny { deny, reply } => {
+            let _ = reply.send(enforcer.set_unclassified_deny(deny));
         }
         Command::Stats { reply } => {
             let _ = reply.send(enforcer.stats());

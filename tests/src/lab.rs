@@ -110,6 +110,14 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("remove_policy({}): {e}", cg.path.display()))
     }
 
+    /// Releases the programs of a replaced layout; returns how many links were released.
+    #[track_caller]
+    pub fn release_previous(&self) -> usize {
+        self.rt()
+            .block_on(self.handle().release_previous())
+            .unwrap_or_else(|e| panic!("release_previous(): {e}"))
+    }
+
     /// The kernel counters.
     #[track_caller]
     pub fn stats(&self) -> Stats {

@@ -44,8 +44,11 @@ fn pinned_state_with_a_policy(lab: &mut Lab) -> Cgroup {
     cg
 }
 
+/// Reopens on an incompatible state: it is replaced, and the old programs keep enforcing the
+/// old policy (no window) until the new enforcer releases them.
 #[track_caller]
-fn reopen_expecting_replacement(lab: &mut Lab, reason_mentions: &str) {
+fn reopen_expecting_replacement(lab: &mut Lab, policed: &Cgroup, reason_mentions: &str) {
+    let sink = TcpSink::bind(lab.ip(2));
     let report = lab.start_enforcer().clone();
     let why = report
         .replaced
@@ -59,6 +62,16 @@ fn reopen_expecting_replacement(lab: &mut Lab, reason_mentions: &str) {
     assert_eq!(
         report.recovered_policies, 0,
         "nothing is recovered from a replaced state: {report:?}"
+    );
+    lab.tcp(policed, sink.addr)
+        .assert_denied("the replaced state's programs keep enforcing until they are released");
+    assert!(
+        lab.enforcer().release_previous() >= CgroupAttachType::ALL.len(),
+        "the old links are released"
+    );
+    assert!(
+        lab.pins.dir().retired().is_empty(),
+        "the retired maps are unpinned"
     );
     assert_fresh_and_enforcing(lab);
 }
@@ -103,7 +116,7 @@ fn compatible_pinned_state_is_reused_with_its_policies() {
 #[test]
 fn meta_map_of_another_value_size_is_replaced() {
     let mut lab = Lab::bare("layout-meta", slots::LAYOUT_META);
-    pinned_state_with_a_policy(&mut lab);
+    let policed = pinned_state_with_a_policy(&mut lab);
     // EG_META as an older build might have made it: 16-byte values instead of u64.
     bpf::pin_foreign_map(
         &lab.pins.map(maps::META),
@@ -117,13 +130,13 @@ fn meta_map_of_another_value_size_is_replaced() {
         lab.pins.dir().check(),
         PinnedState::Incompatible(_)
     ));
-    reopen_expecting_replacement(&mut lab, maps::META);
+    reopen_expecting_replacement(&mut lab, &policed, maps::META);
 }
 
 #[test]
 fn policy_map_of_another_value_size_is_replaced() {
     let mut lab = Lab::bare("layout-policy-map", slots::LAYOUT_POLICY_MAP);
-    pinned_state_with_a_policy(&mut lab);
+    let policed = pinned_state_with_a_policy(&mut lab);
     // EG_CGRP_POLICY with a 16-byte value: a program of this build would read garbage from it.
     bpf::pin_foreign_map(
         &lab.pins.map(maps::CGROUP_POLICY),
@@ -133,14 +146,14 @@ fn policy_map_of_another_value_size_is_replaced() {
         16,
         maps::MAX_POLICED_CGROUPS,
     );
-    reopen_expecting_replacement(&mut lab, maps::CGROUP_POLICY);
+    reopen_expecting_replacement(&mut lab, &policed, maps::CGROUP_POLICY);
 }
 
 #[test]
 fn another_layout_version_is_replaced() {
     let mut lab = Lab::bare("layout-version", slots::LAYOUT_VERSION);
-    pinned_state_with_a_policy(&mut lab);
+    let policed = pinned_state_with_a_policy(&mut lab);
     // Same shapes, but the maps say they were made for another layout.
     bpf::write_array_u64(&lab.pins.map(maps::META), maps::META_LAYOUT_SLOT, 999);
-    reopen_expecting_replacement(&mut lab, "layout version 999");
+    reopen_expecting_replacement(&mut lab, &policed, "layout version 999");
 }

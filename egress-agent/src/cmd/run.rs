@@ -116,6 +116,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         }
     });
 
+    handle.release_previous().await?;
     let policed = handle.policies().await?.len();
     info!(
         pin_dir = %cfg.pin_dir.display(),
@@ -165,21 +166,18 @@ fn log_event(ev: &EgressEvent, cgroup: Option<&str>) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn signals() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so a
+/// signal that arrives while the agent starts up is not lost (nor fatal).
+pub fn signals() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use aya::{
     Ebpf,
     programs::{CgroupAttachMode, CgroupSockAddr, TracePoint, links::FdLink},
 };
-use tracing::{debug, warn};
 
 use super::{
     EnforcerError, Result,
@@ -34,14 +33,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupS
         .map_err(|source| EnforcerError::Program { name, source })
 }
 
-/// Loads and attaches every program at `cgroup`, pins the links, then removes link pins of
-/// earlier runs. Returns how many old link pins were released.
+/// Loads and attaches every program at `cgroup` and pins the links. Returns the link pins of
+/// earlier runs, still attached, for the caller to release once the new programs have
+/// everything they need (see [`PinDir::release`]).
 pub fn attach_all(
     ebpf: &mut Ebpf,
     cgroup: &Path,
     cgroup_id: CgroupId,
     pin: &PinDir,
-) -> Result<usize> {
+) -> Result<Vec<std::path::PathBuf>> {
     let cgroup_dir = File::open(cgroup).map_err(|source| {
         EnforcerError::Cgroup(crate::sys::cgroup::CgroupError::Io {
             path: cgroup.into(),
@@ -115,15 +115,5 @@ pub fn attach_all(
         }
         return Err(e);
     }
-    let mut released = 0;
-    for old in before {
-        match std::fs::remove_file(&old) {
-            Ok(()) => {
-                debug!(pin = %old.display(), "released link of an earlier run");
-                released += 1;
-            }
-            Err(e) => warn!(pin = %old.display(), "could not release old link: {e}"),
-        }
-    }
-    Ok(released)
+    Ok(before)
 }

@@ -149,6 +149,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinIoError + '_ {
     }
 }
 
+/// Prefix of retired map directories.
+const RETIRED_PREFIX: &str = "retired-";
+
 /// A link pin's file name: `<hook>-<cgroup id>-<stamp>`.
 pub fn link_pin_name(hook: &str, cgroup_id: u64, stamp: u128) -> String {
     format!("{hook}-{cgroup_id}-{stamp}")
@@ -176,6 +179,52 @@ impl PinDir {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps().join(name)
+    }
+
+    /// Directories of maps retired by [`PinDir::retire_maps`] and not removed yet.
+    pub fn retired(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(RETIRED_PREFIX))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Moves the pinned maps out of the way (to `retired-<stamp>`) so that new ones can be
+    /// created, while the programs of earlier runs, whose links are still pinned, keep
+    /// enforcing with them until [`PinDir::remove_retired`].
+    pub fn retire_maps(&self, stamp: u128) -> Result<PathBuf, PinIoError> {
+        let to = self.root.join(format!("{RETIRED_PREFIX}{stamp}"));
+        fs::rename(self.maps(), &to).map_err(io_err(&self.maps()))?;
+        Ok(to)
+    }
+
+    /// Removes the given link pins (their programs detach unless something else holds them)
+    /// and every retired map directory. Returns the number of links released.
+    pub fn release(&self, links: &[PathBuf]) -> Result<usize, PinIoError> {
+        let mut n = 0;
+        for l in links {
+            remove_file(l)?;
+            n += 1;
+        }
+        for dir in self.retired() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                remove_file(&entry.path())?;
+            }
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+        }
+        Ok(n)
     }
 
     /// The pinned link files, sorted by name.
@@ -263,11 +312,17 @@ impl PinDir {
             links += 1;
         }
         let mut maps_removed = 0;
-        for entry in fs::read_dir(self.maps()).into_iter().flatten().flatten() {
-            remove_file(&entry.path())?;
-            maps_removed += 1;
+        let mut map_dirs = self.retired();
+        map_dirs.push(self.maps());
+        for dir in &map_dirs {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                remove_file(&entry.path())?;
+                maps_removed += 1;
+            }
         }
-        for dir in [self.links(), self.maps(), self.root.clone()] {
+        let mut dirs = map_dirs;
+        dirs.extend([self.links(), self.root.clone()]);
+        for dir in dirs {
             match fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -150,6 +150,8 @@ pub struct Enforcer {
     cgroup_owned: BTreeMap<CgroupId, u32>,
     /// Known containers: Some(policy id) if policed, None if known and unpoliced.
     containers: BTreeMap<ContainerId, Option<u32>>,
+    /// Links of an earlier run with an incompatible layout, still enforcing its policies.
+    previous_links: Vec<PathBuf>,
     pin: PinDir,
 }
 
@@ -190,9 +192,14 @@ impl Enforcer {
             PinnedState::Compatible => true,
             PinnedState::Incompatible(why) => {
                 warn!(pin_dir = %pin.root.display(), reason = %why,
-                    "pinned state is from an incompatible version; replacing it (policies are re-applied from their sources)");
-                pin.remove_all()?;
-                mounts::ensure_bpffs(&cfg.pin_dir)?;
+                    "pinned state is from an incompatible version; replacing it (its programs keep enforcing until the new ones have their policies)");
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                if pin.maps().exists() {
+                    pin.retire_maps(stamp)?;
+                }
                 replaced = Some(why);
                 false
             }
@@ -230,7 +237,15 @@ impl Enforcer {
 
         let attach_cgroup = cgroup::resolve(&cfg.attach_cgroup)?;
         let attach_cgroup_id = cgroup::id_of(&attach_cgroup)?;
-        let released_links = attach::attach_all(&mut ebpf, &attach_cgroup, attach_cgroup_id, &pin)?;
+        let old_links = attach::attach_all(&mut ebpf, &attach_cgroup, attach_cgroup_id, &pin)?;
+        // Same maps: the new programs already see every policy, the old links can go now.
+        // New maps (replaced layout): the old programs keep enforcing the old policies until
+        // the caller has re-applied them and calls `release_previous`.
+        let (released_links, previous_links) = if replaced.is_none() {
+            (pin.release(&old_links)?, Vec::new())
+        } else {
+            (0, old_links)
+        };
 
         let mut enforcer = Self {
             _ebpf: ebpf,
@@ -239,6 +254,7 @@ impl Enforcer {
             policies: BTreeMap::new(),
             cgroup_owned: BTreeMap::new(),
             containers: BTreeMap::new(),
+            previous_links,
             pin,
         };
         let (recovered_policies, orphan_rules_removed) = enforcer.recover()?;
@@ -262,6 +278,21 @@ impl Enforcer {
             "programs attached"
         );
         Ok((enforcer, report))
+    }
+
+    /// Releases the links and maps of an earlier run whose layout was replaced (they kept
+    /// enforcing its policies so far). Call it once the policies are re-applied. Returns the
+    /// number of links released; nothing to do after a compatible restart.
+    pub fn release_previous(&mut self) -> Result<usize> {
+        let links = std::mem::take(&mut self.previous_links);
+        let n = self.pin.release(&links)?;
+        if n > 0 {
+            info!(
+                links = n,
+                "released the programs and maps of the replaced layout"
+            );
+        }
+        Ok(n)
     }
 
     /// The pin directory.
