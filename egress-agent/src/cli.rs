@@ -80,6 +80,59 @@ pub struct RunArgs {
     /// Repeat for more cgroups.
     #[arg(long = "policy", value_name = "SPEC")]
     pub policies: Vec<String>,
+
+    /// Follow Docker: `auto` (if DOCKER_HOST is set or /var/run/docker.sock exists), `on`
+    /// (wait for Docker, retrying) or `off` (only --policy cgroups are policed).
+    #[arg(long, value_enum, default_value_t = DockerMode::Auto, env = "EGRESS_DOCKER")]
+    pub docker: DockerMode,
+
+    /// DNS server that resolves allowed domains, `ADDR[:PORT]` (default: the host's
+    /// /etc/resolv.conf servers).
+    #[arg(long, value_name = "ADDR[:PORT]", env = "EGRESS_DNS_SERVER")]
+    pub dns_server: Option<String>,
+
+    /// Optional TOML policy file that adds to or overrides container labels (selected by
+    /// container name or label). Reloaded on SIGHUP; a file with errors is refused and the
+    /// previous one stays in force.
+    #[arg(long, value_name = "PATH", env = "EGRESS_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Shortest time between two lookups of an allowed domain, whatever its TTL (seconds).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub ttl_floor: u64,
+
+    /// Longest time between two lookups of an allowed domain, whatever its TTL (seconds).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub ttl_ceiling: u64,
+
+    /// How long an IP that dropped out of a domain's answer stays allowed (seconds), so that
+    /// cached answers and open connections keep working.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub grace: u64,
+
+    /// What the cgroups of a container the agent has not classified yet get (it was created
+    /// while the agent was down, or faster than the agent could register it): `deny` (safe)
+    /// or `allow`.
+    #[arg(long, value_enum, default_value_t = Unclassified::Deny, env = "EGRESS_UNCLASSIFIED")]
+    pub unclassified: Unclassified,
+
+    /// Log a denial once per (container, destination) per this many seconds; the line says
+    /// how many were suppressed. 0 logs every one.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub deny_log_interval: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DockerMode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Unclassified {
+    Deny,
+    Allow,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ pub mod owner;
 pub mod paths;
 pub mod policy;
 pub mod policy_file;
+pub mod reconcile;
 pub mod resolver;
 pub mod status;
 pub mod sys;

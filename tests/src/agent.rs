@@ -47,7 +47,9 @@ impl Agent {
     #[track_caller]
     pub fn start(pin_dir: &Path, attach: &Path, policies: &[String]) -> Self {
         let mut cmd = agent_command();
+        // The kernel-core tests police plain cgroups: no Docker, whatever runs on the host.
         cmd.arg("run")
+            .args(["--docker", "off"])
             .arg("--pin-dir")
             .arg(pin_dir)
             .arg("--attach-cgroup")

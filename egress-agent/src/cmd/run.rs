@@ -1,17 +1,28 @@
-//! `egress-agent run`: load, apply the static policies, log events until told to stop.
+//! `egress-agent run`: load and attach, apply `--policy` cgroups, follow Docker and police
+//! labelled containers, log denials, until told to stop.
 
-use std::{collections::HashMap, future::Future, path::PathBuf};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, info, warn};
 
 use crate::{
-    cli::RunArgs,
-    enforcer::{Enforcer, EnforcerConfig},
+    cli::{DockerMode, RunArgs, Unclassified},
+    container::ContainerId,
+    denial_log::{Decision, RateLimiter},
+    docker::{
+        cgroup_path,
+        watch::{self, DockerEvent},
+    },
+    enforcer::{Enforcer, EnforcerConfig, OpenReport},
     events::EgressEvent,
-    owner,
+    labels::Capabilities,
+    owner::{self, EnforcerHandle},
     policy::{EntryError, Mode, Policy, parse_ip_entries, parse_mode},
+    policy_file::PolicyFile,
+    reconcile::{ReconcileConfig, Reconciler, index::SharedIndex, resolvers},
+    resolver::{DnsClient, RefreshConfig, ResolverService, ServiceConfig, parse_dns_server},
     sys::{cgroup, mounts},
 };
 
@@ -72,10 +83,29 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         .iter()
         .map(|s| parse_policy_spec(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let attach_cgroup = match args.attach_cgroup {
-        Some(p) => p,
-        None => mounts::cgroup2_mount()?,
+    let caps = Capabilities::default();
+    let policy_file = match &args.policy_file {
+        Some(p) => Some(PolicyFile::load(p, caps).context("--policy-file")?),
+        None => None,
     };
+    let dns_server = match &args.dns_server {
+        Some(s) => Some(parse_dns_server(s).context("--dns-server")?),
+        None => None,
+    };
+    let refresh = RefreshConfig {
+        ttl_floor: Duration::from_secs(args.ttl_floor),
+        ttl_ceiling: Duration::from_secs(args.ttl_ceiling),
+        grace: Duration::from_secs(args.grace),
+        ..RefreshConfig::default()
+    };
+    refresh
+        .validate()
+        .context("--ttl-floor/--ttl-ceiling/--grace")?;
+    let cgroup_mount = mounts::cgroup2_mount()?;
+    let attach_cgroup = args
+        .attach_cgroup
+        .clone()
+        .unwrap_or_else(|| cgroup_mount.clone());
     let cfg = EnforcerConfig {
         pin_dir: args.pin.pin_dir.clone(),
         attach_cgroup,
@@ -85,8 +115,11 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         warn!(reason = %why, "replaced an incompatible pinned state");
     }
     let (handle, task) = owner::spawn(enforcer);
+    handle
+        .set_unclassified_deny(args.unclassified == Unclassified::Deny)
+        .await?;
 
-    let mut names: HashMap<u64, String> = HashMap::new();
+    let index = SharedIndex::default();
     for spec in specs {
         let path = cgroup::resolve(&spec.cgroup)
             .with_context(|| format!("--policy for cgroup {}", spec.cgroup.display()))?;
@@ -97,36 +130,91 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
             .with_context(|| format!("applying the policy of cgroup {}", path.display()))?;
         info!(cgroup = %path.display(), cgroup_id = id, mode = crate::policy::mode_name(spec.policy.mode),
             rules = spec.policy.rules.len(), "policy applied");
-        names.insert(id, path.display().to_string());
     }
 
-    let mut events = handle.subscribe();
-    let logger = tokio::spawn(async move {
+    let logger = tokio::spawn(log_events(
+        handle.subscribe(),
+        index.clone(),
+        Duration::from_secs(args.deny_log_interval),
+    ));
+
+    let use_docker = match args.docker {
+        DockerMode::Off => false,
+        DockerMode::On => true,
+        DockerMode::Auto => {
+            std::env::var_os("DOCKER_HOST").is_some()
+                || std::path::Path::new("/var/run/docker.sock").exists()
+        }
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    if use_docker {
+        let client = DnsClient::new(dns_server).context("setting up the DNS client")?;
+        let (resolver, mut updates) = ResolverService::spawn(
+            client,
+            ServiceConfig {
+                refresh,
+                ..ServiceConfig::default()
+            },
+        )
+        .context("starting the resolver")?;
+        let host_resolvers = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| resolvers::parse_resolv_conf(&t))
+            .unwrap_or_default();
+        let mut reconciler = Reconciler::new(
+            ReconcileConfig {
+                caps,
+                cgroup_mount,
+                host_resolvers,
+            },
+            handle.clone(),
+            resolver,
+            policy_file,
+            index.clone(),
+        );
+        let docker = watch::connect().await.context("connecting to Docker")?;
+        let (tx, mut events) = tokio::sync::mpsc::channel(1024);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(watch::run(docker, tx, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut ready = false;
         loop {
-            match events.recv().await {
-                Ok(ev) => log_event(&ev, names.get(&ev.cgroup_id).map(String::as_str)),
-                Err(RecvError::Lagged(n)) => {
-                    warn!(
-                        dropped = n,
-                        "event log fell behind; events dropped (counters still have them)"
-                    )
-                }
-                Err(RecvError::Closed) => break,
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => {
+                        let first_sync = !ready && matches!(ev, DockerEvent::Sync { .. });
+                        reconciler.on_docker(ev).await;
+                        if first_sync {
+                            ready = true;
+                            log_ready(&cfg, &report, &handle).await;
+                        }
+                    }
+                    None => break,
+                },
+                Some(update) = updates.recv() => reconciler.on_domain(update).await,
+                _ = hup.recv() => match &args.policy_file {
+                    Some(p) => match PolicyFile::load(p, caps) {
+                        Ok(f) => {
+                            info!(path = %p.display(), "policy file reloaded");
+                            reconciler.set_policy_file(Some(f)).await;
+                        }
+                        Err(e) => error!(path = %p.display(), "policy file refused, the previous one stays in force: {e}"),
+                    },
+                    None => info!("SIGHUP: no --policy-file to reload"),
+                },
+                _ = &mut shutdown => break,
             }
         }
-    });
-
-    handle.release_previous().await?;
-    let policed = handle.policies().await?.len();
-    info!(
-        pin_dir = %cfg.pin_dir.display(),
-        attach_cgroup = %report.attach_cgroup.display(),
-        reused_pinned_state = report.reused,
-        policed_cgroups = policed,
-        "ready"
-    );
-
-    shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = watcher.await;
+    } else {
+        info!(
+            "not following Docker (--docker off, or no Docker socket); only --policy cgroups are policed"
+        );
+        log_ready(&cfg, &report, &handle).await;
+        shutdown.await;
+    }
     info!(
         "stopping; programs stay attached and maps pinned (enforcement continues). `egress-agent cleanup` removes them"
     );
@@ -138,32 +226,111 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     Ok(())
 }
 
-fn log_event(ev: &EgressEvent, cgroup: Option<&str>) {
-    let cgroup = cgroup.unwrap_or("");
-    match ev.verdict {
-        egress_common::event::Verdict::Denied => warn!(
-            verdict = ev.verdict_name(),
-            cgroup_id = ev.cgroup_id,
-            cgroup,
-            pid = ev.pid,
-            comm = %ev.comm,
-            protocol = %ev.protocol_name(),
-            destination = %ev.destination(),
-            reason = ev.reason_name(),
-            "egress denied"
-        ),
-        egress_common::event::Verdict::Audited => info!(
-            verdict = ev.verdict_name(),
-            cgroup_id = ev.cgroup_id,
-            cgroup,
-            pid = ev.pid,
-            comm = %ev.comm,
-            protocol = %ev.protocol_name(),
-            destination = %ev.destination(),
-            reason = ev.reason_name(),
-            "egress would be denied (audit mode)"
-        ),
+async fn log_ready(cfg: &EnforcerConfig, report: &OpenReport, handle: &EnforcerHandle) {
+    // Policies are in place: the programs of a replaced layout can go.
+    if let Err(e) = handle.release_previous().await {
+        error!("releasing the replaced layout's programs: {e}");
     }
+    let cgroups = handle.policies().await.map(|p| p.len()).unwrap_or(0);
+    let containers = handle.containers().await.map(|c| c.len()).unwrap_or(0);
+    info!(
+        pin_dir = %cfg.pin_dir.display(),
+        attach_cgroup = %report.attach_cgroup.display(),
+        reused_pinned_state = report.reused,
+        policed_cgroups = cgroups,
+        known_containers = containers,
+        "ready"
+    );
+}
+
+/// Logs denials and audit hits, naming the container, once per (container, destination) per
+/// `interval`.
+async fn log_events(
+    mut events: tokio::sync::broadcast::Receiver<EgressEvent>,
+    index: SharedIndex,
+    interval: Duration,
+) {
+    let mut limiter = RateLimiter::new(interval);
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                warn!(
+                    dropped = n,
+                    "event log fell behind; events dropped (counters still have them)"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => break,
+        };
+        let container = index.container_of(ev.cgroup_id).or_else(|| {
+            let id = container_of_pid(ev.pid)?;
+            index.remember_cgroup(ev.cgroup_id, id);
+            Some(id)
+        });
+        let key = (
+            container
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| ev.cgroup_id.to_string()),
+            ev.addr,
+            ev.port,
+            ev.protocol,
+            ev.verdict_name(),
+        );
+        let suppressed = match limiter.check(&key, std::time::Instant::now()) {
+            Decision::Suppress => continue,
+            Decision::Log { suppressed } => suppressed,
+        };
+        let meta = container.and_then(|c| index.meta(&c)).unwrap_or_default();
+        let domains = index.domains_of(&ev.addr).join(",");
+        let id = container.map(|c| c.short().to_owned()).unwrap_or_default();
+        match ev.verdict {
+            egress_common::event::Verdict::Denied => warn!(
+                container = %meta.name,
+                container_id = %id,
+                image = %meta.image,
+                cgroup_id = ev.cgroup_id,
+                pid = ev.pid,
+                comm = %ev.comm,
+                protocol = %ev.protocol_name(),
+                destination = %ev.addr,
+                port = ev.port,
+                domain = %domains,
+                mode = %meta.mode,
+                reason = ev.reason_name(),
+                suppressed,
+                "egress denied"
+            ),
+            egress_common::event::Verdict::Audited => info!(
+                container = %meta.name,
+                container_id = %id,
+                image = %meta.image,
+                cgroup_id = ev.cgroup_id,
+                pid = ev.pid,
+                comm = %ev.comm,
+                protocol = %ev.protocol_name(),
+                destination = %ev.addr,
+                port = ev.port,
+                domain = %domains,
+                mode = "audit",
+                reason = ev.reason_name(),
+                suppressed,
+                "egress would be denied (audit mode)"
+            ),
+        }
+    }
+}
+
+/// The container a process belongs to, from its cgroup v2 path.
+fn container_of_pid(pid: u32) -> Option<ContainerId> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroup_path::parse_proc_cgroup(&text)?;
+    let last = path.rsplit('/').next()?;
+    let id = last
+        .strip_prefix("docker-")
+        .and_then(|s| s.strip_suffix(".scope"))
+        .unwrap_or(last);
+    id.parse().ok()
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so a

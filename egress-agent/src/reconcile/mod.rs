@@ -1,0 +1,427 @@
+//! The controller: turns what Docker says about containers, what their labels (and the policy
+//! file) ask for, and what DNS says about the allowed names into kernel policies, through the
+//! enforcer's owner task.
+//!
+//! - At `create` a container's policy is registered at once, from its labels and the IPs
+//!   already known, so the `cgroup_mkdir` tracepoint polices the container's cgroup the moment
+//!   runc makes it; names not resolved yet are resolved right after and added.
+//! - At `start` (and at every sync) its existing cgroups get the policy too — for containers
+//!   that started before the agent knew them.
+//! - A full sync (first start, and after every Docker reconnect) reconciles to exactly the
+//!   containers that exist: the kernel forgets the others.
+//! - Every DNS change of an allowed name is written into every container using it.
+
+pub mod index;
+pub mod resolvers;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use tracing::{debug, error, info, warn};
+
+use self::index::{ContainerMeta, SharedIndex};
+use crate::{
+    container::ContainerId,
+    docker::{
+        cgroup_path::{self, CgroupDriver},
+        watch::{ContainerInfo, DockerEvent},
+    },
+    labels::{Capabilities, Classification},
+    owner::EnforcerHandle,
+    policy::{Policy, Rule, mode_name},
+    policy_file::PolicyFile,
+    resolver::{DomainUpdate, FirstAnswer, ResolverHandle},
+    sys::cgroup::CgroupId,
+};
+
+/// Fixed inputs of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub caps: Capabilities,
+    /// The cgroup v2 mount, to find containers' cgroups.
+    pub cgroup_mount: PathBuf,
+    /// Nameservers of the host's resolv.conf (see [`resolvers`]).
+    pub host_resolvers: Vec<IpAddr>,
+}
+
+struct Tracked {
+    info: ContainerInfo,
+    class: Classification,
+    /// Normalized domains this container holds a resolver reference on.
+    domains: BTreeSet<String>,
+    /// The policy last written (None: unpoliced).
+    written: Option<Option<Policy>>,
+}
+
+/// Follows containers and keeps the kernel's policies in line with them.
+pub struct Reconciler {
+    cfg: ReconcileConfig,
+    enforcer: EnforcerHandle,
+    resolver: ResolverHandle,
+    policy_file: Option<PolicyFile>,
+    driver: CgroupDriver,
+    containers: HashMap<ContainerId, Tracked>,
+    /// Effective IPs of every domain in use, from the resolver.
+    domain_ips: HashMap<String, BTreeSet<IpAddr>>,
+    index: SharedIndex,
+}
+
+/// Why a container could not be brought in line (logged; the caller goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("container {name} ({id}): {source}")]
+    Enforcer {
+        name: String,
+        id: String,
+        source: crate::owner::CommandError,
+    },
+}
+
+impl Reconciler {
+    pub fn new(
+        cfg: ReconcileConfig,
+        enforcer: EnforcerHandle,
+        resolver: ResolverHandle,
+        policy_file: Option<PolicyFile>,
+        index: SharedIndex,
+    ) -> Self {
+        Self {
+            cfg,
+            enforcer,
+            resolver,
+            policy_file,
+            driver: CgroupDriver::Cgroupfs,
+            containers: HashMap::new(),
+            domain_ips: HashMap::new(),
+            index,
+        }
+    }
+
+    /// Applies one Docker event. Errors are logged, never fatal: the next event or sync
+    /// retries.
+    pub async fn on_docker(&mut self, ev: DockerEvent) {
+        match ev {
+            DockerEvent::Sync {
+                containers,
+                cgroup_driver,
+            } => self.sync(containers, cgroup_driver).await,
+            DockerEvent::Created(info) => self.upsert(info, false).await,
+            DockerEvent::Started(info) | DockerEvent::Renamed(info) => {
+                self.upsert(info, true).await
+            }
+            DockerEvent::Died(id) => {
+                if let Some(t) = self.containers.get_mut(&id) {
+                    t.info.running = false;
+                    t.info.pid = None;
+                }
+            }
+            DockerEvent::Destroyed(id) => self.forget(&id).await,
+        }
+    }
+
+    /// Replaces the policy file (SIGHUP) and re-applies every container.
+    pub async fn set_policy_file(&mut self, file: Option<PolicyFile>) {
+        self.policy_file = file;
+        let infos: Vec<ContainerInfo> = self.containers.values().map(|t| t.info.clone()).collect();
+        for info in infos {
+            let running = info.running;
+            self.upsert(info, running).await;
+        }
+    }
+
+    /// A domain's IPs changed: rewrite every container that uses it.
+    pub async fn on_domain(&mut self, update: DomainUpdate) {
+        debug!(domain = %update.domain, ips = ?update.ips, "domain update");
+        self.domain_ips.insert(update.domain.clone(), update.ips);
+        self.publish_domains();
+        let users: Vec<ContainerId> = self
+            .containers
+            .iter()
+            .filter(|(_, t)| t.domains.contains(&update.domain))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in users {
+            if let Err(e) = self.write(&id, false).await {
+                error!("{e}");
+            }
+        }
+    }
+
+    /// Number of containers followed.
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    async fn sync(&mut self, containers: Vec<ContainerInfo>, driver: CgroupDriver) {
+        self.driver = driver;
+        let present: HashSet<ContainerId> = containers.iter().map(|c| c.id).collect();
+        for info in containers {
+            let running = info.running;
+            self.upsert(info, running).await;
+        }
+        // Containers gone while we were not looking: in our memory or only in the kernel's.
+        let mut gone: BTreeSet<ContainerId> = self
+            .containers
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        match self.enforcer.containers().await {
+            Ok(known) => gone.extend(
+                known
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| !present.contains(id)),
+            ),
+            Err(e) => error!("listing the kernel's containers: {e}"),
+        }
+        for id in gone {
+            self.forget(&id).await;
+        }
+        info!(containers = self.containers.len(), "synced with Docker");
+    }
+
+    /// The classification of a container, labels and policy file combined.
+    fn classify(&self, info: &ContainerInfo) -> Classification {
+        match &self.policy_file {
+            Some(f) => f.effective(&info.name, &info.labels, self.cfg.caps),
+            None => crate::labels::classify(&info.labels, self.cfg.caps),
+        }
+    }
+
+    async fn upsert(&mut self, info: ContainerInfo, with_cgroups: bool) {
+        let id = info.id;
+        let class = self.classify(&info);
+        let changed_class = self
+            .containers
+            .get(&id)
+            .is_none_or(|t| t.class != class);
+        if changed_class {
+            log_classification(&info, &class);
+        }
+        let wanted: BTreeSet<String> = match &class {
+            Classification::Policed(spec) => spec
+                .domains()
+                .filter_map(|(d, _)| crate::resolver::normalize_domain(d.as_str()).ok())
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let held = self
+            .containers
+            .get(&id)
+            .map(|t| t.domains.clone())
+            .unwrap_or_default();
+        self.index.set_container(
+            id,
+            ContainerMeta {
+                name: info.name.clone(),
+                image: info.image.clone(),
+                mode: class_mode(&class).to_owned(),
+            },
+        );
+        let tracked = self.containers.entry(id).or_insert_with(|| Tracked {
+            info: info.clone(),
+            class: class.clone(),
+            domains: BTreeSet::new(),
+            written: None,
+        });
+        tracked.info = info;
+        tracked.class = class;
+        // Fail closed and fast: register what is known now (before runc makes the cgroup),
+        // then resolve new names and write again.
+        if let Err(e) = self.write(&id, with_cgroups).await {
+            error!("{e}");
+        }
+        let new: Vec<String> = wanted.difference(&held).cloned().collect();
+        for d in held.difference(&wanted) {
+            self.resolver.remove(d);
+        }
+        if let Some(t) = self.containers.get_mut(&id) {
+            t.domains = wanted;
+        }
+        if new.is_empty() {
+            return;
+        }
+        for d in &new {
+            match self.resolver.add(d).await {
+                Ok(out) => {
+                    match &out.status {
+                        FirstAnswer::Resolved => {}
+                        FirstAnswer::Failed(why) => warn!(domain = %d, error = %why,
+                            "allowed domain did not resolve; its IPs are added when it does"),
+                        FirstAnswer::Pending => warn!(domain = %d,
+                            "allowed domain not answered yet; its IPs are added when it is"),
+                    }
+                    self.domain_ips.insert(out.domain, out.ips);
+                }
+                Err(e) => error!(domain = %d, "resolver: {e}"),
+            }
+        }
+        self.publish_domains();
+        if let Err(e) = self.write(&id, false).await {
+            error!("{e}");
+        }
+    }
+
+    /// Computes and writes the policy of `id`; with `with_cgroups`, also onto its existing
+    /// cgroups.
+    async fn write(&mut self, id: &ContainerId, with_cgroups: bool) -> Result<(), ReconcileError> {
+        let Some(t) = self.containers.get(id) else {
+            return Ok(());
+        };
+        let policy = self.policy_of(t);
+        let cgroups = if with_cgroups && t.info.running {
+            self.cgroups_of(&t.info)
+        } else {
+            Vec::new()
+        };
+        if !with_cgroups && t.written.as_ref() == Some(&policy) {
+            return Ok(());
+        }
+        let name = t.info.name.clone();
+        self.enforcer
+            .set_container(*id, policy.clone(), cgroups.clone())
+            .await
+            .map_err(|source| ReconcileError::Enforcer {
+                name,
+                id: id.short().to_owned(),
+                source,
+            })?;
+        if with_cgroups {
+            self.index.set_cgroups(*id, &cgroups);
+        }
+        if let Some(t) = self.containers.get_mut(id) {
+            t.written = Some(policy);
+        }
+        Ok(())
+    }
+
+    /// The kernel policy of a tracked container.
+    fn policy_of(&self, t: &Tracked) -> Option<Policy> {
+        match &t.class {
+            Classification::Unpoliced => None,
+            Classification::Invalid(_) => Some(Policy::deny_all()),
+            Classification::Policed(spec) => {
+                let mut rules: BTreeSet<Rule> = spec.rules().collect();
+                for (name, port) in spec.domains() {
+                    let Ok(key) = crate::resolver::normalize_domain(name.as_str()) else {
+                        continue;
+                    };
+                    for ip in self.domain_ips.get(&key).into_iter().flatten() {
+                        if let Ok(r) = Rule::addr(*ip, port) {
+                            rules.insert(r);
+                        }
+                    }
+                }
+                for ip in resolvers::container_resolvers(
+                    &t.info.dns,
+                    &t.info.network_mode,
+                    &t.info.networks,
+                    &self.cfg.host_resolvers,
+                ) {
+                    if let Ok(r) = Rule::addr(ip, Some(53)) {
+                        rules.insert(r);
+                    }
+                }
+                Some(Policy {
+                    mode: spec.mode,
+                    rules,
+                })
+            }
+        }
+    }
+
+    fn cgroups_of(&self, info: &ContainerInfo) -> Vec<CgroupId> {
+        match cgroup_path::find(
+            &self.cfg.cgroup_mount,
+            &info.id,
+            info.pid,
+            info.cgroup_parent.as_deref(),
+            self.driver,
+        ) {
+            Some(dir) => cgroup_path::subtree_ids(&dir),
+            None => {
+                debug!(container = %info.name, "no cgroup found (not running yet?)");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn forget(&mut self, id: &ContainerId) {
+        let name = match self.containers.remove(id) {
+            Some(t) => {
+                for d in &t.domains {
+                    self.resolver.remove(d);
+                }
+                t.info.name
+            }
+            None => id.short().to_owned(),
+        };
+        self.index.remove_container(id);
+        match self.enforcer.remove_container(*id, Vec::new()).await {
+            Ok(true) => info!(container = %name, id = id.short(), "container gone; its policy is removed"),
+            Ok(false) => {}
+            Err(e) => error!(container = %name, id = id.short(), "removing policy: {e}"),
+        }
+    }
+
+    fn publish_domains(&self) {
+        let mut by_ip: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
+        for (d, ips) in &self.domain_ips {
+            for ip in ips {
+                by_ip.entry(*ip).or_default().insert(d.clone());
+            }
+        }
+        self.index.set_domains(by_ip);
+    }
+
+    /// Containers and their computed policies (for tests and `status`-like views).
+    pub fn policies(&self) -> BTreeMap<ContainerId, Option<Policy>> {
+        self.containers
+            .iter()
+            .map(|(id, t)| (*id, self.policy_of(t)))
+            .collect()
+    }
+}
+
+fn class_mode(c: &Classification) -> &'static str {
+    match c {
+        Classification::Unpoliced => "unpoliced",
+        Classification::Invalid(_) => "deny-all (invalid egress labels)",
+        Classification::Policed(spec) => mode_name(spec.mode),
+    }
+}
+
+fn log_classification(info: &ContainerInfo, class: &Classification) {
+    match class {
+        Classification::Unpoliced => {
+            debug!(container = %info.name, id = info.id.short(), "not policed (no egress.* label)")
+        }
+        Classification::Policed(spec) => info!(
+            container = %info.name,
+            id = info.id.short(),
+            image = %info.image,
+            mode = mode_name(spec.mode),
+            allow = %spec.entries.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","),
+            "policing container"
+        ),
+        Classification::Invalid(errors) => {
+            for e in errors {
+                error!(
+                    container = %info.name,
+                    id = info.id.short(),
+                    label = %e.label,
+                    token = %e.token,
+                    "invalid egress policy, denying all egress of the container: {e}"
+                );
+            }
+        }
+    }
+}
