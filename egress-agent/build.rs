@@ -13,11 +13,15 @@ fn main() -> anyhow::Result<()> {
     let linker_dir = egress_toolchain::ensure_bpf_linker(&nightly, &mut say)?;
     // SAFETY: build scripts are single-threaded; aya-build spawns cargo with this PATH.
     unsafe { env::set_var("PATH", egress_toolchain::path_with(&linker_dir)) };
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../egress-ebpf");
+    let root = format!(
+        "{}/../{}",
+        env!("CARGO_MANIFEST_DIR"),
+        egress_toolchain::EBPF_PACKAGE
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
-            name: "egress-ebpf",
-            root_dir: root,
+            name: egress_toolchain::EBPF_PACKAGE,
+            root_dir: &root,
             ..Default::default()
         }],
         aya_build::Toolchain::Nightly,

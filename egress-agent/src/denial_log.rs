@@ -100,13 +100,22 @@ mod tests {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(Duration::from_secs(10));
         assert_eq!(rl.check(&"a", t0), Decision::Log { suppressed: 0 });
-        assert_eq!(rl.check(&"a", t0 + Duration::from_secs(1)), Decision::Suppress);
-        assert_eq!(rl.check(&"a", t0 + Duration::from_secs(2)), Decision::Suppress);
+        assert_eq!(
+            rl.check(&"a", t0 + Duration::from_secs(1)),
+            Decision::Suppress
+        );
+        assert_eq!(
+            rl.check(&"a", t0 + Duration::from_secs(2)),
+            Decision::Suppress
+        );
         assert_eq!(
             rl.check(&"a", t0 + Duration::from_secs(10)),
             Decision::Log { suppressed: 2 }
         );
-        assert_eq!(rl.check(&"a", t0 + Duration::from_secs(11)), Decision::Suppress);
+        assert_eq!(
+            rl.check(&"a", t0 + Duration::from_secs(11)),
+            Decision::Suppress
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod tests {
     fn slots_do_not_overlap() {
         let d = slot(Verdict::Denied, Reason::NoMatchingRule);
         let a = slot(Verdict::Audited, Reason::NoMatchingRule);
-        assert!(d > EVENTS_LOST && d < AUDITED_BASE);
-        assert!(a >= AUDITED_BASE && a < SLOTS);
+        assert!((EVENTS_LOST + 1..AUDITED_BASE).contains(&d));
+        assert!((AUDITED_BASE..SLOTS).contains(&a));
     }
 }

@@ -60,7 +60,7 @@ pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
     };
     let key = key_at(buf, at);
     // SAFETY: values are copied out at once.
-    let policy = match unsafe { CONTAINERS.get(&key) } {
+    let policy = match unsafe { CONTAINERS.get(key) } {
         Some(p) if p.flags & FLAG_UNPOLICED != 0 => return 0,
         Some(p) => *p,
         None => {
@@ -71,7 +71,7 @@ pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
             CgroupPolicy::unclassified()
         }
     };
-    let _ = CGROUP_POLICY.insert(&cgroup_id, &policy, 0);
+    let _ = CGROUP_POLICY.insert(cgroup_id, policy, 0);
     0
 }
 
@@ -79,7 +79,7 @@ pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
 #[inline(always)]
 pub fn on_rmdir(ctx: &TracePointContext) -> u32 {
     if let Some(cgroup_id) = v2_cgroup_id(ctx) {
-        let _ = CGROUP_POLICY.remove(&cgroup_id);
+        let _ = CGROUP_POLICY.remove(cgroup_id);
     }
     0
 }

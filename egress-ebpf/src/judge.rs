@@ -31,7 +31,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     // SAFETY: a helper with no arguments, valid in cgroup programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is plain data, copied out before anything else touches the map.
-    let policy = match unsafe { CGROUP_POLICY.get(&cgroup_id) } {
+    let policy = match unsafe { CGROUP_POLICY.get(cgroup_id) } {
         Some(p) => *p,
         None => return ALLOW,
     };
@@ -64,15 +64,15 @@ fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
     // SAFETY (every `get` on a hash map below): the value is only tested for presence.
     match dest.addr {
         Addr::V4(a) => unsafe {
-            ALLOW_V4.get(&Ip4RuleKey::new(id, a, port)).is_some()
-                || ALLOW_V4.get(&Ip4RuleKey::new(id, a, ANY_PORT)).is_some()
+            ALLOW_V4.get(Ip4RuleKey::new(id, a, port)).is_some()
+                || ALLOW_V4.get(Ip4RuleKey::new(id, a, ANY_PORT)).is_some()
                 || (policy.flags & FLAG_CIDR4 != 0
                     && (cidr4(Cidr4Data::new(id, a, port))
                         || cidr4(Cidr4Data::new(id, a, ANY_PORT))))
         },
         Addr::V6(a) => unsafe {
-            ALLOW_V6.get(&Ip6RuleKey::new(id, a, port)).is_some()
-                || ALLOW_V6.get(&Ip6RuleKey::new(id, a, ANY_PORT)).is_some()
+            ALLOW_V6.get(Ip6RuleKey::new(id, a, port)).is_some()
+                || ALLOW_V6.get(Ip6RuleKey::new(id, a, ANY_PORT)).is_some()
                 || (policy.flags & FLAG_CIDR6 != 0
                     && (cidr6(Cidr6Data::new(id, a, port))
                         || cidr6(Cidr6Data::new(id, a, ANY_PORT))))

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! It survives `cargo clean`, costs nothing the second time, and never touches a `bpf-linker`
-//! the user installed elsewhere. `egress-agent`'s build script only *finds* the linker
-//! ([`find_bpf_linker`]); `cargo xtask build-ebpf` installs it ([`ensure_bpf_linker`]).
+//! the user installed elsewhere. Both `egress-agent`'s build script and `cargo xtask build-ebpf`
+//! call [`ensure_rust_src`] and [`ensure_bpf_linker`], so a plain `cargo build` on a fresh
+//! machine installs them too (and says so).
 
 use std::{
     env,
@@ -23,6 +24,11 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
+
+/// The eBPF package, built by egress-agent's build script and by `cargo xtask build-ebpf`.
+pub const EBPF_PACKAGE: &str = "egress-ebpf";
+/// Its binary: the object file aya-build leaves in OUT_DIR.
+pub const EBPF_BIN: &str = "egress";
 
 /// The toolchain aya-build runs (`rustup run nightly cargo ...`).
 pub const NIGHTLY: &str = "nightly";

@@ -39,6 +39,7 @@ use crate::{
 };
 
 /// The eBPF object built by `build.rs` from `egress-ebpf`.
+/// (`egress_toolchain::EBPF_BIN` is its name.)
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
 
 /// Where to pin and where to attach.

@@ -199,10 +199,7 @@ impl Reconciler {
     async fn upsert(&mut self, info: ContainerInfo, with_cgroups: bool) {
         let id = info.id;
         let class = self.classify(&info);
-        let changed_class = self
-            .containers
-            .get(&id)
-            .is_none_or(|t| t.class != class);
+        let changed_class = self.containers.get(&id).is_none_or(|t| t.class != class);
         if changed_class {
             log_classification(&info, &class);
         }
@@ -366,7 +363,9 @@ impl Reconciler {
         };
         self.index.remove_container(id);
         match self.enforcer.remove_container(*id, Vec::new()).await {
-            Ok(true) => info!(container = %name, id = id.short(), "container gone; its policy is removed"),
+            Ok(true) => {
+                info!(container = %name, id = id.short(), "container gone; its policy is removed")
+            }
             Ok(false) => {}
             Err(e) => error!(container = %name, id = id.short(), "removing policy: {e}"),
         }

@@ -74,13 +74,23 @@ mod tests {
 
     #[test]
     fn explicit_dns_on_a_user_network_adds_the_embedded_server() {
-        let r = container_resolvers(&[ip("10.9.0.1")], "mynet", &["mynet".into()], &[ip("10.0.0.2")]);
+        let r = container_resolvers(
+            &[ip("10.9.0.1")],
+            "mynet",
+            &["mynet".into()],
+            &[ip("10.0.0.2")],
+        );
         assert_eq!(r, vec![ip("10.9.0.1"), EMBEDDED_DNS]);
     }
 
     #[test]
     fn default_bridge_uses_non_loopback_host_servers() {
-        let r = container_resolvers(&[], "default", &["bridge".into()], &[ip("127.0.0.53"), ip("10.0.0.2")]);
+        let r = container_resolvers(
+            &[],
+            "default",
+            &["bridge".into()],
+            &[ip("127.0.0.53"), ip("10.0.0.2")],
+        );
         assert_eq!(r, vec![ip("10.0.0.2")]);
     }
 
