@@ -134,6 +134,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
 
     let logger = tokio::spawn(log_events(
         handle.subscribe(),
+        handle.clone(),
         index.clone(),
         Duration::from_secs(args.deny_log_interval),
     ));
@@ -247,6 +248,7 @@ async fn log_ready(cfg: &EnforcerConfig, report: &OpenReport, handle: &EnforcerH
 /// `interval`.
 async fn log_events(
     mut events: tokio::sync::broadcast::Receiver<EgressEvent>,
+    handle: EnforcerHandle,
     index: SharedIndex,
     interval: Duration,
 ) {
@@ -263,11 +265,17 @@ async fn log_events(
             }
             Err(RecvError::Closed) => break,
         };
-        let container = index.container_of(ev.cgroup_id).or_else(|| {
-            let id = container_of_pid(ev.pid)?;
-            index.remember_cgroup(ev.cgroup_id, id);
-            Some(id)
-        });
+        let mut container = index.container_of(ev.cgroup_id);
+        if container.is_none() {
+            // A cgroup the reconciler has not seen yet (the process may be gone already):
+            // its policy id names the container; else the process's cgroup path does.
+            container = container_of_policy(&handle, ev.policy_id)
+                .await
+                .or_else(|| container_of_pid(ev.pid));
+            if let Some(id) = container {
+                index.remember_cgroup(ev.cgroup_id, id);
+            }
+        }
         let key = (
             container
                 .map(|c| c.to_string())
@@ -319,6 +327,20 @@ async fn log_events(
             ),
         }
     }
+}
+
+/// The container whose policy has id `policy_id`.
+async fn container_of_policy(handle: &EnforcerHandle, policy_id: u32) -> Option<ContainerId> {
+    if policy_id == egress_common::policy::NO_RULES_POLICY_ID {
+        return None;
+    }
+    handle
+        .containers()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|(_, a)| a.as_ref().is_some_and(|a| a.policy_id == policy_id))
+        .map(|(id, _)| id)
 }
 
 /// The container a process belongs to, from its cgroup v2 path.

@@ -548,7 +548,8 @@ impl Enforcer {
             return Ok(false);
         };
         match self.maps.containers.remove(&container.key()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(source) => {
                 return Err(EnforcerError::Write {
                     cgroup: 0,
@@ -613,7 +614,7 @@ impl Enforcer {
         };
         match r {
             Ok(()) => Ok(()),
-            Err(MapError::KeyNotFound) => {
+            Err(e) if is_not_found(&e) => {
                 warn!(cgroup, %rule, "rule to remove was not in the map");
                 Ok(())
             }
@@ -631,9 +632,21 @@ impl Enforcer {
     }
 }
 
+/// A delete of a key that is not there (aya reports ENOENT from the syscall as it is).
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::ENOENT)
+        }
+        _ => false,
+    }
+}
+
 fn remove_cgroup_entry(maps: &mut Maps, cgroup: CgroupId) -> Result<()> {
     match maps.cgroups.remove(&cgroup) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(source) => Err(EnforcerError::Write {
             cgroup,
             what: "removing the cgroup's policy entry".into(),
