@@ -246,24 +246,36 @@ impl Reconciler {
         if new.is_empty() {
             return;
         }
+        // Never wait for DNS here: other containers' events (an unlabelled container must be
+        // registered before its cgroup appears) would wait behind a slow resolver. The
+        // reference is taken now; the IPs arrive as a DomainUpdate (`on_domain`), and a name
+        // that another container already uses has its IPs at once.
+        let mut known = false;
         for d in &new {
-            match self.resolver.add(d).await {
-                Ok(out) => {
-                    match &out.status {
+            let outcome = self.resolver.add(d);
+            let domain = d.clone();
+            tokio::spawn(async move {
+                match outcome.await {
+                    Ok(out) => match out.status {
                         FirstAnswer::Resolved => {}
-                        FirstAnswer::Failed(why) => warn!(domain = %d, error = %why,
+                        FirstAnswer::Failed(why) => warn!(%domain, error = %why,
                             "allowed domain did not resolve; its IPs are added when it does"),
-                        FirstAnswer::Pending => warn!(domain = %d,
+                        FirstAnswer::Pending => warn!(%domain,
                             "allowed domain not answered yet; its IPs are added when it is"),
-                    }
-                    self.domain_ips.insert(out.domain, out.ips);
+                    },
+                    Err(e) => error!(%domain, "resolver: {e}"),
                 }
-                Err(e) => error!(domain = %d, "resolver: {e}"),
+            });
+            if let Some(ips) = self.resolver.snapshot(d) {
+                self.domain_ips.insert(d.clone(), ips);
+                known = true;
             }
         }
-        self.publish_domains();
-        if let Err(e) = self.write(&id, false).await {
-            error!("{e}");
+        if known {
+            self.publish_domains();
+            if let Err(e) = self.write(&id, false).await {
+                error!("{e}");
+            }
         }
     }
 
