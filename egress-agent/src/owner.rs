@@ -74,6 +74,26 @@ pub enum CommandError {
     Enforcer(#[from] EnforcerError),
 }
 
+/// A handle that does not keep the owner task alive (for readers that live as long as the
+/// event stream, such as the denial logger).
+#[derive(Clone)]
+pub struct WeakEnforcerHandle {
+    tx: mpsc::WeakSender<Command>,
+}
+
+impl WeakEnforcerHandle {
+    /// Known containers and their policies; `OwnerGone` once the owner has stopped.
+    pub async fn containers(&self) -> Result<Vec<(ContainerId, Option<Applied>)>, OwnerGone> {
+        let tx = self.tx.upgrade().ok_or(OwnerGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Command::Containers { reply })
+            .await
+            .map_err(|_| OwnerGone)?;
+        drop(tx);
+        rx.await.map_err(|_| OwnerGone)
+    }
+}
+
 /// A cheap, clonable handle on the owner task.
 #[derive(Clone)]
 pub struct EnforcerHandle {
@@ -169,6 +189,13 @@ impl EnforcerHandle {
     /// The kernel counters.
     pub async fn stats(&self) -> Result<Stats, CommandError> {
         Ok(self.ask(|reply| Command::Stats { reply }).await??)
+    }
+
+    /// A handle that does not keep the owner alive.
+    pub fn downgrade(&self) -> WeakEnforcerHandle {
+        WeakEnforcerHandle {
+            tx: self.tx.downgrade(),
+        }
     }
 
     /// Subscribes to decoded events (denials and audit hits).

@@ -4,6 +4,7 @@
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use egress_common::event::Verdict;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, info, warn};
 
@@ -18,7 +19,7 @@ use crate::{
     enforcer::{Enforcer, EnforcerConfig, OpenReport},
     events::EgressEvent,
     labels::Capabilities,
-    owner::{self, EnforcerHandle},
+    owner::{self, EnforcerHandle, WeakEnforcerHandle},
     policy::{EntryError, Mode, Policy, parse_ip_entries, parse_mode},
     policy_file::PolicyFile,
     reconcile::{ReconcileConfig, Reconciler, index::SharedIndex, resolvers},
@@ -134,7 +135,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
 
     let logger = tokio::spawn(log_events(
         handle.subscribe(),
-        handle.clone(),
+        handle.downgrade(),
         index.clone(),
         Duration::from_secs(args.deny_log_interval),
     ));
@@ -244,11 +245,33 @@ async fn log_ready(cfg: &EnforcerConfig, report: &OpenReport, handle: &EnforcerH
     );
 }
 
+/// One log line for an event (`$level` is `warn` or `info`).
+macro_rules! log_egress {
+    ($level:ident, $msg:literal, $ev:ident, $meta:ident, $id:ident, $domains:ident, $mode:expr, $suppressed:ident) => {
+        $level!(
+            container = %$meta.name,
+            container_id = %$id,
+            image = %$meta.image,
+            cgroup_id = $ev.cgroup_id,
+            pid = $ev.pid,
+            comm = %$ev.comm,
+            protocol = %$ev.protocol_name(),
+            destination = %$ev.addr,
+            port = $ev.port,
+            domain = %$domains,
+            mode = %$mode,
+            reason = $ev.reason_name(),
+            suppressed = $suppressed,
+            $msg
+        )
+    };
+}
+
 /// Logs denials and audit hits, naming the container, once per (container, destination) per
 /// `interval`.
 async fn log_events(
     mut events: tokio::sync::broadcast::Receiver<EgressEvent>,
-    handle: EnforcerHandle,
+    handle: WeakEnforcerHandle,
     index: SharedIndex,
     interval: Duration,
 ) {
@@ -293,44 +316,32 @@ async fn log_events(
         let domains = index.domains_of(&ev.addr).join(",");
         let id = container.map(|c| c.short().to_owned()).unwrap_or_default();
         match ev.verdict {
-            egress_common::event::Verdict::Denied => warn!(
-                container = %meta.name,
-                container_id = %id,
-                image = %meta.image,
-                cgroup_id = ev.cgroup_id,
-                pid = ev.pid,
-                comm = %ev.comm,
-                protocol = %ev.protocol_name(),
-                destination = %ev.addr,
-                port = ev.port,
-                domain = %domains,
-                mode = %meta.mode,
-                reason = ev.reason_name(),
-                suppressed,
-                "egress denied"
+            Verdict::Denied => log_egress!(
+                warn,
+                "egress denied",
+                ev,
+                meta,
+                id,
+                domains,
+                meta.mode,
+                suppressed
             ),
-            egress_common::event::Verdict::Audited => info!(
-                container = %meta.name,
-                container_id = %id,
-                image = %meta.image,
-                cgroup_id = ev.cgroup_id,
-                pid = ev.pid,
-                comm = %ev.comm,
-                protocol = %ev.protocol_name(),
-                destination = %ev.addr,
-                port = ev.port,
-                domain = %domains,
-                mode = "audit",
-                reason = ev.reason_name(),
-                suppressed,
-                "egress would be denied (audit mode)"
+            Verdict::Audited => log_egress!(
+                info,
+                "egress would be denied (audit mode)",
+                ev,
+                meta,
+                id,
+                domains,
+                "audit",
+                suppressed
             ),
         }
     }
 }
 
 /// The container whose policy has id `policy_id`.
-async fn container_of_policy(handle: &EnforcerHandle, policy_id: u32) -> Option<ContainerId> {
+async fn container_of_policy(handle: &WeakEnforcerHandle, policy_id: u32) -> Option<ContainerId> {
     if policy_id == egress_common::policy::NO_RULES_POLICY_ID {
         return None;
     }

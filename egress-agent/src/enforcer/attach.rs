@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, TracePoint, links::FdLink,
+    },
 };
 
 use super::{
@@ -24,13 +26,32 @@ pub const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"]
 /// Tracepoint programs (category `cgroup`), pinned with cgroup id 0 in their link names.
 pub const TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
-    let p = ebpf.program_mut(name).ok_or(EnforcerError::Program {
-        name,
-        source: aya::programs::ProgramError::UnexpectedProgramType,
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> EnforcerError {
+    move |source| EnforcerError::Program { name, source }
+}
+
+/// The program `name` of the object, as type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| prog_err(name)(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
+/// Pins a link at `path`; the pin then holds it and our descriptor goes.
+fn pin_link<L>(name: &'static str, link: L, path: &Path) -> Result<()>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let fd = FdLink::try_from(link).map_err(|source| EnforcerError::Link { name, source })?;
+    fd.pin(path).map_err(|source| EnforcerError::PinLink {
+        path: path.to_owned(),
+        source,
     })?;
-    p.try_into()
-        .map_err(|source| EnforcerError::Program { name, source })
+    Ok(())
 }
 
 /// Loads and attaches every program at `cgroup` and pins the links. Returns the link pins of
@@ -56,54 +77,25 @@ pub fn attach_all(
     let mut new_pins = Vec::new();
     let result = (|| -> Result<()> {
         for name in PROGRAMS {
-            let prog = program(ebpf, name)?;
-            prog.load()
-                .map_err(|source| EnforcerError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
             let id = prog
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|source| EnforcerError::Link { name, source })?;
+                .map_err(prog_err(name))?;
+            let link = prog.take_link(id).map_err(prog_err(name))?;
             let path = pin
                 .links()
                 .join(layout::link_pin_name(name, cgroup_id, stamp));
-            let pinned = fd.pin(&path).map_err(|source| EnforcerError::PinLink {
-                path: path.clone(),
-                source,
-            })?;
-            // The pin holds the link; our descriptor can go.
-            drop(pinned);
+            pin_link(name, link, &path)?;
             new_pins.push(path);
         }
         for name in TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(EnforcerError::Program {
-                    name,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            let id = prog
-                .attach("cgroup", name)
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| EnforcerError::Program { name, source })?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|source| EnforcerError::Link { name, source })?;
+            let prog: &mut TracePoint = program(ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            let id = prog.attach("cgroup", name).map_err(prog_err(name))?;
+            let link = prog.take_link(id).map_err(prog_err(name))?;
             let path = pin.links().join(layout::link_pin_name(name, 0, stamp));
-            fd.pin(&path).map_err(|source| EnforcerError::PinLink {
-                path: path.clone(),
-                source,
-            })?;
+            pin_link(name, link, &path)?;
             new_pins.push(path);
         }
         Ok(())
