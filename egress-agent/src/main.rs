@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let shutdown = cmd::run::signals()?;
-            cmd::run::run(args, shutdown).await
+            let hup = cmd::run::hangups()?;
+            cmd::run::run(args, shutdown, hup).await
         }
         Command::Status(args) => cmd::status::main(&args),
         Command::Cleanup(args) => cmd::cleanup::main(&args),

@@ -622,6 +622,8 @@ pub struct AgentOpts {
     pub unclassified_allow: bool,
     /// The daemon the agent follows (`DOCKER_HOST`).
     pub docker_host: String,
+    /// `--policy-file PATH` (none by default).
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for AgentOpts {
@@ -631,6 +633,7 @@ impl Default for AgentOpts {
             deny_log_interval: 0,
             unclassified_allow: false,
             docker_host: shared_docker_host(),
+            policy_file: None,
         }
     }
 }
@@ -679,6 +682,9 @@ impl E2eAgent {
                     "deny"
                 },
             ]);
+        if let Some(p) = &opts.policy_file {
+            cmd.arg("--policy-file").arg(p);
+        }
         let t0 = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -769,6 +775,25 @@ impl E2eAgent {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's process id (while it has not been stopped).
+    #[track_caller]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Sends SIGHUP (reload the policy file) to the agent.
+    #[track_caller]
+    pub fn sighup(&self) {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(
+            rc,
+            0,
+            "SIGHUP to egress-agent: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// True while the process runs.

@@ -5,7 +5,7 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use egress_common::event::Verdict;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{signal::unix::Signal, sync::broadcast::error::RecvError};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -77,8 +77,12 @@ pub fn parse_policy_spec(spec: &str) -> Result<PolicySpec, SpecError> {
     })
 }
 
-/// Runs the daemon until `shutdown` completes.
-pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the daemon until `shutdown` completes; `hup` (SIGHUP) reloads the policy file.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl Future<Output = ()>,
+    mut hup: Signal,
+) -> anyhow::Result<()> {
     let specs = args
         .policies
         .iter()
@@ -179,7 +183,6 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         let watcher = tokio::spawn(watch::run(docker, tx, async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         }));
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut ready = false;
         loop {
             tokio::select! {
@@ -215,7 +218,12 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
             "not following Docker (--docker off, or no Docker socket); only --policy cgroups are policed"
         );
         log_ready(&cfg, &report, &handle).await;
-        shutdown.await;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => info!("SIGHUP: not following Docker, there is no container policy to reload"),
+                _ = &mut shutdown => break,
+            }
+        }
     }
     info!(
         "stopping; programs stay attached and maps pinned (enforcement continues). `egress-agent cleanup` removes them"
@@ -364,6 +372,11 @@ fn container_of_pid(pid: u32) -> Option<ContainerId> {
         .and_then(|s| s.strip_suffix(".scope"))
         .unwrap_or(last);
     id.parse().ok()
+}
+
+/// The SIGHUP stream, installed at once (SIGHUP's default action would end the agent).
+pub fn hangups() -> std::io::Result<Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so a
