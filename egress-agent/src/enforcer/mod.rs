@@ -211,9 +211,10 @@ impl Enforcer {
                 source,
             })?;
         }
-        let btf = aya::Btf::from_sys_fs().ok();
+        // No kernel BTF: the programs use no CO-RE relocations, and parsing vmlinux's BTF
+        // would cost the agent ~15 MiB of memory for nothing.
         let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
+            .btf(None)
             .default_map_pin_directory(pin.maps())
             .load(EBPF_OBJECT)?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
