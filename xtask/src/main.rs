@@ -3,6 +3,7 @@
 //! Progress goes to stderr with an `xtask:` prefix; stdout carries only results (the path of
 //! the built eBPF object).
 
+mod bench;
 mod cargo;
 mod docker;
 mod ebpf;
@@ -36,6 +37,10 @@ enum Task {
     /// Build everything and run the unit tests, then the privileged tests (serially). Needs
     /// root, cgroup v2 and bpffs (mounted if missing).
     Test(test::TestArgs),
+    /// Measure what the enforcer costs, side by side with the alternatives (no program, an nginx
+    /// stream proxy, an nftables set, the agent with Docker), and print a markdown table of
+    /// medians and ratios (also written to `target/bench/report.md`). Needs root.
+    Bench(bench::BenchArgs),
     /// Check the Docker setup of the end-to-end tests: use (or start) dockerd, make the
     /// `egress-test-busybox` image, run `echo` in a container, then stop a dockerd it started
     /// and undo its host changes.
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
     let res = match cli.task {
         Task::BuildEbpf { out } => ebpf::build(out).map(|obj| println!("{}", obj.display())),
         Task::Test(args) => test::run(args),
+        Task::Bench(args) => bench::run(args),
         Task::DockerCheck => docker::check(),
         Task::AyaBuild => ebpf::aya_build_inner(),
         Task::StopDockerd => docker::stop_leftover(),

@@ -1,0 +1,389 @@
+//! The load generator of the connect benchmarks:
+//! `xtask bench client OP --a-cgroup CG --a-dst ADDR [--a-netns NS] [--b-... ] ...`.
+//!
+//! The harness starts it as a separate process that is placed in side A's cgroup (and network
+//! namespace) between fork and exec. It then measures in batches, moving itself between side A
+//! and side B before each batch (writing its pid to the side's `cgroup.procs`, `setns` into
+//! the side's namespace) in the order A B B A A B B A ..., so both sides are measured in the
+//! same time windows and drift hits both alike. Every socket is made after the move, so it is
+//! judged as a socket of that side's cgroup. Each consecutive (A, B) or (B, A) pair of batches
+//! gives one ratio rate(B) / rate(A). With no side B it measures side A only.
+//!
+//! - `tcp-connect`: `socket` + `connect` + `close` with `SO_LINGER` 0 (the close sends a RST, so
+//!   no TIME_WAIT piles up and the 28k ephemeral ports are reused); the latency is that of
+//!   `connect` alone, the rate that of the whole cycle. Each connect has a 2 s send timeout so
+//!   a dropped SYN fails the run instead of hanging it.
+//! - `udp-sendto`: a new unconnected UDP socket per batch, `sendto` of a 16-byte datagram per
+//!   operation (the `sendmsg4` hook runs for every unconnected send).
+//!
+//! It prints one JSON line ([`ClientReport`]) on stdout.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    mem::size_of,
+    net::SocketAddrV4,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    TcpConnect,
+    UdpSendto,
+}
+
+impl Op {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Op::TcpConnect => "tcp-connect",
+            Op::UdpSendto => "udp-sendto",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[arg(value_enum)]
+    pub op: Op,
+    /// Side A: cgroup v2 directory.
+    #[arg(long)]
+    pub a_cgroup: PathBuf,
+    /// Side A: network namespace file (e.g. /run/netns/NAME).
+    #[arg(long)]
+    pub a_netns: Option<PathBuf>,
+    /// Side A: IPv4 destination.
+    #[arg(long)]
+    pub a_dst: SocketAddrV4,
+    #[arg(long, requires = "b_dst")]
+    pub b_cgroup: Option<PathBuf>,
+    #[arg(long, requires = "b_cgroup")]
+    pub b_netns: Option<PathBuf>,
+    #[arg(long, requires = "b_cgroup")]
+    pub b_dst: Option<SocketAddrV4>,
+    /// Timed operations per batch.
+    #[arg(long)]
+    pub batch: usize,
+    /// Batches per side.
+    #[arg(long)]
+    pub batches: usize,
+    /// Untimed operations on each side before the first batch.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// Untimed operations after each move, before the batch.
+    #[arg(long, default_value_t = 10)]
+    pub settle: usize,
+}
+
+/// One side's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SideReport {
+    pub ops: usize,
+    /// Sum of the timed batches' wall time.
+    pub elapsed_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl SideReport {
+    /// Operations per second over the timed batches.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+}
+
+/// What the client prints (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientReport {
+    pub a: SideReport,
+    pub b: Option<SideReport>,
+    /// rate(B) / rate(A) for each pair of neighbouring batches.
+    pub pair_ratios: Vec<f64>,
+    pub errors: usize,
+    pub first_error: Option<String>,
+}
+
+struct Side {
+    procs: CString,
+    netns: Option<File>,
+    dst: libc::sockaddr_in,
+}
+
+impl Side {
+    fn new(cgroup: &std::path::Path, netns: Option<&PathBuf>, dst: SocketAddrV4) -> Result<Self> {
+        Ok(Self {
+            procs: CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())?,
+            netns: netns
+                .map(|p| File::open(p).with_context(|| format!("opening {}", p.display())))
+                .transpose()?,
+            dst: sockaddr(dst),
+        })
+    }
+
+    /// Moves this (single-threaded) process here.
+    fn enter(&self) -> Result<()> {
+        if let Some(ns) = &self.netns {
+            // SAFETY: setns with a namespace descriptor we own.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", io::Error::last_os_error());
+            }
+        }
+        let pid = std::process::id().to_string();
+        std::fs::write(
+            std::ffi::OsStr::from_bytes(self.procs.as_bytes()),
+            pid.as_bytes(),
+        )
+        .with_context(|| format!("moving into {:?}", self.procs))?;
+        Ok(())
+    }
+}
+
+pub fn run(args: ClientArgs) -> Result<()> {
+    if args.batch == 0 || args.batches == 0 {
+        bail!("--batch and --batches must be at least 1");
+    }
+    let mut sides = vec![Side::new(
+        &args.a_cgroup,
+        args.a_netns.as_ref(),
+        args.a_dst,
+    )?];
+    if let (Some(cg), Some(dst)) = (&args.b_cgroup, args.b_dst) {
+        sides.push(Side::new(cg, args.b_netns.as_ref(), dst)?);
+    }
+    let report = measure(&args, &sides)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// The order of the batches: A B B A A B B A ... (one side: A A A ...).
+pub fn schedule(sides: usize, batches_per_side: usize) -> Vec<usize> {
+    const ABBA: [usize; 4] = [0, 1, 1, 0];
+    (0..sides * batches_per_side)
+        .map(|k| if sides == 1 { 0 } else { ABBA[k % 4] })
+        .collect()
+}
+
+fn measure(args: &ClientArgs, sides: &[Side]) -> Result<ClientReport> {
+    let mut errors = 0;
+    let mut first_error: Option<String> = None;
+    let mut note = |e: io::Error, what: &str| {
+        errors += 1;
+        first_error.get_or_insert_with(|| format!("{what}: {e}"));
+    };
+    for s in sides {
+        s.enter()?;
+        let _ = batch(args.op, &s.dst, args.warmup, &mut note, false);
+    }
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); sides.len()];
+    let mut elapsed = vec![Duration::ZERO; sides.len()];
+    let mut batch_rates: Vec<(usize, f64)> = Vec::new();
+    for side in schedule(sides.len(), args.batches) {
+        let s = &sides[side];
+        s.enter()?;
+        let _ = batch(args.op, &s.dst, args.settle, &mut note, false);
+        let t0 = Instant::now();
+        let l = batch(args.op, &s.dst, args.batch, &mut note, true);
+        let dt = t0.elapsed();
+        elapsed[side] += dt;
+        batch_rates.push((side, args.batch as f64 / dt.as_secs_f64()));
+        lat[side].extend(l);
+    }
+    let pair_ratios = batch_rates
+        .chunks(2)
+        .filter_map(|p| match p {
+            [(0, a), (1, b)] | [(1, b), (0, a)] => Some(b / a),
+            _ => None,
+        })
+        .collect();
+    let mut reports = lat.into_iter().zip(elapsed).map(|(l, e)| summarize(l, e));
+    let a = reports.next().unwrap_or_default();
+    let b = reports.next();
+    Ok(ClientReport {
+        a,
+        b,
+        pair_ratios,
+        errors,
+        first_error,
+    })
+}
+
+/// `n` operations; returns their latencies if `timed`.
+fn batch(
+    op: Op,
+    dst: &libc::sockaddr_in,
+    n: usize,
+    note: &mut impl FnMut(io::Error, &str),
+    timed: bool,
+) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(if timed { n } else { 0 });
+    match op {
+        Op::TcpConnect => {
+            for _ in 0..n {
+                match connect_once(dst) {
+                    Ok(d) if timed => lat.push(d),
+                    Ok(_) => {}
+                    Err(e) => note(e, "connect"),
+                }
+            }
+        }
+        Op::UdpSendto => {
+            // SAFETY: plain socket call.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                note(io::Error::last_os_error(), "socket(SOCK_DGRAM)");
+                return lat;
+            }
+            for _ in 0..n {
+                let t0 = Instant::now();
+                match sendto(fd, dst) {
+                    Ok(()) if timed => lat.push(t0.elapsed()),
+                    Ok(()) => {}
+                    Err(e) => note(e, "sendto"),
+                }
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        }
+    }
+    lat
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn setsockopt<T>(fd: i32, level: i32, name: i32, v: &T) -> io::Result<()> {
+    // SAFETY: v points to a valid T of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One connect cycle; returns the duration of `connect`.
+fn connect_once(addr: &libc::sockaddr_in) -> io::Result<Duration> {
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let res = (|| {
+        setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )?;
+        setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &libc::timeval {
+                tv_sec: 2,
+                tv_usec: 0,
+            },
+        )?;
+        let t0 = Instant::now();
+        // SAFETY: addr is a valid sockaddr_in of the size given.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let dt = t0.elapsed();
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(dt)
+    })();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    res
+}
+
+fn sendto(fd: i32, addr: &libc::sockaddr_in) -> io::Result<()> {
+    let payload = *b"egress-bench-udp";
+    // SAFETY: payload and addr are valid for the sizes given.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> SideReport {
+    lat.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if lat.is_empty() {
+            return 0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_nanos() as u64
+    };
+    SideReport {
+        ops: lat.len(),
+        elapsed_ns: elapsed.as_nanos() as u64,
+        p50_ns: pct(0.50),
+        p90_ns: pct(0.90),
+        p99_ns: pct(0.99),
+        max_ns: lat.last().map_or(0, |d| d.as_nanos() as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_alternate_abba() {
+        assert_eq!(schedule(2, 4), [0, 1, 1, 0, 0, 1, 1, 0]);
+        assert_eq!(schedule(1, 3), [0, 0, 0]);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let lat: Vec<Duration> = (1..=100).map(Duration::from_nanos).collect();
+        let r = summarize(lat, Duration::from_micros(1));
+        assert_eq!((r.p50_ns, r.p90_ns, r.p99_ns, r.max_ns), (50, 90, 99, 100));
+        assert_eq!(r.ops, 100);
+    }
+}
