@@ -116,19 +116,6 @@ impl Target {
         }
     }
 
-    /// A relative spread (half-range / mean) that should be at most `bound`.
-    pub fn at_most(what: String, value: f64, bound: f64) -> Self {
-        Self {
-            what,
-            shown: if value.is_finite() {
-                format!("±{:.1} %", value * 100.0)
-            } else {
-                "n/a".into()
-            },
-            verdict: stats::verdict_at_most(value, bound),
-        }
-    }
-
     /// Anything else, formatted by the caller.
     pub fn custom(what: String, shown: String, verdict: &'static str) -> Self {
         Self {
