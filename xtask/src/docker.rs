@@ -169,6 +169,7 @@ pub fn ensure_dockerd() -> Result<DockerGuard> {
     let log_path = dir.join("dockerd.log");
     let log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    remove_stale_pidfiles();
     let mut state = HostState::snapshot();
     say(&format!("starting dockerd (log: {})", log_path.display()));
     let t0 = Instant::now();
@@ -234,6 +235,20 @@ pub fn ensure_dockerd() -> Result<DockerGuard> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(guard)
+}
+
+/// Removes dockerd's and containerd's pid files when their process is gone (or a zombie: PID 1
+/// on some machines does not reap, and a new dockerd would wait for a zombie containerd until
+/// it times out).
+fn remove_stale_pidfiles() {
+    for file in [DOCKERD_PIDFILE, CONTAINERD_PIDFILE] {
+        if let Some(pid) = read_pid(file)
+            && sys::live_comm(pid).is_none()
+        {
+            say(&format!("removing the stale {file} (pid {pid} is gone)"));
+            let _ = fs::remove_file(file);
+        }
+    }
 }
 
 /// A daemon that answers and that an earlier run started and left running (it was killed):
