@@ -30,6 +30,29 @@ fn agent_command() -> Command {
     cmd
 }
 
+/// Collects a child's stderr lines (in a thread) into a shared log; the receiver gets one
+/// message per line for which `is_ready` holds.
+pub fn capture_log(
+    child: &mut Child,
+    is_ready: impl Fn(&str) -> bool + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<()>) {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let shared = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let ready = is_ready(&line);
+            lock(&shared).push(line);
+            if ready {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    (log, ready_rx)
+}
+
 fn lock(log: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
     log.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -63,22 +86,9 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning egress-agent run: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let ready = message(&line).is_some_and(|(m, _)| m == "ready");
-                    lock(&log).push(line);
-                    if ready {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
+        let (log, ready_rx) = capture_log(&mut child, |l| {
+            message(l).is_some_and(|(m, _)| m == "ready")
+        });
         let mut agent = Self {
             child: Some(child),
             log,

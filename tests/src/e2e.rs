@@ -21,7 +21,7 @@
 use std::{
     collections::BTreeMap,
     env, fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::{Path, PathBuf},
@@ -692,22 +692,9 @@ impl E2eAgent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning egress-agent run: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let ready = parse_line(&line).is_some_and(|(m, _)| m == "ready");
-                    lock(&log).push(line);
-                    if ready {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
+        let (log, ready_rx) = crate::agent::capture_log(&mut child, |l| {
+            parse_line(l).is_some_and(|(m, _)| m == "ready")
+        });
         let mut agent = Self {
             child: Some(child),
             log,
