@@ -206,11 +206,20 @@ impl PinDir {
         Ok(to)
     }
 
-    /// Removes the given link pins (their programs detach unless something else holds them)
-    /// and every retired map directory. Returns the number of links released.
+    /// Detaches the given links and removes their pins, then every retired map directory.
+    /// Returns the number of links released.
+    ///
+    /// The explicit detach matters: dropping the last reference to a pinned link (unlinking its
+    /// pin) frees it only after an RCU grace period and a deferred work item, so without it the
+    /// old program would stay attached for an unbounded little while after this returns.
     pub fn release(&self, links: &[PathBuf]) -> Result<usize, PinIoError> {
         let mut n = 0;
         for l in links {
+            if let Ok(fd) = obj_get(l) {
+                // Hooks without a detach operation (tracepoints) and links whose cgroup is gone
+                // refuse; their programs go when the pin does.
+                let _ = link_detach(&fd);
+            }
             remove_file(l)?;
             n += 1;
         }
