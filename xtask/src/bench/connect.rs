@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use egress_agent::sys::bpf::CgroupAttachType;
+use egress_agent::sys::bpf::{CgroupAttachType, attached_programs};
 use serde_json::json;
 
 use super::note;
@@ -25,6 +25,7 @@ use super::{
     Section, Target,
     client::{ClientReport, Op, SideReport},
     env::{BpfStats, Placement, TcpSink, UdpSink, prog_stats, run_ok},
+    floor::{Floor, FloorProgram},
     lab::EnforcerLab,
     stats::{self, Ratio},
 };
@@ -120,6 +121,14 @@ pub fn run_client(
 pub enum Setup {
     /// A second cgroup without a program: the noise floor of a paired ratio.
     Control,
+    /// A minimal allow-all program of the same hook on a cgroup of its own: the kernel's price
+    /// of any such hook ([`floor`](super::floor)).
+    Floor,
+    /// The minimal program plus one `bpf_get_current_cgroup_id` call, on a cgroup of its own.
+    FloorCgroupId,
+    /// Policed with the smallest allow map, side A under the minimal program instead of no
+    /// program: what the enforcer costs beyond the kernel's hook machinery.
+    OverFloor,
     /// Under the programs, not policed: one map lookup.
     Unpoliced,
     /// Policed with `entries` rules, with `cgroups` policed cgroups in all.
@@ -130,6 +139,14 @@ impl Setup {
     pub fn label(self) -> String {
         match self {
             Setup::Control => "control: no program vs. no program".into(),
+            Setup::Floor => "kernel hook floor: minimal allow-all program".into(),
+            Setup::FloorCgroupId => {
+                "minimal program + `bpf_get_current_cgroup_id` (a helper call)".into()
+            }
+            Setup::OverFloor => {
+                "policed (smallest map) **× minimal program**, not × no program: our own share"
+                    .into()
+            }
             Setup::Unpoliced => "enforcer attached, cgroup not policed".into(),
             Setup::Policed { entries, cgroups } => format!(
                 "policed: {} entries, {} policed cgroup{}",
@@ -153,6 +170,10 @@ struct Bench<'a> {
     exe: &'a Path,
     tcp: SocketAddrV4,
     udp: SocketAddrV4,
+    /// The cgroup with the minimal program.
+    floor: PathBuf,
+    /// The cgroup with the minimal program that calls `bpf_get_current_cgroup_id`.
+    floor_cgroup_id: PathBuf,
     o: &'a Opts,
 }
 
@@ -162,15 +183,21 @@ impl Bench<'_> {
         let allowed = [SocketAddr::V4(self.tcp), SocketAddr::V4(self.udp)];
         let smallest = self.o.entries.iter().copied().min().unwrap_or(10);
         let (entries, cgroups) = match s {
-            Setup::Control | Setup::Unpoliced => (smallest, 1),
+            Setup::Control
+            | Setup::Floor
+            | Setup::FloorCgroupId
+            | Setup::OverFloor
+            | Setup::Unpoliced => (smallest, 1),
             Setup::Policed { entries, cgroups } => (entries, cgroups),
         };
         self.lab.set_measured(&allowed, entries)?;
         self.lab.set_fillers(cgroups - 1)?;
         Ok(match s {
             Setup::Control => self.lab.control.path.clone(),
+            Setup::Floor => self.floor.clone(),
+            Setup::FloorCgroupId => self.floor_cgroup_id.clone(),
             Setup::Unpoliced => self.lab.unpoliced.path.clone(),
-            Setup::Policed { .. } => self.lab.measured.path.clone(),
+            Setup::OverFloor | Setup::Policed { .. } => self.lab.measured.path.clone(),
         })
     }
 
@@ -190,12 +217,16 @@ impl Bench<'_> {
         )
     }
 
-    /// A paired run: no program (A) against `s` (B).
+    /// A paired run: no program (A; the minimal program for [`Setup::OverFloor`]) against
+    /// `s` (B).
     fn paired(&mut self, s: Setup, op: Op) -> Result<ClientReport> {
         let b = self.apply(s)?;
         let (dst, load) = self.load(op);
         let a = SideSpec {
-            cgroup: self.lab.free.path.clone(),
+            cgroup: match s {
+                Setup::OverFloor => self.floor.clone(),
+                _ => self.lab.free.path.clone(),
+            },
             netns: None,
             dst,
         };
@@ -222,7 +253,13 @@ impl Bench<'_> {
 }
 
 pub fn setups(o: &Opts) -> Vec<Setup> {
-    let mut v = vec![Setup::Control, Setup::Unpoliced];
+    let mut v = vec![
+        Setup::Control,
+        Setup::Floor,
+        Setup::FloorCgroupId,
+        Setup::OverFloor,
+        Setup::Unpoliced,
+    ];
     let smallest = o.entries.iter().copied().min().unwrap_or(10);
     for &e in &o.entries {
         v.push(Setup::Policed {
@@ -247,11 +284,24 @@ type ProgNs = Vec<[Option<(f64, u64)>; 2]>;
 pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
     let tcp_sink = TcpSink::bind(SocketAddr::new(IpAddr::V4(SINK_IP), 0), None)?;
     let udp_sink = UdpSink::bind(SocketAddr::new(IpAddr::V4(SINK_IP), 0))?;
+    let free_parent = lab
+        .free
+        .path
+        .parent()
+        .context("the free cgroup has a parent")?
+        .to_owned();
+    let hooks = [CgroupAttachType::Connect4, CgroupAttachType::Sendmsg4];
+    let floor_cgroup = lab.extra_cgroup(&free_parent.join("floor"))?;
+    let _floor = Floor::attach(&floor_cgroup.path, FloorProgram::Empty, &hooks)?;
+    let floor_id_cgroup = lab.extra_cgroup(&free_parent.join("floor-cgroup-id"))?;
+    let _floor_id = Floor::attach(&floor_id_cgroup.path, FloorProgram::CgroupId, &hooks)?;
     let mut b = Bench {
         lab,
         exe,
         tcp: v4(tcp_sink.addr),
         udp: v4(udp_sink.addr),
+        floor: floor_cgroup.path.clone(),
+        floor_cgroup_id: floor_id_cgroup.path.clone(),
         o,
     };
     let setups = setups(o);
@@ -275,6 +325,14 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
         b.lab.prog_id(CgroupAttachType::Connect4)?,
         b.lab.prog_id(CgroupAttachType::Sendmsg4)?,
     ];
+    let floor_ids = [
+        attached_program(&b.floor, CgroupAttachType::Connect4)?,
+        attached_program(&b.floor, CgroupAttachType::Sendmsg4)?,
+    ];
+    let floor_id_ids = [
+        attached_program(&b.floor_cgroup_id, CgroupAttachType::Connect4)?,
+        attached_program(&b.floor_cgroup_id, CgroupAttachType::Sendmsg4)?,
+    ];
     let mut prog_ns: ProgNs = vec![[None, None]; n];
     {
         let _stats = BpfStats::enable()?;
@@ -282,6 +340,13 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
             if *s == Setup::Control {
                 continue;
             }
+            // The minimal program's own run time is the statistics' overhead plus the least a
+            // program costs: the baseline for ours.
+            let ids = match s {
+                Setup::Floor => floor_ids,
+                Setup::FloorCgroupId => floor_id_ids,
+                _ => ids,
+            };
             for (k, op) in [Op::TcpConnect, Op::UdpSendto].into_iter().enumerate() {
                 sys::check_interrupted()?;
                 let (t0, n0) = prog_stats(ids[k])?;
@@ -299,6 +364,16 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
         udp_sink.received()
     ));
     report(o, &setups, &res, &prog_ns)
+}
+
+/// The id of the program attached directly to `cgroup` for `hook`.
+fn attached_program(cgroup: &Path, hook: CgroupAttachType) -> Result<u32> {
+    let f = std::fs::File::open(cgroup)?;
+    attached_programs(&f, hook)
+        .with_context(|| format!("BPF_PROG_QUERY {} at {}", hook.name(), cgroup.display()))?
+        .first()
+        .copied()
+        .with_context(|| format!("no {} program at {}", hook.name(), cgroup.display()))
 }
 
 /// Flat within ±3 %: the half-range of the rows' medians relative to their mean. A wider
@@ -368,7 +443,12 @@ fn report(
              |---|---:|---:|---:|---:|---:|---:|\n"
         ));
         // The no-program side of every run.
-        let all_a: Vec<&SideReport> = runs.iter().flatten().map(|r| &r.a).collect();
+        let all_a: Vec<&SideReport> = setups
+            .iter()
+            .zip(runs)
+            .filter(|(s, _)| **s != Setup::OverFloor)
+            .flat_map(|(_, rs)| rs.iter().map(|r| &r.a))
+            .collect();
         let med = |xs: Vec<f64>| stats::median(&xs);
         md.push_str(&format!(
             "| no program (physical limit; side A of every run) | {} | 1 | {} | {} | 1 | — |\n",
@@ -444,11 +524,34 @@ fn report(
             control.p25,
             control.p75,
         ));
+        let find = |want: Setup| ratio_of.iter().find(|(s, _)| *s == want).map(|(_, r)| *r);
+        if let (Some(floor), Some(id), Some(over)) = (
+            find(Setup::Floor),
+            find(Setup::FloorCgroupId),
+            find(Setup::OverFloor),
+        ) {
+            md.push_str(&format!(
+                "Kernel hook floor: a minimal allow-all `{prog}` program costs {floor} × no \
+                 program (the kernel's hook machinery, paid by any program of this hook), {id} \
+                 with one `bpf_get_current_cgroup_id` call; the enforcer's policed cgroup runs \
+                 at {over} × the minimal program (what the enforcer's own program costs).\n\n"
+            ));
+        }
         targets.push(Target::ratio(
             format!("{kind}: enforcer {unit} ≥ 0.97× no program (worst policed row)"),
             &worst,
             0.97,
         ));
+        if let Some(over) = find(Setup::OverFloor) {
+            targets.push(Target::ratio(
+                format!(
+                    "{kind}: (diagnostic) enforcer {unit} ≥ 0.97× a minimal allow-all program \
+                     (our program alone, the kernel's hook cost excluded)"
+                ),
+                &over,
+                0.97,
+            ));
+        }
         targets.push(flatness(
             format!(
                 "{kind}: flat within ±3 % from {} to {} entries",
@@ -478,7 +581,8 @@ fn report(
              in brackets; the control row pairs two cgroups without programs and shows what noise alone does. `ns/run` \
              is the kernel's own run time of our program per run (`run_time_ns / run_cnt` with \
              BPF statistics on; measured in a separate pass so that the timed runs do not pay \
-             for the statistics).",
+             for the statistics; on the hook-floor row it is the minimal program's, i.e. the \
+             statistics' own clock reads plus the least any program costs).",
             o.rounds
         ),
         markdown: md,

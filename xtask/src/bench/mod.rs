@@ -27,6 +27,7 @@ mod client;
 mod connect;
 mod dns;
 mod env;
+mod floor;
 mod lab;
 mod nft;
 mod proxy;

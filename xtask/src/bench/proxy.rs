@@ -105,6 +105,8 @@ struct Wrk {
 #[derive(Debug, Clone, Default, Serialize)]
 struct Round {
     close: Wrk,
+    /// One connection at a time: the unloaded connect + request + close cycle.
+    unloaded: Wrk,
     keepalive: Wrk,
     bulk_bytes_per_s: f64,
 }
@@ -249,9 +251,9 @@ impl Bench<'_> {
         })
     }
 
-    fn wrk(&self, p: Path3, close: bool) -> Result<Wrk> {
+    fn wrk(&self, p: Path3, close: bool, connections: usize) -> Result<Wrk> {
         let mut cmd = Command::new("wrk");
-        cmd.args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
+        cmd.args(["-t1", &format!("-c{connections}")])
             .arg(format!("-d{}s", self.o.seconds))
             .arg("--latency");
         if close {
@@ -349,7 +351,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     for round in 0..o.rounds {
         note(&format!("proxy: round {}/{}", round + 1, o.rounds));
         let mut this: [Round; 4] = Default::default();
-        for test in 0..3 {
+        for test in 0..4 {
             for i in stats::rotation(4, round) {
                 sys::check_interrupted()?;
                 for d in [&mut upstream, &mut proxy, &mut iperf] {
@@ -358,8 +360,9 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
                 let p = Path3::ALL[i];
                 let r = &mut this[i];
                 match test {
-                    0 => r.close = b.wrk(p, true)?,
-                    1 => r.keepalive = b.wrk(p, false)?,
+                    0 => r.close = b.wrk(p, true, WRK_CONNECTIONS)?,
+                    1 => r.keepalive = b.wrk(p, false, WRK_CONNECTIONS)?,
+                    2 => r.unloaded = b.wrk(p, true, 1)?,
                     _ => r.bulk_bytes_per_s = b.iperf(p)?,
                 }
             }
@@ -375,7 +378,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     drop(upstream);
 
     type Get = fn(&Round) -> f64;
-    let figures: [(&str, Get, bool); 7] = [
+    let figures: [(&str, Get, bool); 9] = [
         (
             "new connections/s (one request each, `Connection: close`)",
             |r| r.close.requests_per_s,
@@ -389,6 +392,18 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
         (
             "  request latency p99 (new connection)",
             |r| r.close.p99_ns,
+            false,
+        ),
+        (
+            // wrk's own latency starts at the request's write (the connect is not in it); one
+            // connection at a time, the cycle is the inverse of the request rate.
+            "unloaded cycle, connect + request + close one at a time (mean latency)",
+            |r| 1e9 / r.unloaded.requests_per_s,
+            false,
+        ),
+        (
+            "  unloaded request latency p50 (from the request's write)",
+            |r| r.unloaded.p50_ns,
             false,
         ),
         (
@@ -465,7 +480,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     let errors: u64 = res
         .iter()
         .flatten()
-        .map(|r| r.close.errors + r.keepalive.errors)
+        .map(|r| r.close.errors + r.unloaded.errors + r.keepalive.errors)
         .sum();
     let _ = writeln!(
         md,
@@ -483,8 +498,8 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     Ok(Section {
         title: "2. Against the blog's nginx stream proxy".into(),
         intro: format!(
-            "wrk (1 thread, {WRK_CONNECTIONS} connections, {} s per run, a {SMALL_FILE_BYTES}-byte \
-             static file from an nginx upstream) and iperf3 (one TCP stream, {} s) run directly \
+            "wrk (1 thread, {WRK_CONNECTIONS} connections, or 1 for the unloaded cycle, {} s per \
+             run, a {SMALL_FILE_BYTES}-byte static file from an nginx upstream) and iperf3 (one TCP stream, {} s) run directly \
              from a cgroup without any program (and, as a control, from a second one), directly \
              from the policed cgroup (policy of 10 \
              entries allowing the upstream), and through an nginx `stream` proxy configured like \
