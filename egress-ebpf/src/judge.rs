@@ -8,7 +8,10 @@ use aya_ebpf::{
 use egress_common::{
     AF_INET, AF_INET6,
     event::{Event, Hook, Reason, Verdict},
-    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, FLAG_UNCLASSIFIED, Mode},
+    policy::{
+        CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
+        FLAG_UNCLASSIFIED, Mode,
+    },
     rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
     stats,
 };
@@ -55,8 +58,9 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     }
 }
 
-/// True if a rule of `policy` allows `dest`: the exact address with the port, then with any
-/// port; then the same in the CIDR trie if the policy has CIDR rules of that family.
+/// True if a rule of `policy` allows `dest`: the exact address with the port (unless the
+/// policy's exact rules of that family all allow any port), then with any port; then the same
+/// in the CIDR trie if the policy has CIDR rules of that family.
 #[inline(always)]
 fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
     let id = policy.policy_id;
@@ -64,14 +68,16 @@ fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
     // SAFETY (every `get` on a hash map below): the value is only tested for presence.
     match dest.addr {
         Addr::V4(a) => unsafe {
-            ALLOW_V4.get(Ip4RuleKey::new(id, a, port)).is_some()
+            (policy.flags & FLAG_ANY_PORT_ONLY4 == 0
+                && ALLOW_V4.get(Ip4RuleKey::new(id, a, port)).is_some())
                 || ALLOW_V4.get(Ip4RuleKey::new(id, a, ANY_PORT)).is_some()
                 || (policy.flags & FLAG_CIDR4 != 0
                     && (cidr4(Cidr4Data::new(id, a, port))
                         || cidr4(Cidr4Data::new(id, a, ANY_PORT))))
         },
         Addr::V6(a) => unsafe {
-            ALLOW_V6.get(Ip6RuleKey::new(id, a, port)).is_some()
+            (policy.flags & FLAG_ANY_PORT_ONLY6 == 0
+                && ALLOW_V6.get(Ip6RuleKey::new(id, a, port)).is_some())
                 || ALLOW_V6.get(Ip6RuleKey::new(id, a, ANY_PORT)).is_some()
                 || (policy.flags & FLAG_CIDR6 != 0
                     && (cidr6(Cidr6Data::new(id, a, port))

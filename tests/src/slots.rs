@@ -27,6 +27,7 @@ pub const LAYOUT_REUSE: u8 = 121;
 pub const LAYOUT_META: u8 = 122;
 pub const LAYOUT_POLICY_MAP: u8 = 123;
 pub const LAYOUT_VERSION: u8 = 124;
+pub const PORT_RULE_REPLACE: u8 = 125;
 
 #[cfg(test)]
 mod tests {
@@ -42,6 +43,7 @@ mod tests {
             super::PORT_RULE,
             super::CIDR_V6,
             super::CIDR_V6_NETNS,
+            super::PORT_RULE_REPLACE,
             super::UNPOLICED,
             super::REMOVE_POLICY,
             super::TWO_CGROUPS,

@@ -74,6 +74,44 @@ fn port_rule_allows_exactly_its_port() {
     net_b.assert_accepted_stays(0, "other port inside the range");
 }
 
+/// A policy whose address rules all allow any port skips the lookup with the port; gaining or
+/// losing a port rule on replacement must switch that back and forth, per family.
+#[test]
+fn port_rules_come_and_go_with_policy_replacement() {
+    let lab = Lab::new("port-replace", slots::PORT_RULE_REPLACE);
+    let cg = lab.cgroup("policed");
+    let a = TcpSink::bind(lab.ip(1));
+    let b = TcpSink::bind(lab.ip(1));
+    let a6 = TcpSink::bind(V6_LOOPBACK);
+    let b6 = TcpSink::bind(V6_LOOPBACK);
+
+    lab.enforce(&cg, &format!("{},::1", lab.ip(1)));
+    for s in [&a, &b, &a6, &b6] {
+        lab.tcp(&cg, s.addr)
+            .assert_ok("address rules without a port allow every port");
+    }
+
+    // IPv4 gains a port rule (the any-port rule goes), IPv6 keeps any port.
+    lab.enforce(&cg, &format!("{},::1", a.addr));
+    lab.tcp(&cg, a.addr).assert_ok("the IPv4 rule's port");
+    lab.tcp(&cg, b.addr)
+        .assert_denied("another IPv4 port once the rule names one");
+    lab.tcp(&cg, b6.addr)
+        .assert_ok("IPv6 still allows every port");
+
+    // A port rule and an any-port rule for the same IPv6 address, and the reverse for IPv4.
+    lab.enforce(&cg, &format!("{},[::1]:{},::1", lab.ip(1), a6.addr.port()));
+    lab.tcp(&cg, b.addr)
+        .assert_ok("the IPv4 rule allows every port again");
+    lab.tcp(&cg, b6.addr)
+        .assert_ok("the any-port IPv6 rule beside a port rule");
+
+    lab.enforce(&cg, &format!("{},[::1]:{}", lab.ip(1), a6.addr.port()));
+    lab.tcp(&cg, a6.addr).assert_ok("the IPv6 rule's port");
+    lab.tcp(&cg, b6.addr)
+        .assert_denied("another IPv6 port once only the port rule is left");
+}
+
 #[test]
 fn cidr_v6_rule_allows_exactly_its_range() {
     // Loopback has only ::1, so the ranges move around it: ::/127 holds ::0 and ::1 (::1 is its

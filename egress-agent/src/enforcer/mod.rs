@@ -19,7 +19,10 @@ use aya::{
 use egress_common::{
     container::ContainerKey,
     maps,
-    policy::{CgroupPolicy, FLAG_CIDR4, FLAG_CIDR6, FLAG_UNPOLICED},
+    policy::{
+        CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
+        FLAG_UNPOLICED,
+    },
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
 };
 use tracing::{debug, info, warn};
@@ -168,8 +171,17 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(map).map_err(map_err(name))
 }
 
+/// The cgroup entry of a policy: its id, mode and the flags that spare the programs lookups.
+/// Written after the rules it adds and before the rules it drops are removed, so a flag never
+/// hides a rule of the policy in force (see [`Enforcer::write_policy`]).
 fn cgroup_value(policy_id: u32, policy: &Policy) -> CgroupPolicy {
     let mut flags = 0;
+    if !policy.has_v4_host_port() {
+        flags |= FLAG_ANY_PORT_ONLY4;
+    }
+    if !policy.has_v6_host_port() {
+        flags |= FLAG_ANY_PORT_ONLY6;
+    }
     if policy.has_v4_cidr() {
         flags |= FLAG_CIDR4;
     }

@@ -113,6 +113,20 @@ impl Policy {
             .iter()
             .any(|r| !r.is_host() && matches!(r.net, IpNet::V6(_)))
     }
+
+    /// True if an exact IPv4 address rule names a port.
+    pub fn has_v4_host_port(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.is_host() && r.port().is_some() && matches!(r.net, IpNet::V4(_)))
+    }
+
+    /// True if an exact IPv6 address rule names a port.
+    pub fn has_v6_host_port(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.is_host() && r.port().is_some() && matches!(r.net, IpNet::V6(_)))
+    }
 }
 
 /// `enforce` or `audit`.
