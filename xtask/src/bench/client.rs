@@ -15,6 +15,9 @@
 //!   a dropped SYN fails the run instead of hanging it.
 //! - `udp-sendto`: a new unconnected UDP socket per batch, `sendto` of a 16-byte datagram per
 //!   operation (the `sendmsg4` hook runs for every unconnected send).
+//! - `http-cycle`: one unloaded HTTP request on a new connection: `connect`, `GET /small.txt`,
+//!   read the whole response (by its `Content-Length`), `close` with `SO_LINGER` 0; the latency
+//!   is the whole cycle. A response other than `200` counts as an error.
 //!
 //! It prints one JSON line ([`ClientReport`]) on stdout.
 
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub enum Op {
     TcpConnect,
     UdpSendto,
+    HttpCycle,
 }
 
 impl Op {
@@ -44,6 +48,7 @@ impl Op {
         match self {
             Op::TcpConnect => "tcp-connect",
             Op::UdpSendto => "udp-sendto",
+            Op::HttpCycle => "http-cycle",
         }
     }
 }
@@ -234,6 +239,15 @@ fn batch(
                 }
             }
         }
+        Op::HttpCycle => {
+            for _ in 0..n {
+                match http_cycle(dst) {
+                    Ok(d) if timed => lat.push(d),
+                    Ok(_) => {}
+                    Err(e) => note(e, "HTTP request"),
+                }
+            }
+        }
         Op::UdpSendto => {
             // SAFETY: plain socket call.
             let fd =
@@ -331,6 +345,85 @@ fn connect_once(addr: &libc::sockaddr_in) -> io::Result<Duration> {
     res
 }
 
+/// The request of `http-cycle`: the static file of the proxy benchmark's upstream.
+const HTTP_REQUEST: &[u8] = b"GET /small.txt HTTP/1.1\r\nHost: egress-bench\r\n\r\n";
+
+/// The length of a complete HTTP response at the start of `buf` (headers and a body of
+/// `Content-Length` bytes), or None while it is incomplete. Errors on a status other than 200.
+fn response_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {head:?}"));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(bad("not a 200 response"));
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .ok_or_else(|| bad("no Content-Length"))?;
+    let total = end + 4 + len;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// One HTTP cycle; returns its duration.
+fn http_cycle(addr: &libc::sockaddr_in) -> io::Result<Duration> {
+    let t0 = Instant::now();
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket that nothing else owns; the stream closes it.
+    let mut stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )?;
+    // SAFETY: addr is a valid sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    io::Write::write_all(&mut stream, HTTP_REQUEST)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = io::Read::read(&mut stream, &mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed before the whole response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if response_len(&buf)?.is_some() {
+            break;
+        }
+    }
+    // The close (a RST, SO_LINGER 0) is part of the cycle.
+    drop(stream);
+    Ok(t0.elapsed())
+}
+
 fn sendto(fd: i32, addr: &libc::sockaddr_in) -> io::Result<()> {
     let payload = *b"egress-bench-udp";
     // SAFETY: payload and addr are valid for the sizes given.
@@ -372,6 +465,18 @@ fn summarize(mut lat: Vec<Duration>, elapsed: Duration) -> SideReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_responses_are_complete_by_content_length() {
+        let ok = b"HTTP/1.1 200 OK\r\nServer: nginx\r\ncontent-length: 3\r\n\r\nab";
+        assert_eq!(response_len(ok).unwrap(), None);
+        let mut full = ok.to_vec();
+        full.push(b'c');
+        assert_eq!(response_len(&full).unwrap(), Some(full.len()));
+        assert_eq!(response_len(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
+        assert!(response_len(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").is_err());
+        assert!(response_len(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+    }
 
     #[test]
     fn batches_alternate_abba() {

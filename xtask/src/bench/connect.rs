@@ -205,6 +205,7 @@ impl Bench<'_> {
         let (dst, batch) = match op {
             Op::TcpConnect => (self.tcp, self.o.tcp_batch),
             Op::UdpSendto => (self.udp, self.o.udp_batch),
+            Op::HttpCycle => unreachable!("part 1 measures connects and sends only"),
         };
         (
             dst,

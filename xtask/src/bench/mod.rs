@@ -228,10 +228,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 )?,
                 Part::Proxy => proxy::run(
                     &mut lab,
+                    &exe,
                     &dir,
                     &proxy::Opts {
                         rounds: if quick { rounds.min(2) } else { rounds },
                         seconds: if quick { 1 } else { 2 },
+                        cycle: connect::Load {
+                            batch: if quick { 50 } else { 100 },
+                            batches: if quick { 6 } else { 16 },
+                            warmup: 100,
+                            settle: 5,
+                        },
                     },
                 )?,
                 Part::Agent => continue,

@@ -7,6 +7,11 @@
 //!   `worker_connections 1024`, `stream { server { listen ...; proxy_pass upstream; } }`),
 //!   from the cgroup without any program (the blog polices with networks, not programs).
 //!
+//! The unloaded connect + request + close cycle is measured with the paired client of part 1
+//! (`xtask bench client http-cycle`): batches alternate between direct without a program and
+//! the path compared, so the ratio is taken in the same moments of this shared machine (wrk's
+//! runs of seconds, one path after the other, cannot resolve a few per cent here).
+//!
 //! The upstream is a second nginx serving a small static file over HTTP, and an iperf3 server.
 //! Every process runs with its own configuration, pid and log files under `target/bench`, never
 //! as a system service, and listens on 127.77.1.0/24 only. On this machine all of them share
@@ -16,7 +21,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -29,6 +34,8 @@ use serde_json::json;
 use super::note;
 use super::{
     Section, Target,
+    client::{ClientReport, Op, SideReport},
+    connect::{Load, SideSpec, run_client},
     env::{Daemon, Placement, require_tool, run_captured, wait_listening},
     lab::EnforcerLab,
     stats::{self, Ratio},
@@ -49,6 +56,8 @@ const WRK_CONNECTIONS: usize = 8;
 pub struct Opts {
     pub rounds: usize,
     pub seconds: u64,
+    /// The paired unloaded HTTP cycles: batches per side, requests per batch.
+    pub cycle: Load,
 }
 
 pub fn check_tools() -> Result<()> {
@@ -105,8 +114,6 @@ struct Wrk {
 #[derive(Debug, Clone, Default, Serialize)]
 struct Round {
     close: Wrk,
-    /// One connection at a time: the unloaded connect + request + close cycle.
-    unloaded: Wrk,
     keepalive: Wrk,
     bulk_bytes_per_s: f64,
 }
@@ -251,9 +258,9 @@ impl Bench<'_> {
         })
     }
 
-    fn wrk(&self, p: Path3, close: bool, connections: usize) -> Result<Wrk> {
+    fn wrk(&self, p: Path3, close: bool) -> Result<Wrk> {
         let mut cmd = Command::new("wrk");
-        cmd.args(["-t1", &format!("-c{connections}")])
+        cmd.args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
             .arg(format!("-d{}s", self.o.seconds))
             .arg("--latency");
         if close {
@@ -288,7 +295,80 @@ impl Bench<'_> {
     }
 }
 
-pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
+/// The paired unloaded cycles of one round: each path against direct without a program.
+fn cycle_round(b: &Bench, exe: &Path, o: &Opts) -> Result<[ClientReport; 3]> {
+    let spec = |p: Path3| SideSpec {
+        cgroup: match p {
+            Path3::Enforcer => b.cgroup_policed.clone(),
+            Path3::Control => b.cgroup_control.clone(),
+            _ => b.cgroup_free.clone(),
+        },
+        netns: None,
+        dst: SocketAddrV4::new(p.target(), HTTP_PORT),
+    };
+    let direct = spec(Path3::Direct);
+    let run = |p: Path3| run_client(exe, Op::HttpCycle, &direct, Some(&spec(p)), o.cycle);
+    Ok([
+        run(Path3::Control)?,
+        run(Path3::Enforcer)?,
+        run(Path3::Proxy)?,
+    ])
+}
+
+/// The markdown of the paired cycles: rate and latency per path, ratios to direct.
+fn cycle_table(cycles: &[[ClientReport; 3]], o: &Opts) -> (String, Vec<Target>) {
+    let med = |xs: Vec<f64>| stats::median(&xs);
+    let direct: Vec<&SideReport> = cycles.iter().flatten().map(|r| &r.a).collect();
+    let mut md = format!(
+        "Unloaded cycle, paired: one client process does `connect`, `GET /small.txt`, reads the \
+         response, `close` (RST), one request at a time, alternating batches of {} between \
+         direct without a program (A) and the path (B) in the order A B B A ({} batches per \
+         side per run, one run per path and round); `× direct` is the median of the per-pair \
+         rate ratios B/A with its 95 % confidence interval.\n\n\
+         | path | cycles/s | × direct | cycle p50 | cycle p99 |\n|---|---:|---:|---:|---:|\n\
+         | direct, no program (side A of every run) | {} | 1 | {} | {} |\n",
+        o.cycle.batch,
+        o.cycle.batches,
+        stats::int(med(direct.iter().map(|s| s.rate()).collect())),
+        stats::dur_ns(med(direct.iter().map(|s| s.p50_ns as f64).collect())),
+        stats::dur_ns(med(direct.iter().map(|s| s.p99_ns as f64).collect())),
+    );
+    let mut targets = Vec::new();
+    for (i, p) in [Path3::Control, Path3::Enforcer, Path3::Proxy]
+        .into_iter()
+        .enumerate()
+    {
+        let rs: Vec<&ClientReport> = cycles.iter().map(|c| &c[i]).collect();
+        let ratio = Ratio::of(
+            &rs.iter()
+                .flat_map(|r| r.pair_ratios.clone())
+                .collect::<Vec<_>>(),
+        );
+        let b = |r: &&ClientReport| r.b.clone().unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            p.label(),
+            stats::int(med(rs.iter().map(|r| b(r).rate()).collect())),
+            ratio,
+            stats::dur_ns(med(rs.iter().map(|r| b(r).p50_ns as f64).collect())),
+            stats::dur_ns(med(rs.iter().map(|r| b(r).p99_ns as f64).collect())),
+        );
+        if p == Path3::Enforcer {
+            targets.push(Target::ratio(
+                "vs. nginx: enforcer keeps ≥ 0.97× direct: unloaded connect + request + close \
+                 cycles/s (paired batches)"
+                    .to_string(),
+                &ratio,
+                0.97,
+            ));
+        }
+    }
+    md.push('\n');
+    (md, targets)
+}
+
+pub fn run(lab: &mut EnforcerLab, exe: &Path, dir: &Path, o: &Opts) -> Result<Section> {
     let up_dir = dir.join("nginx-upstream");
     let px_dir = dir.join("nginx-proxy");
     fs::create_dir_all(up_dir.join("www"))?;
@@ -348,10 +428,12 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     // Each test runs the three paths back to back (order rotated per round), so that the paths
     // compared are measured moments apart.
     let mut rounds: Vec<[Round; 4]> = Vec::new();
+    let mut cycles: Vec<[ClientReport; 3]> = Vec::new();
     for round in 0..o.rounds {
         note(&format!("proxy: round {}/{}", round + 1, o.rounds));
+        cycles.push(cycle_round(&b, exe, o)?);
         let mut this: [Round; 4] = Default::default();
-        for test in 0..4 {
+        for test in 0..3 {
             for i in stats::rotation(4, round) {
                 sys::check_interrupted()?;
                 for d in [&mut upstream, &mut proxy, &mut iperf] {
@@ -360,9 +442,8 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
                 let p = Path3::ALL[i];
                 let r = &mut this[i];
                 match test {
-                    0 => r.close = b.wrk(p, true, WRK_CONNECTIONS)?,
-                    1 => r.keepalive = b.wrk(p, false, WRK_CONNECTIONS)?,
-                    2 => r.unloaded = b.wrk(p, true, 1)?,
+                    0 => r.close = b.wrk(p, true)?,
+                    1 => r.keepalive = b.wrk(p, false)?,
                     _ => r.bulk_bytes_per_s = b.iperf(p)?,
                 }
             }
@@ -378,7 +459,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     drop(upstream);
 
     type Get = fn(&Round) -> f64;
-    let figures: [(&str, Get, bool); 9] = [
+    let figures: [(&str, Get, bool); 7] = [
         (
             "new connections/s (one request each, `Connection: close`)",
             |r| r.close.requests_per_s,
@@ -392,18 +473,6 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
         (
             "  request latency p99 (new connection)",
             |r| r.close.p99_ns,
-            false,
-        ),
-        (
-            // wrk's own latency starts at the request's write (the connect is not in it); one
-            // connection at a time, the cycle is the inverse of the request rate.
-            "unloaded cycle, connect + request + close one at a time (mean latency)",
-            |r| 1e9 / r.unloaded.requests_per_s,
-            false,
-        ),
-        (
-            "  unloaded request latency p50 (from the request's write)",
-            |r| r.unloaded.p50_ns,
             false,
         ),
         (
@@ -480,7 +549,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
     let errors: u64 = res
         .iter()
         .flatten()
-        .map(|r| r.close.errors + r.unloaded.errors + r.keepalive.errors)
+        .map(|r| r.close.errors + r.keepalive.errors)
         .sum();
     let _ = writeln!(
         md,
@@ -495,11 +564,14 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
         .zip(&res)
         .map(|(p, rs)| json!({"path": p.label(), "rounds": rs}))
         .collect();
+    let (cycle_md, cycle_targets) = cycle_table(&cycles, o);
+    md.push_str(&cycle_md);
+    targets.extend(cycle_targets);
     Ok(Section {
         title: "2. Against the blog's nginx stream proxy".into(),
         intro: format!(
-            "wrk (1 thread, {WRK_CONNECTIONS} connections, or 1 for the unloaded cycle, {} s per \
-             run, a {SMALL_FILE_BYTES}-byte static file from an nginx upstream) and iperf3 (one TCP stream, {} s) run directly \
+            "wrk (1 thread, {WRK_CONNECTIONS} connections, {} s per run, a \
+             {SMALL_FILE_BYTES}-byte static file from an nginx upstream) and iperf3 (one TCP stream, {} s) run directly \
              from a cgroup without any program (and, as a control, from a second one), directly \
              from the policed cgroup (policy of 10 \
              entries allowing the upstream), and through an nginx `stream` proxy configured like \
@@ -513,7 +585,7 @@ pub fn run(lab: &mut EnforcerLab, dir: &Path, o: &Opts) -> Result<Section> {
         ),
         markdown: md,
         targets,
-        raw: json!(raw),
+        raw: json!({"wrk_iperf": raw, "paired_cycles": cycles}),
     })
 }
 
