@@ -73,6 +73,9 @@ pub struct Opts {
     pub containers: usize,
     pub idle: Duration,
     pub churn: usize,
+    /// Labelled containers in all for the RSS with many containers (the ones beyond the
+    /// running ones are created, not started).
+    pub created: usize,
     pub policies: usize,
     pub domains: usize,
     pub refresh_cycles: usize,
@@ -89,6 +92,7 @@ impl Opts {
                 containers: 10,
                 idle: Duration::from_secs(3),
                 churn: 5,
+                created: 30,
                 policies: 1_000,
                 domains: 100,
                 refresh_cycles: 1,
@@ -102,6 +106,7 @@ impl Opts {
                 containers: 100,
                 idle: Duration::from_secs(10),
                 churn: 30,
+                created: 1_000,
                 policies: 1_000,
                 domains: 1_000,
                 refresh_cycles: 3,
@@ -350,15 +355,15 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// `docker run` of a bench container: `--cgroup-parent` ours, no network, our label.
-    fn run_cmd(&self, detach: bool, labels: &[(String, String)], cmd: &[&str]) -> Command {
+    /// `docker run` or `create` of a bench container: `--cgroup-parent` ours, no network, our
+    /// label.
+    fn run_cmd(&self, launch: Launch, labels: &[(String, String)], cmd: &[&str]) -> Command {
         let mut c = docker_cmd();
-        c.arg("run");
-        if detach {
-            c.arg("-d");
-        } else {
-            c.arg("--rm");
-        }
+        c.args(match launch {
+            Launch::Foreground => ["run", "--rm"].as_slice(),
+            Launch::Detached => &["run", "-d"],
+            Launch::Create => &["create"],
+        });
         c.arg("--network")
             .arg("none")
             .arg("--cgroup-parent")
@@ -376,7 +381,7 @@ impl Bench<'_> {
     fn run_rm(&self, labels: &[(String, String)]) -> Result<Duration> {
         let t0 = Instant::now();
         run_ok(
-            &mut self.run_cmd(false, labels, &["true"]),
+            &mut self.run_cmd(Launch::Foreground, labels, &["true"]),
             Duration::from_secs(120),
         )?;
         Ok(t0.elapsed())
@@ -384,14 +389,23 @@ impl Bench<'_> {
 
     /// Starts a long-running container; returns its id.
     fn run_detached(&mut self, labels: &[(String, String)]) -> Result<ContainerId> {
+        self.long_running(Launch::Detached, labels)
+    }
+
+    /// Creates (does not start) a long-running container; returns its id.
+    fn create(&mut self, labels: &[(String, String)]) -> Result<ContainerId> {
+        self.long_running(Launch::Create, labels)
+    }
+
+    fn long_running(&mut self, launch: Launch, labels: &[(String, String)]) -> Result<ContainerId> {
         let out = run_ok(
-            &mut self.run_cmd(true, labels, &["sleep", "3600"]),
+            &mut self.run_cmd(launch, labels, &["sleep", "3600"]),
             Duration::from_secs(120),
         )?;
         let id = out.stdout.trim().to_owned();
         self.containers.ids.push(id.clone());
         id.parse()
-            .map_err(|e| anyhow::anyhow!("docker run -d printed {id:?}: {e}"))
+            .map_err(|e| anyhow::anyhow!("`docker {launch:?}` printed {id:?}: {e}"))
     }
 
     fn cgroup_of(&self, id: &ContainerId) -> PathBuf {
@@ -401,6 +415,17 @@ impl Bench<'_> {
     fn labels(allow: String) -> Vec<(String, String)> {
         vec![(egress_agent::labels::ALLOW_LABEL.to_owned(), allow)]
     }
+}
+
+/// How a bench container is launched.
+#[derive(Debug, Clone, Copy)]
+enum Launch {
+    /// `docker run --rm`, waited for.
+    Foreground,
+    /// `docker run -d`.
+    Detached,
+    /// `docker create`: known to Docker (and the agent), never started.
+    Create,
 }
 
 /// What one `docker run -d` took until each stage was in the agent's maps.
@@ -449,7 +474,7 @@ fn time_to_policy(b: &mut Bench, maps: &Maps, n: usize) -> Result<PolicyTiming> 
     // New cgroup directories: first sight, and the cgroup map's value for it at that moment.
     let mut new_dirs: std::collections::HashMap<String, (Instant, Option<CgroupPolicy>)> =
         Default::default();
-    let mut cmd = b.run_cmd(true, &Bench::labels(allow), &["sleep", "3600"]);
+    let mut cmd = b.run_cmd(Launch::Detached, &Bench::labels(allow), &["sleep", "3600"]);
     let t0 = Instant::now();
     let mut child = Some(
         cmd.stdin(Stdio::null())
@@ -950,6 +975,69 @@ fn measure(dir: &Path, o: &Opts, bin: &Path, build: &str) -> Result<Section> {
         ),
     ));
     raw.insert("refresh".into(), json!(refresh));
+
+    // Many containers' worth of policy from real Docker objects: created, not started (1,000
+    // running containers would need 1,000 shims on this machine). The agent polices a
+    // container from its `create` event: container entry, rules, resolved domains.
+    let existing = ids.len() + o.policy_runs;
+    let more = o.created.saturating_sub(existing);
+    note(&format!(
+        "agent: {} labelled containers in all ({more} more with `docker create`)",
+        o.created
+    ));
+    let t0 = Instant::now();
+    let mut created = Vec::new();
+    for n in 0..more {
+        sys::check_interrupted()?;
+        let mut allow: Vec<String> = (0..8)
+            .map(|k| format!("127.78.{}.{}:443", 210 + k, n % 250 + 1))
+            .collect();
+        allow.push(format!("c{}.{}:443", 10_000 + 2 * n, dns::ZONE));
+        allow.push(format!("c{}.{}", 10_001 + 2 * n, dns::ZONE));
+        created.push(b.create(&Bench::labels(allow.join(",")))?);
+    }
+    let create_wall = t0.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while created.iter().any(|id| maps.container(id).is_none()) {
+        sys::check_interrupted()?;
+        if Instant::now() > deadline {
+            bail!("not every created container is in the agent's map after 120 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let (rss_created, hwm_created) = memory(apid)?;
+    let total = existing + created.len();
+    rows.push((
+        format!(
+            "agent RSS with {total} labelled containers (8 addresses and 2 domains each; {} \
+             running, {} created with `docker create` in {:.0} s), the refresh container's \
+             {} domains too",
+            existing,
+            created.len(),
+            create_wall.as_secs_f64(),
+            o.domains
+        ),
+        format!(
+            "{:.1} MiB (peak so far {:.1} MiB)",
+            rss_created / MIB,
+            hwm_created / MIB
+        ),
+    ));
+    if total >= 1000 {
+        targets.push(Target::custom(
+            format!(
+                "agent RSS ≤ 40 MiB with 1,000 containers' worth of policy (measured: {total} \
+                 labelled Docker containers; {build} build)"
+            ),
+            format!("{:.1} MiB", rss_created / MIB),
+            stats::verdict_at_most(rss_created / MIB, 40.0),
+        ));
+    }
+    raw.insert(
+        "created_containers".into(),
+        json!({"total": total, "created": created.len(), "rss_bytes": rss_created, "hwm_bytes": hwm_created}),
+    );
     drop(maps);
     b.stop_agent(agent)?;
 
