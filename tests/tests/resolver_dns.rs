@@ -50,6 +50,7 @@ fn config() -> ServiceConfig {
         },
         first_answer_timeout: Duration::from_secs(5),
         lookup_timeout: Duration::from_secs(5),
+        max_lookups_in_flight: ServiceConfig::DEFAULT_MAX_LOOKUPS_IN_FLIGHT,
     }
 }
 

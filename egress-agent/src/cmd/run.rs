@@ -27,6 +27,9 @@ use crate::{
     sys::{cgroup, mounts},
 };
 
+/// Most domain updates taken together in one reconciliation.
+const MAX_DOMAIN_BATCH: usize = 4096;
+
 /// A `--policy` argument, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
@@ -197,7 +200,17 @@ pub async fn run(
                     }
                     None => break,
                 },
-                Some(update) = updates.recv() => reconciler.on_domain(update).await,
+                Some(update) = updates.recv() => {
+                    // Whatever else is queued goes with it (a refresh comes in bursts).
+                    let mut batch = vec![update];
+                    while batch.len() < MAX_DOMAIN_BATCH {
+                        match updates.try_recv() {
+                            Ok(u) => batch.push(u),
+                            Err(_) => break,
+                        }
+                    }
+                    reconciler.on_domains(batch).await;
+                }
                 _ = hup.recv() => match &args.policy_file {
                     Some(p) => match PolicyFile::load(p, caps) {
                         Ok(f) => {

@@ -132,15 +132,24 @@ impl Reconciler {
         }
     }
 
-    /// A domain's IPs changed: rewrite every container that uses it.
-    pub async fn on_domain(&mut self, update: DomainUpdate) {
-        debug!(domain = %update.domain, ips = ?update.ips, "domain update");
-        self.domain_ips.insert(update.domain.clone(), update.ips);
+    /// Domains' IPs changed: rewrite every container that uses one of them, once. A refresh
+    /// of many domains arrives as a burst of updates; taking them together rewrites a
+    /// container of many domains once per burst instead of once per domain.
+    pub async fn on_domains(&mut self, updates: Vec<DomainUpdate>) {
+        let mut changed = HashSet::new();
+        for update in updates {
+            debug!(domain = %update.domain, ips = ?update.ips, "domain update");
+            changed.insert(update.domain.clone());
+            self.domain_ips.insert(update.domain, update.ips);
+        }
+        if changed.is_empty() {
+            return;
+        }
         self.publish_domains();
         let users: Vec<ContainerId> = self
             .containers
             .iter()
-            .filter(|(_, t)| t.domains.contains(&update.domain))
+            .filter(|(_, t)| t.domains.iter().any(|d| changed.contains(d)))
             .map(|(id, _)| *id)
             .collect();
         for id in users {

@@ -37,6 +37,11 @@ pub struct ServiceConfig {
     /// A lookup that has not finished after this long counts as failed (the DNS client has its
     /// own, shorter timeouts; this is the backstop). Default 15 s.
     pub lookup_timeout: Duration,
+    /// Lookups running at once; more due domains wait for a slot, first lookups of new domains
+    /// before refreshes. Bounds the bursts sent to the DNS server and the agent's memory (each
+    /// lookup holds its own sockets and buffers; 1,000 at once grew the agent by 25 MiB, which
+    /// the allocator kept). Default 32.
+    pub max_lookups_in_flight: usize,
 }
 
 impl ServiceConfig {
@@ -44,12 +49,19 @@ impl ServiceConfig {
     pub const DEFAULT_FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default of [`ServiceConfig::lookup_timeout`].
     pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Default of [`ServiceConfig::max_lookups_in_flight`].
+    pub const DEFAULT_MAX_LOOKUPS_IN_FLIGHT: usize = 32;
 
     fn validate(&self) -> Result<(), ResolverError> {
         self.refresh.validate()?;
         if self.lookup_timeout.is_zero() {
             return Err(ResolverError::InvalidConfig(
                 "the lookup timeout must be positive".into(),
+            ));
+        }
+        if self.max_lookups_in_flight == 0 {
+            return Err(ResolverError::InvalidConfig(
+                "at least one lookup must be allowed to run".into(),
             ));
         }
         Ok(())
@@ -62,6 +74,7 @@ impl Default for ServiceConfig {
             refresh: RefreshConfig::default(),
             first_answer_timeout: Self::DEFAULT_FIRST_ANSWER_TIMEOUT,
             lookup_timeout: Self::DEFAULT_LOOKUP_TIMEOUT,
+            max_lookups_in_flight: Self::DEFAULT_MAX_LOOKUPS_IN_FLIGHT,
         }
     }
 }
@@ -136,7 +149,7 @@ impl ResolverHandle {
     pub fn add(
         &self,
         domain: &str,
-    ) -> impl Future<Output = Result<AddOutcome, ResolverError>> + Send + 'static {
+    ) -> impl Future<Output = Result<AddOutcome, ResolverError>> + Send + 'static + use<> {
         let sent = normalize_domain(domain).and_then(|domain| {
             let (reply, rx) = oneshot::channel();
             self.tx
@@ -262,10 +275,15 @@ struct Task<U> {
 impl<U: Upstream> Task<U> {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
+            // With every lookup slot taken, a due refresh cannot start: wait for a lookup to
+            // finish (or a later deadline) instead of waking up at once, again and again.
+            let full = self.lookups.len() >= self.config.max_lookups_in_flight;
+            let now = Instant::now();
             let deadline = self
                 .domains
                 .values()
                 .filter_map(|d| d.state.next_deadline())
+                .filter(|t| !full || *t > now)
                 .min();
             tokio::select! {
                 command = commands.recv() => match command {
@@ -359,7 +377,30 @@ impl<U: Upstream> Task<U> {
                 info!(domain = %name, removed = ?change.removed, "grace period over");
                 publish(&self.updates, &self.snapshots, name, &d.state);
             }
-            if d.state.is_due(now) {
+        }
+        // Free slots go to first lookups (a container waits for them), then to the refreshes
+        // that have waited longest, so that none starves when more are due than can run.
+        let free = self
+            .config
+            .max_lookups_in_flight
+            .saturating_sub(self.lookups.len());
+        if free == 0 {
+            return;
+        }
+        let mut due: Vec<(bool, Instant, &String)> = self
+            .domains
+            .iter()
+            .filter(|(_, d)| d.state.is_due(now))
+            .map(|(name, d)| (d.state.has_answer(), d.state.refresh_at(), name))
+            .collect();
+        due.sort_unstable();
+        let start: Vec<String> = due
+            .into_iter()
+            .take(free)
+            .map(|(_, _, name)| name.clone())
+            .collect();
+        for name in start {
+            if let Some(d) = self.domains.get_mut(&name) {
                 d.state.begin_lookup();
                 let upstream = self.upstream.clone();
                 let (domain, timeout) = (name.clone(), self.config.lookup_timeout);
@@ -499,6 +540,9 @@ mod tests {
         answers: HashMap<String, LookupResult>,
         calls: HashMap<String, usize>,
         delay: Duration,
+        /// Lookups running now, and the most seen at once.
+        running: usize,
+        most_running: usize,
     }
 
     /// An upstream that answers from a table and counts lookups.
@@ -534,6 +578,10 @@ mod tests {
             self.0.lock().unwrap().delay = delay;
         }
 
+        fn most_running(&self) -> usize {
+            self.0.lock().unwrap().most_running
+        }
+
         fn calls(&self, domain: &str) -> usize {
             self.0
                 .lock()
@@ -550,6 +598,8 @@ mod tests {
             let (result, delay) = {
                 let mut inner = self.0.lock().unwrap();
                 *inner.calls.entry(domain.clone()).or_default() += 1;
+                inner.running += 1;
+                inner.most_running = inner.most_running.max(inner.running);
                 let result =
                     inner
                         .answers
@@ -561,8 +611,10 @@ mod tests {
                         }));
                 (result, inner.delay)
             };
+            let inner = self.0.clone();
             async move {
                 tokio::time::sleep(delay).await;
+                inner.lock().unwrap().running -= 1;
                 result
             }
             .boxed()
@@ -588,6 +640,7 @@ mod tests {
             },
             first_answer_timeout: ms(2_000),
             lookup_timeout: ms(2_000),
+            max_lookups_in_flight: 32,
         }
     }
 
@@ -719,6 +772,60 @@ mod tests {
         fake.set("flaky.test", &["10.0.0.2"], 100);
         let update = next_update(&mut updates).await;
         assert_eq!(update.ips, ips(&["10.0.0.1", "10.0.0.2"]));
+    }
+
+    #[tokio::test]
+    async fn lookups_wait_for_a_slot_and_new_domains_go_before_refreshes() {
+        let fake = Fake::default();
+        // 30 domains refreshed every 100 ms (the TTL floor) by lookups of 40 ms, 3 at a time:
+        // more are due than can run, all the time.
+        let names: Vec<String> = (0..30).map(|i| format!("d{i}.test")).collect();
+        for name in &names {
+            fake.set(name, &["10.0.1.1"], 1);
+        }
+        fake.set("late.test", &["10.0.1.2"], 60_000);
+        fake.delay(ms(40));
+        let config = ServiceConfig {
+            max_lookups_in_flight: 3,
+            first_answer_timeout: ms(5_000),
+            ..config()
+        };
+        let (resolver, _updates) = ResolverService::spawn(fake.clone(), config).unwrap();
+        let adds: Vec<_> = names.iter().map(|n| resolver.add(n)).collect();
+        for added in futures_util::future::join_all(adds).await {
+            assert_eq!(added.unwrap().status, FirstAnswer::Resolved);
+        }
+        assert_eq!(fake.most_running(), 3, "never more than three at once");
+        tokio::time::sleep(ms(300)).await;
+        // A new domain goes before every due refresh: it waits for one slot at most.
+        let started = Instant::now();
+        let late = resolver.add("late.test").await.unwrap();
+        assert_eq!(late.status, FirstAnswer::Resolved);
+        assert!(
+            started.elapsed() < ms(150),
+            "the new domain waited {:?}",
+            started.elapsed()
+        );
+        // The longest-waiting refresh goes first, so none starves.
+        let before: Vec<usize> = names.iter().map(|n| fake.calls(n)).collect();
+        tokio::time::sleep(ms(1_000)).await;
+        for (name, b) in names.iter().zip(before) {
+            assert!(
+                fake.calls(name) > b,
+                "{name} was refreshed {} times in 1 s",
+                fake.calls(name) - b
+            );
+        }
+        assert_eq!(fake.most_running(), 3, "the cap holds during refreshes");
+    }
+
+    #[tokio::test]
+    async fn a_config_without_lookup_slots_is_refused() {
+        let config = ServiceConfig {
+            max_lookups_in_flight: 0,
+            ..config()
+        };
+        assert!(ResolverService::spawn(Fake::default(), config).is_err());
     }
 
     #[tokio::test]
