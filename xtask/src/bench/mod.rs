@@ -361,8 +361,9 @@ fn render(
         let _ = writeln!(
             md,
             "### Targets (where this run stands; not enforced)\n\nRatios show the median and, in brackets, its 95 % confidence interval (fewer than \
-             {} samples: their range); `unresolved` means the interval spans the target or there \
-             are too few samples, so this run cannot tell.\n\n\
+             {} samples: their range). `met` and `missed` mean the whole interval is on that side \
+             of the target; `… by the median` means the interval spans the target (or there are \
+             too few samples), so only the median says which side this run is on.\n\n\
              | target | this run | status |\n|---|---:|---|",
             stats::MIN_FOR_CI
         );

@@ -88,19 +88,27 @@ impl Ratio {
         }
     }
 
-    /// `met` if the median reaches `bound`, `missed` if even the upper end of its confidence
-    /// interval stays below it, `unresolved` if the interval spans it (noise).
+    /// `met` if the whole confidence interval reaches `bound`, `missed` if it stays below it;
+    /// otherwise which side the median is on, and that noise (or too few samples) leaves it
+    /// open.
     pub fn verdict_at_least(&self, bound: f64) -> &'static str {
+        let above = self.median >= bound;
         if !self.median.is_finite() {
             "not measured"
-        } else if self.median >= bound {
-            "met"
         } else if self.n < MIN_FOR_CI {
-            "unresolved (too few samples)"
+            if above {
+                "met by the median (too few samples for a CI)"
+            } else {
+                "missed by the median (too few samples for a CI)"
+            }
+        } else if self.ci_lo >= bound {
+            "met"
         } else if self.ci_hi < bound {
             "missed"
+        } else if above {
+            "met by the median (CI spans it)"
         } else {
-            "unresolved (CI spans it)"
+            "missed by the median (CI spans it)"
         }
     }
 }
@@ -221,16 +229,27 @@ mod tests {
         assert_eq!(r.p25, 0.5);
         assert_eq!(r.p75, 0.9);
         assert_eq!(r.to_string(), "0.850 [0.500–1.000]");
-        assert_eq!(r.verdict_at_least(0.97), "unresolved (too few samples)");
+        assert_eq!(
+            r.verdict_at_least(0.97),
+            "missed by the median (too few samples for a CI)"
+        );
+        assert_eq!(
+            r.verdict_at_least(0.8),
+            "met by the median (too few samples for a CI)"
+        );
         let r = Ratio::of(&[0.90, 0.91, 0.92, 0.93, 0.94, 0.95]);
         assert_eq!(r.verdict_at_least(0.97), "missed");
         let r = Ratio::of(&[0.90, 0.91, 0.92, 0.93, 0.94, 0.99]);
-        assert_eq!(r.verdict_at_least(0.97), "unresolved (CI spans it)");
+        assert_eq!(
+            r.verdict_at_least(0.97),
+            "missed by the median (CI spans it)"
+        );
+        assert_eq!(r.verdict_at_least(0.92), "met by the median (CI spans it)");
         let many: Vec<f64> = (0..100).map(|i| 0.90 + f64::from(i) * 0.001).collect();
         let r = Ratio::of(&many);
         assert!(r.ci_lo > 0.938 && r.ci_hi < 0.961, "{r:?}");
         assert_eq!(r.verdict_at_least(0.97), "missed");
-        assert_eq!(r.verdict_at_least(0.94), "met");
+        assert_eq!(r.verdict_at_least(0.93), "met");
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
     }
 
