@@ -371,11 +371,16 @@ impl<U: Upstream> Task<U> {
 
     /// Expires grace periods and starts the lookups that are due.
     fn tick(&mut self, now: Instant) {
+        // One pass: grace periods that end, and the domains due for a lookup.
+        let mut due: Vec<(bool, Instant, String)> = Vec::new();
         for (name, d) in &mut self.domains {
             let change = d.state.expire(now);
             if !change.is_empty() {
                 info!(domain = %name, removed = ?change.removed, "grace period over");
                 publish(&self.updates, &self.snapshots, name, &d.state);
+            }
+            if d.state.is_due(now) {
+                due.push((d.state.has_answer(), d.state.refresh_at(), name.clone()));
             }
         }
         // Free slots go to first lookups (a container waits for them), then to the refreshes
@@ -384,20 +389,13 @@ impl<U: Upstream> Task<U> {
             .config
             .max_lookups_in_flight
             .saturating_sub(self.lookups.len());
-        if free == 0 {
-            return;
+        if free < due.len() {
+            due.sort_unstable();
         }
-        let mut due: Vec<(bool, Instant, &String)> = self
-            .domains
-            .iter()
-            .filter(|(_, d)| d.state.is_due(now))
-            .map(|(name, d)| (d.state.has_answer(), d.state.refresh_at(), name))
-            .collect();
-        due.sort_unstable();
         let start: Vec<String> = due
             .into_iter()
             .take(free)
-            .map(|(_, _, name)| name.clone())
+            .map(|(_, _, name)| name)
             .collect();
         for name in start {
             if let Some(d) = self.domains.get_mut(&name) {
