@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use egress_agent::sys::mounts::{Mount, parse_mountinfo, pick_cgroup2};
+
 use crate::say;
 
 pub fn is_root() -> bool {
@@ -19,68 +21,10 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// One line of /proc/self/mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub fs_type: String,
-}
-
-/// Parses /proc/self/mountinfo (`ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE
-/// SOURCE SUPEROPTS`). Octal escapes (`\040` for a space) in mount points are decoded.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let fs_type = right.split(' ').next()?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
-                fs_type: fs_type.to_owned(),
-            })
-        })
-        .collect()
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn mounts() -> Result<Vec<Mount>> {
     let text =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text))
-}
-
-/// The cgroup v2 mount to use: `/sys/fs/cgroup` (unified) before `/sys/fs/cgroup/unified`
-/// (hybrid) before any other.
-pub fn cgroup2_mount(mounts: &[Mount]) -> Option<PathBuf> {
-    let v2: Vec<&Path> = mounts
-        .iter()
-        .filter(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point.as_path())
-        .collect();
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(Path::new)
-        .find(|p| v2.contains(p))
-        .or_else(|| v2.first().copied())
-        .map(Path::to_owned)
 }
 
 fn is_mounted(mounts: &[Mount], at: &str, fs_type: &str) -> bool {
@@ -114,7 +58,7 @@ fn mount_fs(fs_type: &str, at: &str) -> Result<()> {
 /// are missing. Returns the cgroup v2 mount.
 pub fn ensure_kernel_fs() -> Result<PathBuf> {
     let m = mounts()?;
-    let Some(cg2) = cgroup2_mount(&m) else {
+    let Some(cg2) = pick_cgroup2(&m) else {
         bail!(
             "no cgroup v2 mount found (looked for fstype cgroup2 in /proc/self/mountinfo); the \
              enforcer attaches to cgroup v2. Mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
@@ -249,7 +193,7 @@ mod tests {
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {
         let m = parse_mountinfo(HYBRID);
         assert_eq!(
-            cgroup2_mount(&m).as_deref(),
+            pick_cgroup2(&m).as_deref(),
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
         let unified = parse_mountinfo(
@@ -257,11 +201,11 @@ mod tests {
              50 30 0:40 / /tmp/cg rw - cgroup2 cgroup2 rw\n",
         );
         assert_eq!(
-            cgroup2_mount(&unified).as_deref(),
+            pick_cgroup2(&unified).as_deref(),
             Some(Path::new("/sys/fs/cgroup"))
         );
         let none = parse_mountinfo("33 31 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n");
-        assert_eq!(cgroup2_mount(&none), None);
+        assert_eq!(pick_cgroup2(&none), None);
     }
 
     #[test]

@@ -127,23 +127,42 @@ pub fn cgroup2_mount() -> Result<PathBuf, MountError> {
     find_cgroup2_mount(&info).ok_or(MountError::NoCgroup2)
 }
 
-/// Parses mountinfo text for the first cgroup2 mount (preferring `/sys/fs/cgroup*`).
-pub fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+/// Parses mountinfo text (`ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE
+/// SOURCE SUPEROPTS`). Octal escapes (`\040` for a space) in mount points are decoded.
+pub fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
         .lines()
         .filter_map(|line| {
-            // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> <src> <sopts>"
             let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            if fstype != "cgroup2" {
-                return None;
-            }
-            let mount_point = left.split_whitespace().nth(4)?;
-            Some(PathBuf::from(unescape_octal(mount_point)))
+            Some(Mount {
+                mount_point: PathBuf::from(unescape_octal(left.split_whitespace().nth(4)?)),
+                fs_type: right.split_whitespace().next()?.to_owned(),
+            })
         })
+        .collect()
+}
+
+/// The first cgroup2 mount, preferring `/sys/fs/cgroup*`.
+pub fn pick_cgroup2(mounts: &[Mount]) -> Option<PathBuf> {
+    let mut found: Vec<&Path> = mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point.as_path())
         .collect();
     found.sort_by_key(|p| !p.starts_with("/sys/fs/cgroup"));
-    found.into_iter().next()
+    found.first().map(|p| p.to_path_buf())
+}
+
+/// Parses mountinfo text for the first cgroup2 mount (preferring `/sys/fs/cgroup*`).
+pub fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    pick_cgroup2(&parse_mountinfo(mountinfo))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
