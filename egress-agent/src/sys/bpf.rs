@@ -41,9 +41,12 @@ impl CgroupAttachType {
     }
 }
 
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u8], size: usize) -> io::Result<libc::c_long> {
-    // SAFETY: attr points to `size` initialised bytes that the kernel may read and write.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size) };
+/// bpf(2) with the attribute union in `attr` (its length is the size passed); returns the
+/// syscall's non-negative result (a new descriptor for the commands that make one).
+pub fn sys_bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<libc::c_long> {
+    // SAFETY: attr points to attr.len() initialised bytes that the kernel may read and write;
+    // pointers inside it are the caller's to keep valid.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -55,8 +58,7 @@ fn sys_bpf(cmd: libc::c_long, attr: &mut [u8], size: usize) -> io::Result<libc::
 pub fn link_detach(link: impl AsFd) -> io::Result<()> {
     let mut attr = [0u8; 8];
     attr[..4].copy_from_slice(&(link.as_fd().as_raw_fd() as u32).to_ne_bytes());
-    let size = attr.len();
-    sys_bpf(BPF_LINK_DETACH, &mut attr, size).map(|_| ())
+    sys_bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 /// Opens a pinned bpf object (map, program or link) by path.
@@ -65,8 +67,7 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = [0u8; 16];
     attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
-    let size = attr.len();
-    let fd = sys_bpf(BPF_OBJ_GET, &mut attr, size)?;
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
 }
@@ -100,7 +101,7 @@ pub fn attached_programs(cgroup: impl AsFd, attach_type: CgroupAttachType) -> io
     let size = std::mem::size_of::<QueryAttr>();
     // SAFETY: QueryAttr is repr(C) plain data; viewing it as bytes for the syscall is sound.
     let bytes = unsafe { std::slice::from_raw_parts_mut((&raw mut attr).cast::<u8>(), size) };
-    sys_bpf(BPF_PROG_QUERY, bytes, size)?;
+    sys_bpf(BPF_PROG_QUERY, bytes)?;
     ids.truncate(attr.prog_cnt.min(64) as usize);
     Ok(ids)
 }

@@ -417,6 +417,18 @@ impl Bench<'_> {
     }
 }
 
+/// The `egress.allow` of the `n`-th of many bench containers: 8 loopback addresses (third
+/// octets from `octet`) and 2 domains of the bench's zone (numbered from `domain`, distinct per
+/// `n`).
+fn many_allow(n: usize, octet: usize, domain: usize) -> String {
+    let mut allow: Vec<String> = (0..8)
+        .map(|k| format!("127.78.{}.{}:443", octet + k, n % 250 + 1))
+        .collect();
+    allow.push(format!("c{}.{}:443", domain + 2 * n, dns::ZONE));
+    allow.push(format!("c{}.{}", domain + 1 + 2 * n, dns::ZONE));
+    allow.join(",")
+}
+
 /// How a bench container is launched.
 #[derive(Debug, Clone, Copy)]
 enum Launch {
@@ -820,12 +832,7 @@ fn measure(dir: &Path, o: &Opts, bin: &Path, build: &str) -> Result<Section> {
     let mut ids = Vec::new();
     for n in o.policy_runs..o.containers {
         sys::check_interrupted()?;
-        let mut allow: Vec<String> = (0..8)
-            .map(|k| format!("127.78.{}.{}:443", 200 + k, n % 250 + 1))
-            .collect();
-        allow.push(format!("c{}.{}:443", 1000 + 2 * n, dns::ZONE));
-        allow.push(format!("c{}.{}", 1001 + 2 * n, dns::ZONE));
-        ids.push(b.run_detached(&Bench::labels(allow.join(",")))?);
+        ids.push(b.run_detached(&Bench::labels(many_allow(n, 200, 1000)))?);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while ids.iter().any(|id| maps.container(id).is_none()) {
@@ -989,12 +996,7 @@ fn measure(dir: &Path, o: &Opts, bin: &Path, build: &str) -> Result<Section> {
     let mut created = Vec::new();
     for n in 0..more {
         sys::check_interrupted()?;
-        let mut allow: Vec<String> = (0..8)
-            .map(|k| format!("127.78.{}.{}:443", 210 + k, n % 250 + 1))
-            .collect();
-        allow.push(format!("c{}.{}:443", 10_000 + 2 * n, dns::ZONE));
-        allow.push(format!("c{}.{}", 10_001 + 2 * n, dns::ZONE));
-        created.push(b.create(&Bench::labels(allow.join(",")))?);
+        created.push(b.create(&Bench::labels(many_allow(n, 210, 10_000)))?);
     }
     let create_wall = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -230,21 +230,16 @@ fn batch(
 ) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(if timed { n } else { 0 });
     match op {
-        Op::TcpConnect => {
+        Op::TcpConnect | Op::HttpCycle => {
+            let (once, what): (fn(&libc::sockaddr_in) -> io::Result<Duration>, _) = match op {
+                Op::TcpConnect => (connect_once, "connect"),
+                _ => (http_cycle, "HTTP request"),
+            };
             for _ in 0..n {
-                match connect_once(dst) {
+                match once(dst) {
                     Ok(d) if timed => lat.push(d),
                     Ok(_) => {}
-                    Err(e) => note(e, "connect"),
-                }
-            }
-        }
-        Op::HttpCycle => {
-            for _ in 0..n {
-                match http_cycle(dst) {
-                    Ok(d) if timed => lat.push(d),
-                    Ok(_) => {}
-                    Err(e) => note(e, "HTTP request"),
+                    Err(e) => note(e, what),
                 }
             }
         }
@@ -299,50 +294,53 @@ fn setsockopt<T>(fd: i32, level: i32, name: i32, v: &T) -> io::Result<()> {
     Ok(())
 }
 
-/// One connect cycle; returns the duration of `connect`.
-fn connect_once(addr: &libc::sockaddr_in) -> io::Result<Duration> {
+/// A new TCP socket that closes with a RST (`SO_LINGER` 0: no TIME_WAIT piles up) and gives up
+/// sending after 2 s, connected to `addr`; returns it with the duration of `connect`.
+fn connect_rst(addr: &libc::sockaddr_in) -> io::Result<(std::net::TcpStream, Duration)> {
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    let res = (|| {
-        setsockopt(
+    // SAFETY: fd is a new socket that nothing else owns; the stream closes it.
+    let stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )?;
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_SNDTIMEO,
+        &libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        },
+    )?;
+    let t0 = Instant::now();
+    // SAFETY: addr is a valid sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::connect(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            },
-        )?;
-        setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &libc::timeval {
-                tv_sec: 2,
-                tv_usec: 0,
-            },
-        )?;
-        let t0 = Instant::now();
-        // SAFETY: addr is a valid sockaddr_in of the size given.
-        let rc = unsafe {
-            libc::connect(
-                fd,
-                (addr as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        let dt = t0.elapsed();
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(dt)
-    })();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    res
+            (addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let dt = t0.elapsed();
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stream, dt))
+}
+
+/// One connect cycle; returns the duration of `connect` (the close follows, untimed).
+fn connect_once(addr: &libc::sockaddr_in) -> io::Result<Duration> {
+    connect_rst(addr).map(|(_, dt)| dt)
 }
 
 /// The request of `http-cycle`: the static file of the proxy benchmark's upstream.
@@ -375,33 +373,7 @@ fn response_len(buf: &[u8]) -> io::Result<Option<usize>> {
 /// One HTTP cycle; returns its duration.
 fn http_cycle(addr: &libc::sockaddr_in) -> io::Result<Duration> {
     let t0 = Instant::now();
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new socket that nothing else owns; the stream closes it.
-    let mut stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )?;
-    // SAFETY: addr is a valid sockaddr_in of the size given.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (addr as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let (mut stream, _) = connect_rst(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     io::Write::write_all(&mut stream, HTTP_REQUEST)?;
     let mut buf = Vec::with_capacity(1024);

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use egress_agent::sys::bpf::{CgroupAttachType, attached_programs};
+use egress_agent::sys::bpf::CgroupAttachType;
 use serde_json::json;
 
 use super::note;
@@ -26,7 +26,7 @@ use super::{
     client::{ClientReport, Op, SideReport},
     env::{BpfStats, Placement, TcpSink, UdpSink, prog_stats, run_ok},
     floor::{Floor, FloorProgram},
-    lab::EnforcerLab,
+    lab::{EnforcerLab, attached_program},
     stats::{self, Ratio},
 };
 use crate::sys;
@@ -365,16 +365,6 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
         udp_sink.received()
     ));
     report(o, &setups, &res, &prog_ns)
-}
-
-/// The id of the program attached directly to `cgroup` for `hook`.
-fn attached_program(cgroup: &Path, hook: CgroupAttachType) -> Result<u32> {
-    let f = std::fs::File::open(cgroup)?;
-    attached_programs(&f, hook)
-        .with_context(|| format!("BPF_PROG_QUERY {} at {}", hook.name(), cgroup.display()))?
-        .first()
-        .copied()
-        .with_context(|| format!("no {} program at {}", hook.name(), cgroup.display()))
 }
 
 /// Flat within ±3 %: the half-range of the rows' medians relative to their mean. A wider

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use egress_agent::sys::bpf::CgroupAttachType;
+use egress_agent::sys::bpf::{CgroupAttachType, sys_bpf};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -50,15 +50,11 @@ impl FloorProgram {
     }
 }
 
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<OwnedFd> {
-    // SAFETY: attr points to attr.len() initialised bytes that the kernel may read; the
-    // pointers inside it point to live buffers of the caller.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both commands return a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+/// bpf(2) for a command that returns a new descriptor.
+fn bpf_fd(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr)?;
+    // SAFETY: both commands used here return a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn put(attr: &mut [u8], at: usize, bytes: &[u8]) {
@@ -79,7 +75,7 @@ fn load(program: FloorProgram, hook: CgroupAttachType) -> io::Result<OwnedFd> {
     put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
     put(&mut attr, 48, &name);
     put(&mut attr, 68, &(hook as u32).to_ne_bytes());
-    sys_bpf(BPF_PROG_LOAD, &mut attr)
+    bpf_fd(BPF_PROG_LOAD, &mut attr)
 }
 
 /// Attaches `prog` to `cgroup` for `hook` through a new link.
@@ -89,7 +85,7 @@ fn link(prog: &OwnedFd, cgroup: &std::fs::File, hook: CgroupAttachType) -> io::R
     put(&mut attr, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
     put(&mut attr, 4, &(cgroup.as_raw_fd() as u32).to_ne_bytes());
     put(&mut attr, 8, &(hook as u32).to_ne_bytes());
-    sys_bpf(BPF_LINK_CREATE, &mut attr)
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
 }
 
 /// Allow-all programs attached to one cgroup for the given hooks, detached on drop.

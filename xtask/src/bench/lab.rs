@@ -182,12 +182,7 @@ impl EnforcerLab {
 
     /// The id of our program attached for `hook` at the attach cgroup.
     pub fn prog_id(&self, hook: CgroupAttachType) -> Result<u32> {
-        let f = File::open(&self.attach.path)?;
-        let ids = attached_programs(&f, hook)
-            .with_context(|| format!("BPF_PROG_QUERY {}", hook.name()))?;
-        ids.first()
-            .copied()
-            .with_context(|| format!("no {} program attached", hook.name()))
+        attached_program(&self.attach.path, hook)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -226,6 +221,16 @@ impl EnforcerLab {
     pub fn extra_cgroup(&mut self, path: &Path) -> Result<Cgroup> {
         self.cgroups.make(path)
     }
+}
+
+/// The id of the program attached directly to `cgroup` for `hook`.
+pub fn attached_program(cgroup: &Path, hook: CgroupAttachType) -> Result<u32> {
+    let f = File::open(cgroup)?;
+    attached_programs(&f, hook)
+        .with_context(|| format!("BPF_PROG_QUERY {} at {}", hook.name(), cgroup.display()))?
+        .first()
+        .copied()
+        .with_context(|| format!("no {} program at {}", hook.name(), cgroup.display()))
 }
 
 impl Drop for EnforcerLab {

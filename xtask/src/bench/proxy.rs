@@ -250,12 +250,17 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn place(&self, p: Path3) -> Placement {
-        Placement::cgroup(match p {
+    /// The cgroup a path's client runs in.
+    fn cgroup(&self, p: Path3) -> &PathBuf {
+        match p {
             Path3::Enforcer => &self.cgroup_policed,
             Path3::Control => &self.cgroup_control,
             _ => &self.cgroup_free,
-        })
+        }
+    }
+
+    fn place(&self, p: Path3) -> Placement {
+        Placement::cgroup(self.cgroup(p))
     }
 
     fn wrk(&self, p: Path3, close: bool) -> Result<Wrk> {
@@ -298,11 +303,7 @@ impl Bench<'_> {
 /// The paired unloaded cycles of one round: each path against direct without a program.
 fn cycle_round(b: &Bench, exe: &Path, o: &Opts) -> Result<[ClientReport; 3]> {
     let spec = |p: Path3| SideSpec {
-        cgroup: match p {
-            Path3::Enforcer => b.cgroup_policed.clone(),
-            Path3::Control => b.cgroup_control.clone(),
-            _ => b.cgroup_free.clone(),
-        },
+        cgroup: b.cgroup(p).clone(),
         netns: None,
         dst: SocketAddrV4::new(p.target(), HTTP_PORT),
     };
