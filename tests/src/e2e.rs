@@ -1623,12 +1623,18 @@ impl PrivateDockerd {
         Docker::new(&format!("unix://{}", self.sock().display()))
     }
 
+    /// Its `DOCKER_HOST`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock().display())
+    }
+
     fn sock(&self) -> PathBuf {
         self.dir.join("docker.sock")
     }
 
+    /// Starts the daemon (again, after [`PrivateDockerd::kill`]) and waits until it answers.
     #[track_caller]
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let dockerd = [
             "/usr/sbin/dockerd",
             "/usr/bin/dockerd",
@@ -1701,6 +1707,36 @@ impl PrivateDockerd {
         t0.elapsed()
     }
 
+    /// SIGKILL, as in a crash. Its managed containerd dies with it (parent-death signal); as
+    /// our subreaper child it is reaped here: a zombie left to an init that does not reap (as
+    /// on these test machines) would look alive to the next dockerd, which would then wait for
+    /// it forever.
+    pub fn kill(&mut self) {
+        let containerd = self.containerd_pid();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = containerd {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                let mut status = 0;
+                // SAFETY: waits for one specific pid, adopted by this process as subreaper.
+                let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if rc == pid || rc < 0 {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn containerd_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
     fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our own child.
@@ -1739,9 +1775,7 @@ impl Drop for PrivateDockerd {
         }
         self.terminate();
         // A containerd left over from our directory.
-        if let Some(pid) = fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
+        if let Some(pid) = self.containerd_pid()
             && alive(pid)
         {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -24,10 +24,9 @@ use std::{
     env,
     ffi::CString,
     fs,
-    io::{Read as _, Write as _},
-    os::unix::{ffi::OsStrExt as _, net::UnixStream, process::CommandExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Mutex,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -42,6 +41,7 @@ use egress_agent::{
     },
     sys::{cgroup, mounts},
 };
+use egress_tests::e2e::PrivateDockerd;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -776,222 +776,12 @@ async fn sync_lists_existing_containers_and_finds_their_cgroups() {
     w.stop().await;
 }
 
-/// A dockerd of this test's own: its socket, data and exec roots under a temporary directory,
-/// no bridge, no iptables or forwarding changes. Stopped and removed on drop.
-struct PrivateDockerd {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateDockerd {
-    fn start() -> Self {
-        let dir = PathBuf::from(format!(
-            "/tmp/egress-dw-{}-{}",
-            std::process::id(),
-            nanos_now() % 1_000_000
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("daemon.json"), "{}\n").unwrap();
-        // Orphans of the daemon (its containerd, when it is killed) become our children.
-        // SAFETY: prctl with integer arguments.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            rc,
-            0,
-            "PR_SET_CHILD_SUBREAPER: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut d = Self { dir, child: None };
-        d.spawn();
-        d
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.sock().display())
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("docker.sock")
-    }
-
-    fn spawn(&mut self) {
-        let dockerd = [
-            "/usr/sbin/dockerd",
-            "/usr/bin/dockerd",
-            "/usr/local/bin/dockerd",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "dockerd is not installed; the restart test runs one of its own: \
-                     apt-get install -y --no-install-recommends docker.io"
-            )
-        });
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("dockerd.log"))
-            .unwrap();
-        let d = &self.dir;
-        let child = Command::new(dockerd)
-            .arg("--host")
-            .arg(self.host())
-            .arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .args([
-                "--bridge",
-                "none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("starting the private dockerd");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while !ping(&self.sock()) {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the private dockerd exited ({st}): {}", self.log_tail());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the private dockerd did not answer within 30 s: {}",
-                self.log_tail()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, as in a crash. Its managed containerd dies with it (parent-death signal); as
-    /// our subreaper child it is reaped here: a zombie left to an init that does not reap
-    /// (as on these test machines) would look alive to the next dockerd, which would then wait
-    /// for it forever.
-    fn kill(&mut self) {
-        let containerd = self.containerd_pid();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(pid) = containerd {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                let mut status = 0;
-                // SAFETY: waits for one specific pid, adopted by this process as subreaper.
-                let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-                if rc == pid || rc < 0 {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn containerd_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for PrivateDockerd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if ping(&self.sock()) {
-                // Created-only containers: nothing to stop, but leave no state behind.
-                if let Ok(ids) = docker_cli(&self.host(), &["ps", "-aq"])
-                    && !ids.is_empty()
-                {
-                    let mut args = vec!["rm", "-f"];
-                    args.extend(ids.lines());
-                    let _ = docker_cli(&self.host(), &args);
-                }
-            }
-            // SIGTERM: dockerd stops its containerd too.
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let t0 = Instant::now();
-            while c.try_wait().ok().flatten().is_none() {
-                if t0.elapsed() > Duration::from_secs(20) {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-        // A containerd left over (e.g. after a SIGKILL without restart).
-        if let Some(pid) = self.containerd_pid() {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let mut flags = libc::WNOHANG;
-            if String::from_utf8_lossy(&cmdline).contains(&*self.dir.to_string_lossy()) {
-                // SAFETY: kill(2) on a containerd that runs from our directory.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                flags = 0;
-            }
-            let mut status = 0;
-            // SAFETY: reaps that one pid if it is our (adopted) child; ECHILD otherwise.
-            unsafe { libc::waitpid(pid, &mut status, flags) };
-        }
-        // Mounts the daemon left under its directory, deepest first.
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = info
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-            .filter(|p| Path::new(p).starts_with(&self.dir))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let c = CString::new(p).unwrap();
-            // SAFETY: NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("cleanup: removing {}: {e}", self.dir.display());
-        }
-    }
-}
-
-/// `GET /_ping` on a Docker socket.
-fn ping(sock: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(sock) else {
-        return false;
-    };
-    let t = Some(Duration::from_secs(2));
-    if s.set_read_timeout(t).is_err()
-        || s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-            .is_err()
-    {
-        return false;
-    }
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.starts_with("HTTP/1.1 200") && resp.trim_end().ends_with("OK")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_resyncs_after_dockerd_restarts() {
     init_logging();
     let shared = require_dockerd();
     let image = image();
-    let mut daemon = PrivateDockerd::start();
+    let mut daemon = PrivateDockerd::start("dw");
     let host = daemon.host();
     // The test image, from the shared daemon.
     let tar = daemon.dir.join("image.tar");
