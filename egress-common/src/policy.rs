@@ -36,6 +36,19 @@ pub const FLAG_UNCLASSIFIED: u8 = 1 << 3;
 pub const FLAG_ANY_PORT_ONLY4: u8 = 1 << 4;
 /// Flag: the same for exact IPv6 address rules.
 pub const FLAG_ANY_PORT_ONLY6: u8 = 1 << 5;
+/// Flag: the policy may reach its own network namespace's loopback (`127.0.0.0/8`, `::1`) on
+/// any port but 53, and never Docker's embedded resolver `127.0.0.11`. Set by the agent only for
+/// a container whose network namespace is its own (not `--network host`, not shared with a
+/// container whose policy is wider).
+pub const FLAG_LOOPBACK: u8 = 1 << 6;
+/// Note bit (in [`CgroupPolicy::notes`], never read by the programs): the container holds a
+/// privilege that lets it switch off or escape any cgroup policy (`--privileged`,
+/// `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_BPF`, the Docker socket, a bpffs or a writable
+/// cgroupfs, the host's PID namespace). `status` shows it as "policed, not enforceable".
+pub const NOTE_ESCAPABLE: u8 = 1 << 0;
+/// Note bit: the container's cgroup is outside the cgroup the programs are attached to, so no
+/// program judges it. `status` shows it as "not enforceable".
+pub const NOTE_OUTSIDE_ATTACH: u8 = 1 << 1;
 /// Policy id that has no rules (used by unclassified cgroups).
 pub const NO_RULES_POLICY_ID: u32 = 0;
 
@@ -51,7 +64,10 @@ pub struct CgroupPolicy {
     pub mode: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// `NOTE_*` bits: what the agent knows about the policy's enforceability, for `status`.
+    /// The programs never read them.
+    pub notes: u8,
+    pub _pad: u8,
 }
 
 impl CgroupPolicy {
@@ -60,7 +76,8 @@ impl CgroupPolicy {
             policy_id,
             mode: mode as u8,
             flags,
-            _pad: [0; 2],
+            notes: 0,
+            _pad: 0,
         }
     }
 
