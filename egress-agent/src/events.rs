@@ -12,6 +12,15 @@ use egress_common::{
 
 use crate::enforcer::reason_name;
 
+/// `tcp`, `udp` or the IP protocol number.
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        p => p.to_string(),
+    }
+}
+
 /// A denial or audit hit, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressEvent {
@@ -93,11 +102,7 @@ impl EgressEvent {
 
     /// `tcp`, `udp` or the protocol number.
     pub fn protocol_name(&self) -> String {
-        match self.protocol {
-            6 => "tcp".into(),
-            17 => "udp".into(),
-            p => p.to_string(),
-        }
+        protocol_name(self.protocol)
     }
 
     /// The destination as `addr:port` / `[addr]:port`.

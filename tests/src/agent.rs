@@ -69,6 +69,12 @@ impl Agent {
     /// for its `ready` log line.
     #[track_caller]
     pub fn start(pin_dir: &Path, attach: &Path, policies: &[String]) -> Self {
+        Self::start_with(pin_dir, attach, policies, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for `run` (e.g. `--deny-log-interval 60`).
+    #[track_caller]
+    pub fn start_with(pin_dir: &Path, attach: &Path, policies: &[String], extra: &[&str]) -> Self {
         let mut cmd = agent_command();
         // The kernel-core tests police plain cgroups: no Docker, whatever runs on the host.
         cmd.arg("run")
@@ -80,6 +86,7 @@ impl Agent {
         for p in policies {
             cmd.args(["--policy", p]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
