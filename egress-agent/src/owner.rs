@@ -51,6 +51,9 @@ enum Command {
     ReleasePrevious {
         reply: oneshot::Sender<Result<usize, EnforcerError>>,
     },
+    ForgetContainers {
+        reply: oneshot::Sender<Result<(usize, usize), EnforcerError>>,
+    },
     SetUnclassifiedDeny {
         deny: bool,
         reply: oneshot::Sender<Result<(), EnforcerError>>,
@@ -179,6 +182,13 @@ impl EnforcerHandle {
             .await??)
     }
 
+    /// See [`Enforcer::forget_containers`].
+    pub async fn forget_containers(&self) -> Result<(usize, usize), CommandError> {
+        Ok(self
+            .ask(|reply| Command::ForgetContainers { reply })
+            .await??)
+    }
+
     /// See [`Enforcer::release_previous`].
     pub async fn release_previous(&self) -> Result<usize, CommandError> {
         Ok(self
@@ -286,6 +296,9 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
         }
         Command::ReleasePrevious { reply } => {
             let _ = reply.send(enforcer.release_previous());
+        }
+        Command::ForgetContainers { reply } => {
+            let _ = reply.send(enforcer.forget_containers());
         }
         Command::SetUnclassifiedDeny { deny, reply } => {
             let _ = reply.send(enforcer.set_unclassified_deny(deny));

@@ -4,7 +4,10 @@
 use std::{fs::File, path::Path};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie};
-use egress_common::maps;
+use egress_common::{
+    maps,
+    policy::{NOTE_ESCAPABLE, NOTE_OUTSIDE_ATTACH},
+};
 use serde::Serialize;
 
 use crate::{
@@ -57,7 +60,18 @@ pub struct PolicyStatus {
 #[derive(Debug, Serialize)]
 pub struct ContainerStatus {
     pub id: String,
+    /// A policy of the agent's is in force for it (false for a container whose cgroup is
+    /// outside the attach cgroup: nothing judges it).
     pub policed: bool,
+    /// `policed`, `policed, not enforceable` (it can switch off or escape any cgroup policy),
+    /// `not enforceable` (outside the attach cgroup) or `not policed`.
+    pub state: &'static str,
+    /// False if the agent knows a way out of its policy (see `not_enforceable`).
+    pub enforceable: bool,
+    /// Why not, one reason each.
+    pub not_enforceable: Vec<&'static str>,
+    /// It may reach its own loopback (its network namespace is its own).
+    pub loopback: bool,
     pub policy_id: Option<u32>,
     pub mode: Option<&'static str>,
     pub allow: Vec<String>,
@@ -153,9 +167,30 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             };
             for (id, policy_id) in &view.containers {
                 let policy = policy_id.and_then(|p| view.policies.get(&p));
+                let notes = policy.map(|p| p.notes).unwrap_or(0);
+                let mut not_enforceable = Vec::new();
+                if notes & NOTE_ESCAPABLE != 0 {
+                    not_enforceable.push(
+                        "it can switch off or escape any cgroup policy (see the agent's log)",
+                    );
+                }
+                if notes & NOTE_OUTSIDE_ATTACH != 0 {
+                    not_enforceable
+                        .push("its cgroup is outside the attach cgroup: no program judges it");
+                }
+                let state = match policy {
+                    None => "not policed",
+                    Some(_) if notes & NOTE_OUTSIDE_ATTACH != 0 => "not enforceable",
+                    Some(_) if notes & NOTE_ESCAPABLE != 0 => "policed, not enforceable",
+                    Some(_) => "policed",
+                };
                 containers.push(ContainerStatus {
                     id: id.to_string(),
-                    policed: policy_id.is_some(),
+                    policed: policy.is_some() && notes & NOTE_OUTSIDE_ATTACH == 0,
+                    state,
+                    enforceable: not_enforceable.is_empty(),
+                    not_enforceable,
+                    loopback: policy.is_some_and(|p| p.loopback),
                     policy_id: *policy_id,
                     mode: policy.map(|p| mode_name(p.mode)),
                     allow: policy
@@ -259,14 +294,19 @@ impl std::fmt::Display for Status {
             match c.mode {
                 Some(mode) => writeln!(
                     f,
-                    "  {}: {}, policy {}, {} allow rule(s), cgroups {:?}",
+                    "  {}: {}, {}{}, policy {}, {} allow rule(s), cgroups {:?}",
                     &c.id[..12],
+                    c.state,
                     mode,
+                    if c.loopback { ", own loopback" } else { "" },
                     c.policy_id.unwrap_or_default(),
                     c.allow.len(),
                     cgs
                 )?,
                 None => writeln!(f, "  {}: not policed", &c.id[..12])?,
+            }
+            for why in &c.not_enforceable {
+                writeln!(f, "      not enforceable: {why}")?;
             }
             for r in &c.allow {
                 writeln!(f, "      allow {r}")?;

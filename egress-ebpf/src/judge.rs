@@ -10,7 +10,7 @@ use egress_common::{
     event::{Event, Hook, Reason, Verdict},
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_UNCLASSIFIED, Mode,
+        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, Mode,
     },
     rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
     stats,
@@ -40,7 +40,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     };
     let reason = if policy.flags & FLAG_UNCLASSIFIED != 0 {
         Reason::Unclassified
-    } else if allowed(&policy, &dest) {
+    } else if own_loopback(&policy, &dest) || allowed(&policy, &dest) {
         count(stats::ALLOWED);
         return ALLOW;
     } else {
@@ -57,6 +57,25 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         Verdict::Denied => DENY,
     }
 }
+
+/// Docker's embedded DNS server, a loopback address that forwards outward.
+const EMBEDDED_DNS: [u8; 4] = [127, 0, 0, 11];
+const DNS_PORT: u16 = 53;
+
+/// True if `policy` may reach its own loopback ([`FLAG_LOOPBACK`]) and `dest` is loopback
+/// (`127.0.0.0/8`, `::1`), neither port 53 nor the embedded resolver. No map lookup.
+#[inline(always)]
+fn own_loopback(policy: &CgroupPolicy, dest: &Dest) -> bool {
+    if policy.flags & FLAG_LOOPBACK == 0 || dest.port == DNS_PORT {
+        return false;
+    }
+    match dest.addr {
+        Addr::V4(a) => a[0] == 127 && a != EMBEDDED_DNS,
+        Addr::V6(a) => a == LOOPBACK6,
+    }
+}
+
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// True if a rule of `policy` allows `dest`: the exact address with the port (unless the
 /// policy's exact rules of that family all allow any port), then with any port; then the same

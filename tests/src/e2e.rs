@@ -624,6 +624,12 @@ pub struct AgentOpts {
     pub docker_host: String,
     /// `--policy-file PATH` (none by default).
     pub policy_file: Option<PathBuf>,
+    /// `--docker MODE` (`on` by default).
+    pub docker_mode: &'static str,
+    /// `--attach-cgroup PATH` (the cgroup v2 root by default).
+    pub attach_cgroup: Option<PathBuf>,
+    /// Wait for the `ready` line (true by default; an agent waiting for Docker is not ready).
+    pub wait_ready: bool,
 }
 
 impl Default for AgentOpts {
@@ -634,6 +640,9 @@ impl Default for AgentOpts {
             unclassified_allow: false,
             docker_host: shared_docker_host(),
             policy_file: None,
+            docker_mode: "on",
+            attach_cgroup: None,
+            wait_ready: true,
         }
     }
 }
@@ -667,7 +676,7 @@ impl E2eAgent {
         }
         cmd.env("DOCKER_HOST", &opts.docker_host)
             .args(["--log-format", "json", "--log-level", "info", "run"])
-            .args(["--docker", "on"])
+            .args(["--docker", opts.docker_mode])
             .arg("--pin-dir")
             .arg(pin_dir)
             .args(["--dns-server", &dns.to_string()])
@@ -685,6 +694,9 @@ impl E2eAgent {
         if let Some(p) = &opts.policy_file {
             cmd.arg("--policy-file").arg(p);
         }
+        if let Some(p) = &opts.attach_cgroup {
+            cmd.arg("--attach-cgroup").arg(p);
+        }
         let t0 = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -700,6 +712,9 @@ impl E2eAgent {
             log,
             ready_after: Duration::ZERO,
         };
+        if !opts.wait_ready {
+            return agent;
+        }
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
                 agent.ready_after = t0.elapsed();
@@ -1034,18 +1049,68 @@ impl Lab {
 
     /// The options every container of the lab gets.
     fn base_args(&self, name: &str) -> Vec<String> {
-        vec![
-            "--name".into(),
-            name.into(),
+        let mut args = self.base_args_on(name, None);
+        args.extend([
             "--network".into(),
             self.network.clone(),
             "--dns".into(),
             self.gateway.to_string(),
+        ]);
+        args
+    }
+
+    /// The options of a container on `network` (`host`, `container:<name>`, ...) instead of
+    /// the lab's network, or on none at all (`None`: the caller adds them). No `--dns`: Docker
+    /// refuses it beside `container:` networks, and such a container must use IPs only.
+    fn base_args_on(&self, name: &str, network: Option<&str>) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            name.into(),
             "--label".into(),
             format!("{LAB_LABEL}={}", self.tag),
             "--stop-timeout".into(),
             "1".into(),
-        ]
+        ];
+        if let Some(n) = network {
+            args.extend(["--network".into(), n.to_owned()]);
+        }
+        args
+    }
+
+    /// `docker create` (not started) of a sleeper with these labels and extra options.
+    #[track_caller]
+    pub fn create_only(&self, role: &str, labels: &[(&str, &str)], extra: &[&str]) -> Started {
+        let name = self.containers.name(role);
+        let mut args: Vec<String> = vec!["create".into()];
+        args.extend(self.base_args(&name));
+        args.extend(Self::label_args(labels));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([image(), "sleep".into(), "60".into()]);
+        let id = self
+            .docker
+            .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        Started { name, id, ip: None }
+    }
+
+    /// A detached container running `script` on `network` (`host`, `container:<name>`)
+    /// rather than the lab's network; it resolves no names.
+    #[track_caller]
+    pub fn start_detached_on(
+        &self,
+        role: &str,
+        labels: &[(&str, &str)],
+        network: &str,
+        script: &str,
+    ) -> Started {
+        let name = self.containers.name(role);
+        let mut args: Vec<String> = vec!["run".into(), "-d".into()];
+        args.extend(self.base_args_on(&name, Some(network)));
+        args.extend(Self::label_args(labels));
+        args.extend([image(), "sh".into(), "-c".into(), script.to_owned()]);
+        let id = self
+            .docker
+            .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        Started { name, id, ip: None }
     }
 
     /// A target host at `10.231.<n>.<host>`: answers `ok <role>` on TCP 8080 and 8081

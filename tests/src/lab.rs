@@ -102,6 +102,14 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("set_policy({}, {entries:?}): {e}", cg.path.display()));
     }
 
+    /// Sets `policy` (as built by the caller, flags included) on `cg`.
+    #[track_caller]
+    pub fn apply(&self, cg: &Cgroup, policy: Policy) {
+        self.rt()
+            .block_on(self.handle().set_policy(cg.id, policy))
+            .unwrap_or_else(|e| panic!("set_policy({}): {e}", cg.path.display()));
+    }
+
     /// Removes the policy of `cg`; returns whether it had one.
     #[track_caller]
     pub fn remove_policy(&self, cg: &Cgroup) -> bool {

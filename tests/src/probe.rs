@@ -13,9 +13,13 @@
 //!   MODE  tcp          connect a TCP socket of ADDR's family
 //!         udp          sendto (no connect) from a UDP socket of ADDR's family
 //!         tcp6, udp6   the same through an AF_INET6 socket; an IPv4 ADDR is sent as ::ffff:a.b.c.d
+//!         udp-serve    bind ADDR, wait for one datagram, answer its sender with sendto
+//!         tcp-serve    listen on ADDR, accept one connection, write to it
 //!   --move-to DIR      create the socket, then move this process into DIR, then connect/send
 //!   --loop-until FILE  repeat socket+connect/send+close until FILE exists (prints `started` on
 //!                      stderr after the first attempt)
+//!   --spray N          N connects/sends to N distinct destinations: ADDR's port + k (ports
+//!                      1024-65023, then the next address); UDP sends share one socket
 //! ```
 //!
 //! It prints one JSON line, an [`Outcome`].
@@ -55,6 +59,12 @@ pub enum Mode {
     Tcp6,
     /// UDP `sendto` from an AF_INET6 socket (IPv4 addresses as `::ffff:a.b.c.d`).
     Udp6,
+    /// A UDP server on ADDR: waits (5 s at most) for one datagram and answers its sender with
+    /// `sendto`; reports that `sendto`.
+    UdpServe,
+    /// A TCP server on ADDR: accepts one connection (5 s at most) and writes to it; reports
+    /// that write.
+    TcpServe,
 }
 
 impl Mode {
@@ -64,6 +74,8 @@ impl Mode {
             Self::Udp => "udp",
             Self::Tcp6 => "tcp6",
             Self::Udp6 => "udp6",
+            Self::UdpServe => "udp-serve",
+            Self::TcpServe => "tcp-serve",
         }
     }
 
@@ -73,12 +85,19 @@ impl Mode {
             "udp" | "udp-sendto" => Self::Udp,
             "tcp6" => Self::Tcp6,
             "udp6" | "udp6-sendto" => Self::Udp6,
+            "udp-serve" => Self::UdpServe,
+            "tcp-serve" => Self::TcpServe,
             _ => return None,
         })
     }
 
     pub fn is_tcp(self) -> bool {
-        matches!(self, Self::Tcp | Self::Tcp6)
+        matches!(self, Self::Tcp | Self::Tcp6 | Self::TcpServe)
+    }
+
+    /// A server mode (it prints `started` once it listens).
+    pub fn is_server(self) -> bool {
+        matches!(self, Self::UdpServe | Self::TcpServe)
     }
 }
 
@@ -166,6 +185,8 @@ pub struct Probe {
     pub loop_until: Option<PathBuf>,
     /// Network namespace (a /run/netns file) to run in; the host's if None.
     pub netns: Option<PathBuf>,
+    /// `--spray N`.
+    pub spray: Option<u32>,
 }
 
 impl Probe {
@@ -177,6 +198,7 @@ impl Probe {
             move_to: None,
             loop_until: None,
             netns: None,
+            spray: None,
         }
     }
 
@@ -217,6 +239,12 @@ impl Probe {
         self
     }
 
+    /// Send to `n` distinct destinations from `addr` on (see the module docs).
+    pub fn spray(mut self, n: u32) -> Self {
+        self.spray = Some(n);
+        self
+    }
+
     /// Run in the network namespace `ns` (the cgroup programs judge it all the same).
     pub fn in_netns(mut self, ns: &NetNs) -> Self {
         self.netns = Some(ns.path());
@@ -234,6 +262,9 @@ impl Probe {
         }
         if let Some(f) = &self.loop_until {
             a.extend(["--loop-until".into(), f.display().to_string()]);
+        }
+        if let Some(n) = self.spray {
+            a.extend(["--spray".into(), n.to_string()]);
         }
         a
     }
@@ -261,12 +292,13 @@ impl Probe {
         RunningProbe { child: Some(child) }.wait(self)
     }
 
-    /// Starts a `--loop-until` probe in `cg` and returns once it has made its first attempt.
+    /// Starts a `--loop-until` probe in `cg` and returns once it has made its first attempt,
+    /// or a server probe once it listens.
     #[track_caller]
     pub fn start_in(&self, cg: &Cgroup) -> RunningProbe {
         assert!(
-            self.loop_until.is_some(),
-            "start_in is for --loop-until probes"
+            self.loop_until.is_some() || self.mode.is_server(),
+            "start_in is for --loop-until and server probes"
         );
         let mut child = self
             .command(cg)

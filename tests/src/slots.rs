@@ -28,6 +28,10 @@ pub const LAYOUT_META: u8 = 122;
 pub const LAYOUT_POLICY_MAP: u8 = 123;
 pub const LAYOUT_VERSION: u8 = 124;
 pub const PORT_RULE_REPLACE: u8 = 125;
+pub const DENIAL_LOG_BOUND: u8 = 152;
+pub const LOOPBACK_OWN_NETNS: u8 = 153;
+pub const UDP_SERVER_REPLY: u8 = 154;
+pub const TCP_SERVER_REPLY: u8 = 155;
 
 #[cfg(test)]
 mod tests {
@@ -44,6 +48,10 @@ mod tests {
             super::CIDR_V6,
             super::CIDR_V6_NETNS,
             super::PORT_RULE_REPLACE,
+            super::DENIAL_LOG_BOUND,
+            super::LOOPBACK_OWN_NETNS,
+            super::UDP_SERVER_REPLY,
+            super::TCP_SERVER_REPLY,
             super::UNPOLICED,
             super::REMOVE_POLICY,
             super::TWO_CGROUPS,

@@ -123,9 +123,26 @@ pub async fn run(
         warn!(reason = %why, "replaced an incompatible pinned state");
     }
     let (handle, task) = owner::spawn(enforcer);
+    let docker_host = watch::docker_host();
+    let use_docker = follows_docker(args.docker, &docker_host);
+    // Without Docker, container cgroups are nobody's to classify: none is denied as
+    // unclassified, and containers an earlier agent policed are let go.
     handle
-        .set_unclassified_deny(args.unclassified == Unclassified::Deny)
+        .set_unclassified_deny(use_docker && args.unclassified == Unclassified::Deny)
         .await?;
+    if !use_docker {
+        let (containers, unclassified) = handle
+            .forget_containers()
+            .await
+            .context("dropping the container policies of an earlier run")?;
+        if containers + unclassified > 0 {
+            info!(
+                containers,
+                unclassified_cgroups = unclassified,
+                "not following Docker: dropped the container policies an earlier run left pinned"
+            );
+        }
+    }
 
     let index = SharedIndex::default();
     for spec in specs {
@@ -147,14 +164,6 @@ pub async fn run(
         Duration::from_secs(args.deny_log_interval),
     ));
 
-    let use_docker = match args.docker {
-        DockerMode::Off => false,
-        DockerMode::On => true,
-        DockerMode::Auto => {
-            std::env::var_os("DOCKER_HOST").is_some()
-                || std::path::Path::new("/var/run/docker.sock").exists()
-        }
-    };
     let mut shutdown = std::pin::pin!(shutdown);
     if use_docker {
         let client = DnsClient::new(dns_server).context("setting up the DNS client")?;
@@ -174,13 +183,22 @@ pub async fn run(
                 caps,
                 cgroup_mount,
                 host_resolvers,
+                attach_cgroup: report.attach_cgroup.clone(),
             },
             handle.clone(),
             resolver,
             policy_file,
             index.clone(),
         );
-        let docker = watch::connect().await.context("connecting to Docker")?;
+        let docker = match args.docker {
+            DockerMode::On => match wait_for_docker(&docker_host, &mut shutdown).await {
+                Some(d) => d,
+                None => return stop(handle, task, logger).await,
+            },
+            _ => watch::connect_to(&docker_host)
+                .await
+                .context("connecting to Docker")?,
+        };
         let (tx, mut events) = tokio::sync::mpsc::channel(1024);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let watcher = tokio::spawn(watch::run(docker, tx, async move {
@@ -228,7 +246,7 @@ pub async fn run(
         let _ = watcher.await;
     } else {
         info!(
-            "not following Docker (--docker off, or no Docker socket); only --policy cgroups are policed"
+            "not following Docker; only --policy cgroups are policed, Docker containers are neither policed nor denied"
         );
         log_ready(&cfg, &report, &handle).await;
         loop {
@@ -238,6 +256,15 @@ pub async fn run(
             }
         }
     }
+    stop(handle, task, logger).await
+}
+
+/// Stops the owner task and the logger; enforcement stays pinned.
+async fn stop(
+    handle: EnforcerHandle,
+    task: tokio::task::JoinHandle<()>,
+    logger: tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
     info!(
         "stopping; programs stay attached and maps pinned (enforcement continues). `egress-agent cleanup` removes them"
     );
@@ -247,6 +274,74 @@ pub async fn run(
     }
     let _ = logger.await;
     Ok(())
+}
+
+/// Whether the agent follows Docker in `mode`, logged with the reason for `auto`.
+fn follows_docker(mode: DockerMode, host: &str) -> bool {
+    match mode {
+        DockerMode::Off => {
+            info!("--docker off: not following Docker");
+            false
+        }
+        DockerMode::On => true,
+        DockerMode::Auto => match watch::unix_socket_of(host) {
+            Some(sock) if !sock.exists() => {
+                info!(
+                    docker_host = host,
+                    "--docker auto: no Docker socket at {}; not following Docker (as --docker off)",
+                    sock.display()
+                );
+                false
+            }
+            _ => {
+                info!(
+                    docker_host = host,
+                    "--docker auto: following Docker (as --docker on)"
+                );
+                true
+            }
+        },
+    }
+}
+
+/// `--docker on`: waits until the daemon's socket exists and a client can be made, retrying with
+/// backoff and saying so; None if `shutdown` came first.
+async fn wait_for_docker(
+    host: &str,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<bollard::Docker> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempts = 0u32;
+    loop {
+        let missing = watch::unix_socket_of(host).filter(|p| !p.exists());
+        let error = match missing {
+            Some(sock) => format!("no socket at {}", sock.display()),
+            None => match watch::connect_to(host).await {
+                Ok(d) => {
+                    if attempts > 0 {
+                        info!(docker_host = host, attempts, "--docker on: Docker is there");
+                    }
+                    return Some(d);
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        attempts += 1;
+        // Loud at first, then about once a minute.
+        if attempts == 1 || attempts.is_multiple_of(6) {
+            warn!(
+                docker_host = host,
+                attempts,
+                retry_in = ?delay,
+                "--docker on: waiting for Docker ({error})"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.as_mut() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 async fn log_ready(cfg: &EnforcerConfig, report: &OpenReport, handle: &EnforcerHandle) {
@@ -268,7 +363,7 @@ async fn log_ready(cfg: &EnforcerConfig, report: &OpenReport, handle: &EnforcerH
 
 /// One log line for an event (`$level` is `warn` or `info`).
 macro_rules! log_egress {
-    ($level:ident, $msg:literal, $ev:ident, $meta:ident, $id:ident, $domains:ident, $mode:expr, $suppressed:ident) => {
+    ($level:ident, $msg:literal, $ev:ident, $meta:ident, $id:ident, $domains:ident, $mode:expr) => {
         $level!(
             container = %$meta.name,
             container_id = %$id,
@@ -282,14 +377,31 @@ macro_rules! log_egress {
             domain = %$domains,
             mode = %$mode,
             reason = $ev.reason_name(),
-            suppressed = $suppressed,
             $msg
         )
     };
 }
 
+/// What the denial log counts as "the same denial".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DenialKey {
+    container: Option<ContainerId>,
+    /// Names the cgroup when no container is known.
+    cgroup_id: u64,
+    addr: std::net::IpAddr,
+    port: u16,
+    protocol: u8,
+    verdict: Verdict,
+}
+
+/// How often the logger looks for keys whose interval ended.
+fn flush_period(interval: Duration) -> Duration {
+    (interval / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
 /// Logs denials and audit hits, naming the container, once per (container, destination) per
-/// `interval`.
+/// `interval`; repeats are summed up in one line when the interval ends. Memory is bounded
+/// (see [`RateLimiter`]).
 async fn log_events(
     mut events: tokio::sync::broadcast::Receiver<EgressEvent>,
     handle: WeakEnforcerHandle,
@@ -297,8 +409,17 @@ async fn log_events(
     interval: Duration,
 ) {
     let mut limiter = RateLimiter::new(interval);
+    let mut flush = tokio::time::interval(flush_period(interval));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ev = match events.recv().await {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = flush.tick() => {
+                report_expired(&mut limiter, &index, interval);
+                continue;
+            }
+        };
+        let ev = match ev {
             Ok(ev) => ev,
             Err(RecvError::Lagged(n)) => {
                 warn!(
@@ -320,33 +441,27 @@ async fn log_events(
                 index.remember_cgroup(ev.cgroup_id, id);
             }
         }
-        let key = (
-            container
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| ev.cgroup_id.to_string()),
-            ev.addr,
-            ev.port,
-            ev.protocol,
-            ev.verdict_name(),
-        );
-        let suppressed = match limiter.check(&key, std::time::Instant::now()) {
-            Decision::Suppress => continue,
-            Decision::Log { suppressed } => suppressed,
+        let key = DenialKey {
+            container,
+            cgroup_id: ev.cgroup_id,
+            addr: ev.addr,
+            port: ev.port,
+            protocol: ev.protocol,
+            verdict: ev.verdict,
         };
+        let now = std::time::Instant::now();
+        for expired in limiter.expire(now) {
+            report_repeats(&index, &expired.key, expired.suppressed, interval);
+        }
+        match limiter.check(&key, now) {
+            Decision::Log => {}
+            Decision::Suppress | Decision::Overflow => continue,
+        }
         let meta = container.and_then(|c| index.meta(&c)).unwrap_or_default();
         let domains = index.domains_of(&ev.addr).join(",");
         let id = container.map(|c| c.short().to_owned()).unwrap_or_default();
         match ev.verdict {
-            Verdict::Denied => log_egress!(
-                warn,
-                "egress denied",
-                ev,
-                meta,
-                id,
-                domains,
-                meta.mode,
-                suppressed
-            ),
+            Verdict::Denied => log_egress!(warn, "egress denied", ev, meta, id, domains, meta.mode),
             Verdict::Audited => log_egress!(
                 info,
                 "egress would be denied (audit mode)",
@@ -354,11 +469,54 @@ async fn log_events(
                 meta,
                 id,
                 domains,
-                "audit",
-                suppressed
+                "audit"
             ),
         }
     }
+}
+
+/// The summary lines of keys whose interval ended, and of the events the full table dropped.
+fn report_expired(limiter: &mut RateLimiter<DenialKey>, index: &SharedIndex, interval: Duration) {
+    let now = std::time::Instant::now();
+    for expired in limiter.expire(now) {
+        report_repeats(index, &expired.key, expired.suppressed, interval);
+    }
+    if let Some(n) = limiter.take_overflow(now) {
+        warn!(
+            events = n,
+            tracked = limiter.capacity(),
+            interval_secs = interval.as_secs(),
+            "denials to more destinations than the denial log tracks per interval were not logged one by one (the counters have every one)"
+        );
+    }
+}
+
+/// One line for the repeats of a logged denial within its interval.
+fn report_repeats(index: &SharedIndex, key: &DenialKey, repeats: u64, interval: Duration) {
+    let meta = key
+        .container
+        .and_then(|c| index.meta(&c))
+        .unwrap_or_default();
+    let id = key
+        .container
+        .map(|c| c.short().to_owned())
+        .unwrap_or_default();
+    let verdict = match key.verdict {
+        Verdict::Denied => "denied",
+        Verdict::Audited => "audited",
+    };
+    info!(
+        container = %meta.name,
+        container_id = %id,
+        cgroup_id = key.cgroup_id,
+        protocol = %crate::events::protocol_name(key.protocol),
+        destination = %key.addr,
+        port = key.port,
+        verdict,
+        repeats,
+        interval_secs = interval.as_secs(),
+        "egress repeated within the denial log interval"
+    );
 }
 
 /// The container whose policy has id `policy_id`.

@@ -93,7 +93,10 @@ use futures_util::{
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::cgroup_path::CgroupDriver;
+use super::{
+    cgroup_path::CgroupDriver,
+    privileges::{MountInfo, Privileges},
+};
 use crate::container::ContainerId;
 
 /// The socket used when `DOCKER_HOST` is not set.
@@ -130,6 +133,8 @@ pub struct ContainerInfo {
     pub network_mode: String,
     /// Names of the networks the container is attached to, sorted.
     pub networks: Vec<String>,
+    /// What could let it escape a cgroup policy (known once inspected).
+    pub privileges: Privileges,
 }
 
 /// What the watcher tells its receiver; see the module docs for the exact sequence.
@@ -164,13 +169,22 @@ pub enum WatchError {
     Closed,
 }
 
-/// A client for `DOCKER_HOST` (else [`DEFAULT_HOST`]), see [`connect_to`].
-pub async fn connect() -> Result<Docker, WatchError> {
-    let host = std::env::var("DOCKER_HOST")
+/// The daemon to follow: `DOCKER_HOST`, else [`DEFAULT_HOST`].
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| DEFAULT_HOST.to_owned());
-    connect_to(&host).await
+        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+}
+
+/// The socket path of a `unix://` host (`None` for TCP hosts).
+pub fn unix_socket_of(host: &str) -> Option<&std::path::Path> {
+    host.strip_prefix("unix://").map(std::path::Path::new)
+}
+
+/// A client for [`docker_host`], see [`connect_to`].
+pub async fn connect() -> Result<Docker, WatchError> {
+    connect_to(&docker_host()).await
 }
 
 /// A client for `host` (`unix:///path`, `tcp://host:port`, `http://...`), with
@@ -354,6 +368,7 @@ impl ContainerInfo {
             dns: Vec::new(),
             network_mode: String::new(),
             networks: Vec::new(),
+            privileges: Privileges::default(),
         }
     }
 
@@ -384,6 +399,22 @@ impl ContainerInfo {
             running: running && pid.is_some(),
             cgroup_parent: host.cgroup_parent.filter(|p| !p.is_empty()),
             dns: parse_dns(&id, host.dns.as_deref().unwrap_or_default()),
+            privileges: Privileges {
+                privileged: host.privileged.unwrap_or(false),
+                cap_add: host.cap_add.unwrap_or_default(),
+                pid_mode: host.pid_mode.unwrap_or_default(),
+                mounts: c
+                    .mounts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| MountInfo {
+                        kind: m.typ.unwrap_or_default(),
+                        source: m.source.unwrap_or_default(),
+                        destination: m.destination.unwrap_or_default(),
+                        writable: m.rw.unwrap_or(false),
+                    })
+                    .collect(),
+            },
             network_mode: host.network_mode.unwrap_or_default(),
             networks,
         })
@@ -419,6 +450,7 @@ impl ContainerInfo {
                 .and_then(|h| h.network_mode)
                 .unwrap_or_default(),
             networks,
+            privileges: Privileges::default(),
         })
     }
 }
@@ -904,6 +936,7 @@ mod tests {
                 dns: vec![],
                 network_mode: String::new(),
                 networks: vec![],
+                privileges: Privileges::default(),
             }
         );
     }
@@ -977,7 +1010,11 @@ mod tests {
         "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
         "HostConfig": {"NetworkMode": "none", "CgroupParent": "/egress-test",
                        "Dns": ["127.0.0.53", "not-an-ip"], "DnsOptions": [], "DnsSearch": [],
-                       "CgroupnsMode": "host", "Isolation": "", "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}},
+                       "CgroupnsMode": "host", "Isolation": "", "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+                       "Privileged": false, "CapAdd": ["NET_ADMIN"], "PidMode": ""},
+        "Mounts": [{"Type": "bind", "Source": "/var/run/docker.sock",
+                    "Destination": "/var/run/docker.sock", "Mode": "", "RW": true,
+                    "Propagation": "rprivate"}],
         "Config": {"Hostname": "7a49f0c598e6", "Image": "egress-test-busybox:latest",
                    "Labels": {"egress.allow": "10.0.0.1", "name": "kept"},
                    "Cmd": ["sleep", "30"], "Volumes": {"/data": {}}},
@@ -1003,6 +1040,17 @@ mod tests {
                 dns: vec!["127.0.0.53".parse().unwrap()],
                 network_mode: "none".into(),
                 networks: vec!["none".into()],
+                privileges: Privileges {
+                    privileged: false,
+                    cap_add: vec!["NET_ADMIN".into()],
+                    pid_mode: String::new(),
+                    mounts: vec![MountInfo {
+                        kind: "bind".into(),
+                        source: "/var/run/docker.sock".into(),
+                        destination: "/var/run/docker.sock".into(),
+                        writable: true,
+                    }],
+                },
             }
         );
     }

@@ -21,7 +21,7 @@ use egress_common::{
     maps,
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_UNPOLICED,
+        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, FLAG_UNPOLICED,
     },
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
 };
@@ -188,7 +188,12 @@ fn cgroup_value(policy_id: u32, policy: &Policy) -> CgroupPolicy {
     if policy.has_v6_cidr() {
         flags |= FLAG_CIDR6;
     }
-    CgroupPolicy::new(policy_id, policy.mode, flags)
+    if policy.loopback {
+        flags |= FLAG_LOOPBACK;
+    }
+    let mut value = CgroupPolicy::new(policy_id, policy.mode, flags);
+    value.notes = policy.notes;
+    value
 }
 
 impl Enforcer {
@@ -579,6 +584,28 @@ impl Enforcer {
             self.drop_policy(0, id)?;
         }
         Ok(true)
+    }
+
+    /// Forgets every container and every unclassified container cgroup (`--docker off`: the
+    /// agent does not follow Docker, so it neither polices nor denies containers). Returns how
+    /// many containers and unclassified cgroups it dropped.
+    pub fn forget_containers(&mut self) -> Result<(usize, usize)> {
+        let ids: Vec<ContainerId> = self.containers.keys().copied().collect();
+        for id in &ids {
+            self.remove_container(id, &[])?;
+        }
+        let unclassified: Vec<u64> = self
+            .maps
+            .cgroups
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.flags & FLAG_UNCLASSIFIED != 0)
+            .map(|(k, _)| k)
+            .collect();
+        for cg in &unclassified {
+            remove_cgroup_entry(&mut self.maps, *cg)?;
+        }
+        Ok((ids.len(), unclassified.len()))
     }
 
     /// Removes every cgroup entry that points at `policy_id` (cgroups the tracepoint gave a

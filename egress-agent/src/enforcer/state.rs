@@ -10,7 +10,7 @@ use aya::maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
     container::ContainerKey,
     event::{Reason, Verdict},
-    policy::{CgroupPolicy, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
+    policy::{CgroupPolicy, FLAG_LOOPBACK, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
 };
@@ -18,7 +18,7 @@ use egress_common::{
 use super::{Applied, keys};
 use crate::{
     container::ContainerId,
-    policy::{Mode, Policy, Rule},
+    policy::{Policy, Rule},
     sys::cgroup::CgroupId,
 };
 
@@ -83,8 +83,8 @@ pub fn read<T: Borrow<MapData>>(
         add(keys::decode_cidr6(k.prefix_len(), &k.data()));
     }
     let mut view = PinnedView::default();
-    // policy id -> mode, from whichever entry names it.
-    let mut modes: BTreeMap<u32, Mode> = BTreeMap::new();
+    // policy id -> its entry (mode, flags, notes), from whichever entry names it.
+    let mut modes: BTreeMap<u32, CgroupPolicy> = BTreeMap::new();
     for (k, v) in containers.iter().flatten() {
         let Some(id) = ContainerId::from_key(&k) else {
             continue;
@@ -93,7 +93,7 @@ pub fn read<T: Borrow<MapData>>(
             view.containers.insert(id, None);
         } else {
             view.containers.insert(id, Some(v.policy_id));
-            modes.insert(v.policy_id, v.mode());
+            modes.insert(v.policy_id, v);
         }
     }
     let container_ids: BTreeSet<u32> = view.containers.values().flatten().copied().collect();
@@ -103,11 +103,14 @@ pub fn read<T: Borrow<MapData>>(
             continue;
         }
         view.cgroup_owned.insert(cg, v.policy_id);
-        modes.insert(v.policy_id, v.mode());
+        modes.insert(v.policy_id, v);
     }
-    for (id, mode) in modes {
+    for (id, entry) in modes {
         let own = rules.remove(&id).unwrap_or_default();
-        view.policies.insert(id, Policy { mode, rules: own });
+        let policy = Policy::new(entry.mode(), own)
+            .with_loopback(entry.flags & FLAG_LOOPBACK != 0)
+            .with_notes(entry.notes);
+        view.policies.insert(id, policy);
     }
     view.orphans = rules
         .into_iter()

@@ -87,6 +87,12 @@ impl fmt::Display for Rule {
 pub struct Policy {
     pub mode: Mode,
     pub rules: BTreeSet<Rule>,
+    /// The cgroup may reach its own network namespace's loopback (but never port 53 nor
+    /// Docker's embedded resolver `127.0.0.11`); see `egress_common::policy::FLAG_LOOPBACK`.
+    pub loopback: bool,
+    /// What the agent knows about the policy's enforceability (`egress_common::policy::NOTE_*`
+    /// bits), kept beside it in the maps for `status`; the programs never read them.
+    pub notes: u8,
 }
 
 impl Policy {
@@ -94,7 +100,21 @@ impl Policy {
         Self {
             mode,
             rules: rules.into_iter().collect(),
+            loopback: false,
+            notes: 0,
         }
+    }
+
+    /// The same policy, with its own loopback allowed or not.
+    pub fn with_loopback(mut self, loopback: bool) -> Self {
+        self.loopback = loopback;
+        self
+    }
+
+    /// The same policy, with these `NOTE_*` bits.
+    pub fn with_notes(mut self, notes: u8) -> Self {
+        self.notes = notes;
+        self
     }
 
     /// A policy that allows nothing (fail closed).

@@ -20,6 +20,7 @@ use std::{
     path::PathBuf,
 };
 
+use egress_common::policy::{NOTE_ESCAPABLE, NOTE_OUTSIDE_ATTACH};
 use tracing::{debug, error, info, warn};
 
 use self::index::{ContainerMeta, SharedIndex};
@@ -27,6 +28,7 @@ use crate::{
     container::ContainerId,
     docker::{
         cgroup_path::{self, CgroupDriver},
+        privileges,
         watch::{ContainerInfo, DockerEvent},
     },
     labels::{Capabilities, Classification},
@@ -45,6 +47,9 @@ pub struct ReconcileConfig {
     pub cgroup_mount: PathBuf,
     /// Nameservers of the host's resolv.conf (see [`resolvers`]).
     pub host_resolvers: Vec<IpAddr>,
+    /// The cgroup the programs are attached to: a container whose cgroup is outside it is not
+    /// judged by them (reported as not enforceable).
+    pub attach_cgroup: PathBuf,
 }
 
 struct Tracked {
@@ -54,6 +59,8 @@ struct Tracked {
     domains: BTreeSet<String>,
     /// The policy last written (None: unpoliced).
     written: Option<Option<Policy>>,
+    /// Why no cgroup policy can hold it (`NOTE_*` bits), as last logged.
+    notes: u8,
 }
 
 /// Follows containers and keeps the kernel's policies in line with them.
@@ -237,14 +244,18 @@ impl Reconciler {
             class: class.clone(),
             domains: BTreeSet::new(),
             written: None,
+            notes: 0,
         });
         tracked.info = info;
         tracked.class = class;
+        self.note_enforceability(&id);
         // Fail closed and fast: register what is known now (before runc makes the cgroup),
         // then resolve new names and write again.
         if let Err(e) = self.write(&id, with_cgroups).await {
             error!("{e}");
         }
+        // Containers sharing its network namespace may gain or lose their loopback.
+        self.rewrite_netns_peers(&id).await;
         let new: Vec<String> = wanted.difference(&held).cloned().collect();
         for d in held.difference(&wanted) {
             self.resolver.remove(d);
@@ -294,7 +305,7 @@ impl Reconciler {
         let Some(t) = self.containers.get(id) else {
             return Ok(());
         };
-        let policy = self.policy_of(t);
+        let policy = self.policy_of(id, t);
         let cgroups = if with_cgroups && t.info.running {
             self.cgroups_of(&t.info)
         } else {
@@ -321,11 +332,26 @@ impl Reconciler {
         Ok(())
     }
 
-    /// The kernel policy of a tracked container.
-    fn policy_of(&self, t: &Tracked) -> Option<Policy> {
+    /// The kernel policy of a tracked container: its rules, its own loopback if nothing
+    /// wider shares its network namespace, and what keeps it from being enforceable.
+    fn policy_of(&self, id: &ContainerId, t: &Tracked) -> Option<Policy> {
+        let (mode, rules) = self.rules_of(t)?;
+        let loopback = mode == crate::policy::Mode::Enforce && self.own_loopback(id, t, &rules);
+        Some(
+            Policy::new(mode, rules)
+                .with_loopback(loopback)
+                .with_notes(t.notes),
+        )
+    }
+
+    /// Mode and rules of a tracked container; None if it is not policed.
+    fn rules_of(&self, t: &Tracked) -> Option<(crate::policy::Mode, BTreeSet<Rule>)> {
         match &t.class {
             Classification::Unpoliced => None,
-            Classification::Invalid(_) => Some(Policy::deny_all()),
+            Classification::Invalid(_) => {
+                let p = Policy::deny_all();
+                Some((p.mode, p.rules))
+            }
             Classification::Policed(spec) => {
                 let mut rules: BTreeSet<Rule> = spec.rules().collect();
                 for (name, port) in spec.domains() {
@@ -348,12 +374,134 @@ impl Reconciler {
                         rules.insert(r);
                     }
                 }
-                Some(Policy {
-                    mode: spec.mode,
-                    rules,
-                })
+                Some((spec.mode, rules))
             }
         }
+    }
+
+    /// True if `id` may reach its own loopback: its network namespace is its own (not the
+    /// host's, and known: not before Docker let the agent inspect it), and every other container
+    /// in it is policed in enforce mode with rules that `rules` include (a container with a
+    /// wider policy there could forward for it).
+    fn own_loopback(&self, id: &ContainerId, t: &Tracked, rules: &BTreeSet<Rule>) -> bool {
+        let mode = t.info.network_mode.as_str();
+        if mode.is_empty() || mode == "host" {
+            return false;
+        }
+        let Some(ns) = self.netns_owner(id, &t.info) else {
+            return false;
+        };
+        self.containers
+            .iter()
+            .filter(|(other, o)| *other != id && self.netns_owner(other, &o.info) == Some(ns))
+            .all(|(_, o)| match self.rules_of(o) {
+                Some((crate::policy::Mode::Enforce, theirs)) => theirs.is_subset(rules),
+                _ => false,
+            })
+    }
+
+    /// The container whose network namespace `info`'s container uses: itself, or the target
+    /// of `--network container:<name or id>` (None if that is not known).
+    fn netns_owner(&self, id: &ContainerId, info: &ContainerInfo) -> Option<ContainerId> {
+        let Some(target) = info.network_mode.strip_prefix("container:") else {
+            return Some(*id);
+        };
+        self.containers
+            .iter()
+            .find(|(cid, c)| {
+                c.info.name == target || (target.len() >= 12 && cid.as_str().starts_with(target))
+            })
+            .map(|(cid, _)| *cid)
+    }
+
+    /// Rewrites the containers that share `id`'s network namespace (their loopback depends on
+    /// who else is in it).
+    async fn rewrite_netns_peers(&mut self, id: &ContainerId) {
+        let Some(t) = self.containers.get(id) else {
+            return;
+        };
+        let Some(ns) = self.netns_owner(id, &t.info) else {
+            return;
+        };
+        let peers: Vec<ContainerId> = self
+            .containers
+            .iter()
+            .filter(|(other, o)| *other != id && self.netns_owner(other, &o.info) == Some(ns))
+            .map(|(other, _)| *other)
+            .collect();
+        for peer in peers {
+            if let Err(e) = self.write(&peer, true).await {
+                error!("{e}");
+            }
+        }
+    }
+
+    /// Works out whether a policed container can escape any cgroup policy, or sits outside the
+    /// attach cgroup; warns once per change, naming the container and the reasons.
+    fn note_enforceability(&mut self, id: &ContainerId) {
+        let Some(t) = self.containers.get(id) else {
+            return;
+        };
+        if matches!(t.class, Classification::Unpoliced) {
+            return;
+        }
+        let escapes = privileges::escape_reasons(&t.info.privileges);
+        let outside = self.outside_attach(&t.info);
+        let mut notes = 0;
+        if !escapes.is_empty() {
+            notes |= NOTE_ESCAPABLE;
+        }
+        if let Some(dir) = &outside {
+            notes |= NOTE_OUTSIDE_ATTACH;
+            if t.notes & NOTE_OUTSIDE_ATTACH == 0 {
+                error!(
+                    container = %t.info.name,
+                    id = id.short(),
+                    cgroup = %dir.display(),
+                    attach_cgroup = %self.cfg.attach_cgroup.display(),
+                    "container not enforceable: its cgroup is outside the cgroup the programs are attached to, so nothing judges its egress"
+                );
+            }
+        }
+        if !escapes.is_empty() && t.notes & NOTE_ESCAPABLE == 0 {
+            warn!(
+                container = %t.info.name,
+                id = id.short(),
+                image = %t.info.image,
+                reasons = %escapes.join("; "),
+                "policed, not enforceable: the container can switch off or escape any cgroup policy"
+            );
+        }
+        if let Some(t) = self.containers.get_mut(id) {
+            t.notes = notes;
+        }
+    }
+
+    /// The container's cgroup (found, or where it will be) if it is not below the attach
+    /// cgroup.
+    fn outside_attach(&self, info: &ContainerInfo) -> Option<PathBuf> {
+        let dir = if info.running {
+            cgroup_path::find(
+                &self.cfg.cgroup_mount,
+                &info.id,
+                info.pid,
+                info.cgroup_parent.as_deref(),
+                self.driver,
+            )
+        } else {
+            None
+        };
+        let dir = dir.or_else(|| {
+            cgroup_path::candidates(
+                &self.cfg.cgroup_mount,
+                &info.id,
+                info.cgroup_parent.as_deref(),
+                self.driver,
+            )
+            .into_iter()
+            .next()
+        })?;
+        (!dir.starts_with(&self.cfg.attach_cgroup)).then_some(dir)
     }
 
     fn cgroups_of(&self, info: &ContainerInfo) -> Vec<CgroupId> {
@@ -373,6 +521,10 @@ impl Reconciler {
     }
 
     async fn forget(&mut self, id: &ContainerId) {
+        let ns = self
+            .containers
+            .get(id)
+            .and_then(|t| self.netns_owner(id, &t.info));
         let name = match self.containers.remove(id) {
             Some(t) => {
                 for d in &t.domains {
@@ -390,6 +542,20 @@ impl Reconciler {
             Ok(false) => {}
             Err(e) => error!(container = %name, id = id.short(), "removing policy: {e}"),
         }
+        // Those left in its network namespace may have their loopback back.
+        if let Some(ns) = ns {
+            let peers: Vec<ContainerId> = self
+                .containers
+                .iter()
+                .filter(|(other, o)| self.netns_owner(other, &o.info) == Some(ns))
+                .map(|(other, _)| *other)
+                .collect();
+            for peer in peers {
+                if let Err(e) = self.write(&peer, true).await {
+                    error!("{e}");
+                }
+            }
+        }
     }
 
     fn publish_domains(&self) {
@@ -406,7 +572,7 @@ impl Reconciler {
     pub fn policies(&self) -> BTreeMap<ContainerId, Option<Policy>> {
         self.containers
             .iter()
-            .map(|(id, t)| (*id, self.policy_of(t)))
+            .map(|(id, t)| (*id, self.policy_of(id, t)))
             .collect()
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! egress-probe MODE ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE]
+//!              [--spray N]
 //! ```
 //!
 //! See `egress_tests::probe` for the modes and options. Prints one JSON line
@@ -29,11 +30,12 @@ struct Args {
     payload: String,
     move_to: Option<PathBuf>,
     loop_until: Option<PathBuf>,
+    spray: Option<u32>,
 }
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "egress-probe: {msg}\nusage: egress-probe tcp|udp|tcp6|udp6 ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE]"
+        "egress-probe: {msg}\nusage: egress-probe tcp|udp|tcp6|udp6|udp-serve|tcp-serve ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE] [--spray N]"
     );
     ExitCode::from(2)
 }
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         payload: "egress-probe".into(),
         move_to: None,
         loop_until: None,
+        spray: None,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -59,11 +62,18 @@ fn parse_args() -> Result<Args, String> {
             "--payload" => args.payload = value()?,
             "--move-to" => args.move_to = Some(value()?.into()),
             "--loop-until" => args.loop_until = Some(value()?.into()),
+            "--spray" => {
+                let v = value()?;
+                args.spray = Some(v.parse().map_err(|e| format!("bad --spray {v:?}: {e}"))?);
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
     if args.move_to.is_some() && args.loop_until.is_some() {
         return Err("--move-to and --loop-until do not go together".into());
+    }
+    if args.spray.is_some() && (args.move_to.is_some() || args.loop_until.is_some()) {
+        return Err("--spray goes with neither --move-to nor --loop-until".into());
     }
     Ok(args)
 }
@@ -204,6 +214,118 @@ fn act(args: &Args, fd: &OwnedFd, dest: &SocketAddr) -> (Result<(), Failure>, Du
     (r, start.elapsed())
 }
 
+/// The `k`-th of `--spray`'s destinations: ADDR's port plus `k`, wrapping through ports
+/// 1024-65023, and the next address after each wrap.
+fn sprayed(base: &SocketAddr, k: u32) -> SocketAddr {
+    const SPAN: u32 = 64_000;
+    let port = 1024 + ((u32::from(base.port()).saturating_sub(1024) + k) % SPAN) as u16;
+    let bump = k / SPAN;
+    let ip = match base.ip() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a).wrapping_add(bump)).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a).wrapping_add(u128::from(bump))).into()),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// `--spray N`: one socket, N sends (or connects, one socket each) to N distinct destinations.
+/// The outcome counts attempts, successes and errnos; its single fields describe the last one.
+fn spray(args: &Args, dest: &SocketAddr, n: u32, out: &mut Outcome) {
+    let shared = if args.mode.is_tcp() {
+        None
+    } else {
+        match open_socket(args.mode, dest) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                record(out, Err(fail(Step::Socket)(e)), Duration::ZERO);
+                return;
+            }
+        }
+    };
+    for k in 0..n {
+        let to = sprayed(dest, k);
+        let (r, took) = match &shared {
+            Some(fd) => act(args, fd, &to),
+            None => attempt(args, &to),
+        };
+        record(out, r, took);
+    }
+}
+
+/// Adds one attempt's result to the outcome.
+fn record(out: &mut Outcome, r: Result<(), Failure>, took: Duration) {
+    let us = took.as_micros() as u64;
+    out.attempts += 1;
+    out.elapsed_us = us;
+    out.max_elapsed_us = out.max_elapsed_us.max(us);
+    match r {
+        Ok(()) => {
+            out.ok = true;
+            out.errno = None;
+            out.failed_at = None;
+            out.error = None;
+            out.successes += 1;
+        }
+        Err(f) => {
+            let errno = f.err.raw_os_error().unwrap_or(-1);
+            out.ok = false;
+            out.errno = Some(errno);
+            out.failed_at = Some(f.step);
+            out.error = Some(f.err.to_string());
+            *out.errnos.entry(errno).or_default() += 1;
+        }
+    }
+}
+
+/// How long a server probe waits for its one client.
+const SERVE_WAIT: Duration = Duration::from_secs(5);
+
+/// `udp-serve` / `tcp-serve`: listen on `addr` (prints `started` on stderr), serve one client;
+/// the result is that of the answer (`sendto`, or the write on the accepted connection).
+fn serve(args: &Args, addr: &SocketAddr) -> (Result<(), Failure>, Duration) {
+    use std::net::{TcpListener, UdpSocket};
+    let answer = args.payload.as_bytes();
+    if args.mode.is_tcp() {
+        let l = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => return (Err(fail(Step::Socket)(e)), Duration::ZERO),
+        };
+        eprintln!("started");
+        let _ = l.set_nonblocking(true);
+        let deadline = Instant::now() + SERVE_WAIT;
+        let mut conn = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return (Err(fail(Step::Connect)(e)), Duration::ZERO),
+            }
+        };
+        let _ = conn.set_nonblocking(false);
+        let t0 = Instant::now();
+        let r = conn.write_all(answer).map_err(fail(Step::Sendto));
+        (r, t0.elapsed())
+    } else {
+        let sock = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(e) => return (Err(fail(Step::Socket)(e)), Duration::ZERO),
+        };
+        eprintln!("started");
+        let _ = sock.set_read_timeout(Some(SERVE_WAIT));
+        let mut buf = [0u8; 512];
+        let from = match sock.recv_from(&mut buf) {
+            Ok((_, from)) => from,
+            Err(e) => return (Err(fail(Step::Connect)(e)), Duration::ZERO),
+        };
+        let t0 = Instant::now();
+        let r = sock
+            .send_to(answer, from)
+            .map(|_| ())
+            .map_err(fail(Step::Sendto));
+        (r, t0.elapsed())
+    }
+}
+
 /// One attempt: socket, optional move, connect/send; the socket closes on return.
 fn attempt(args: &Args, dest: &SocketAddr) -> (Result<(), Failure>, Duration) {
     let fd = match open_socket(args.mode, dest) {
@@ -237,29 +359,16 @@ fn main() -> ExitCode {
         max_elapsed_us: 0,
     };
     let started = Instant::now();
-    loop {
+    if args.mode.is_server() {
+        let (r, took) = serve(&args, &dest);
+        record(&mut out, r, took);
+    }
+    if let Some(n) = args.spray {
+        spray(&args, &dest, n, &mut out);
+    }
+    while args.spray.is_none() && !args.mode.is_server() {
         let (r, took) = attempt(&args, &dest);
-        let us = took.as_micros() as u64;
-        out.attempts += 1;
-        out.elapsed_us = us;
-        out.max_elapsed_us = out.max_elapsed_us.max(us);
-        match r {
-            Ok(()) => {
-                out.ok = true;
-                out.errno = None;
-                out.failed_at = None;
-                out.error = None;
-                out.successes += 1;
-            }
-            Err(f) => {
-                let errno = f.err.raw_os_error().unwrap_or(-1);
-                out.ok = false;
-                out.errno = Some(errno);
-                out.failed_at = Some(f.step);
-                out.error = Some(f.err.to_string());
-                *out.errnos.entry(errno).or_default() += 1;
-            }
-        }
+        record(&mut out, r, took);
         let Some(stop) = &args.loop_until else { break };
         if out.attempts == 1 {
             eprintln!("started");
