@@ -52,6 +52,9 @@ pub struct LinkStatus {
 pub struct PolicyStatus {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// False if the cgroup is not below the cgroup the programs are attached to (no program
+    /// judges it).
+    pub enforceable: bool,
     pub policy_id: u32,
     pub mode: &'static str,
     pub allow: Vec<String>,
@@ -147,6 +150,19 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         });
     }
 
+    // Where the socket programs are attached: a cgroup outside it is judged by none.
+    let attach_paths: Vec<String> = links
+        .iter()
+        .filter(|l| l.cgroup_id != 0)
+        .filter_map(|l| l.cgroup.clone())
+        .collect();
+    let judged = |path: Option<&str>| match path {
+        Some(p) => attach_paths
+            .iter()
+            .any(|a| std::path::Path::new(p).starts_with(a)),
+        // A cgroup that is gone judges nothing either way.
+        None => true,
+    };
     let mut containers = Vec::new();
     let mut unclassified_cgroups = Vec::new();
     let (pinned_state, policies, orphan_rules, counters) = match state {
@@ -167,7 +183,16 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             };
             for (id, policy_id) in &view.containers {
                 let policy = policy_id.and_then(|p| view.policies.get(&p));
-                let notes = policy.map(|p| p.notes).unwrap_or(0);
+                let mut notes = policy.map(|p| p.notes).unwrap_or(0);
+                let cgroups: Vec<CgroupRef> = view
+                    .cgroup_entries
+                    .iter()
+                    .filter(|(_, v)| policy_id.is_some_and(|p| v.policy_id == p))
+                    .map(|(cg, _)| cgref(*cg))
+                    .collect();
+                if cgroups.iter().any(|c| !judged(c.cgroup.as_deref())) {
+                    notes |= NOTE_OUTSIDE_ATTACH;
+                }
                 let mut not_enforceable = Vec::new();
                 if notes & NOTE_ESCAPABLE != 0 {
                     not_enforceable.push(
@@ -196,12 +221,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                     allow: policy
                         .map(|p| p.rules.iter().map(|r| r.to_string()).collect())
                         .unwrap_or_default(),
-                    cgroups: view
-                        .cgroup_entries
-                        .iter()
-                        .filter(|(_, v)| policy_id.is_some_and(|p| v.policy_id == p))
-                        .map(|(cg, _)| cgref(*cg))
-                        .collect(),
+                    cgroups,
                 });
             }
             unclassified_cgroups = view
@@ -216,6 +236,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                 .map(|(id, a)| PolicyStatus {
                     cgroup_id: *id,
                     cgroup: path_of(*id),
+                    enforceable: judged(path_of(*id).as_deref()),
                     policy_id: a.policy_id,
                     mode: mode_name(a.policy.mode),
                     allow: a.policy.rules.iter().map(|r| r.to_string()).collect(),
@@ -273,9 +294,14 @@ impl std::fmt::Display for Status {
         for p in &self.policies {
             writeln!(
                 f,
-                "  {} (id {}): {}, policy {}, {} allow rule(s)",
+                "  {} (id {}){}: {}, policy {}, {} allow rule(s)",
                 p.cgroup.as_deref().unwrap_or("<cgroup gone>"),
                 p.cgroup_id,
+                if p.enforceable {
+                    ""
+                } else {
+                    " NOT ENFORCEABLE (outside the attach cgroup)"
+                },
                 p.mode,
                 p.policy_id,
                 p.allow.len()
