@@ -28,6 +28,11 @@ pub const LAYOUT_META: u8 = 122;
 pub const LAYOUT_POLICY_MAP: u8 = 123;
 pub const LAYOUT_VERSION: u8 = 124;
 pub const PORT_RULE_REPLACE: u8 = 125;
+/// The resolver tests of one family failing (`tests/resolver_dns.rs`): their test DNS servers
+/// and the addresses those answer.
+pub const FAMILY_DNS: u8 = 126;
+/// The resolver test against a real dnsmasq: its listen address and the addresses it answers.
+pub const FAMILY_DNSMASQ: u8 = 127;
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +65,8 @@ mod tests {
             super::LAYOUT_META,
             super::LAYOUT_POLICY_MAP,
             super::LAYOUT_VERSION,
+            super::FAMILY_DNS,
+            super::FAMILY_DNSMASQ,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");
