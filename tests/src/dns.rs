@@ -4,15 +4,19 @@
 //! It is hickory-server's [`Server`] (UDP and TCP on the same port, truncation and TCP
 //! fallback as a real server does them) with a request handler over the table. It never
 //! forwards: names outside `test.` get REFUSED, unknown names under `test.` NXDOMAIN (with the
-//! zone's SOA, so resolvers get a negative TTL). The server runs on its own thread and
+//! zone's SOA, so resolvers get a negative TTL). A name can also fail for one record type only
+//! (REFUSED, SERVFAIL, or no answer at all), as forwarders without an upstream do for the type
+//! they have no local data for — also when the name is reached through a CNAME. The server runs on its own thread and
 //! runtime, so it works from sync and async tests alike and stops when the [`TestDns`] is
 //! dropped.
 //!
 //! ```no_run
 //! use egress_tests::dns::TestDns;
+//! use hickory_proto::{op::ResponseCode, rr::RecordType};
 //! let dns = TestDns::start("127.0.0.1".parse().unwrap());
 //! dns.set_a("www.test", &["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()], 30);
 //! dns.set_cname("alias.test", "www.test", 10);
+//! dns.set_type_failure("www.test", RecordType::AAAA, ResponseCode::Refused);
 //! // point a resolver at dns.addr() ...
 //! assert_eq!(dns.queries_for("www.test"), 0);
 //! ```
@@ -59,9 +63,19 @@ enum Entry {
     Fail(ResponseCode),
 }
 
+/// What the server does with the questions of one type about one name.
+#[derive(Debug, Clone, Copy)]
+enum TypeFailure {
+    /// Answers with this response code and no records.
+    Code(ResponseCode),
+    /// Never answers (the client times out).
+    Drop,
+}
+
 #[derive(Debug)]
 struct Table {
     names: HashMap<Name, Entry>,
+    type_failures: HashMap<(Name, RecordType), TypeFailure>,
     negative_ttl: u32,
     chase_cnames: bool,
 }
@@ -70,7 +84,7 @@ struct Table {
 struct Shared {
     zone: Name,
     table: Mutex<Table>,
-    queries: Mutex<HashMap<Name, usize>>,
+    queries: Mutex<HashMap<(Name, RecordType), usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +138,7 @@ impl TestDns {
             zone: Name::from_str(ZONE).expect("valid zone"),
             table: Mutex::new(Table {
                 names: HashMap::new(),
+                type_failures: HashMap::new(),
                 negative_ttl: 5,
                 chase_cnames: true,
             }),
@@ -210,6 +225,25 @@ impl TestDns {
         self.set(name, Entry::Fail(code));
     }
 
+    /// Makes queries of type `rtype` for `name` fail with `code` (e.g. `Refused`, `ServFail`),
+    /// whatever `name` holds; other types are answered as usual. Also applies when `name` is
+    /// reached through a CNAME (the whole answer is then that failure, as a forwarder that
+    /// failed to resolve the target sends).
+    pub fn set_type_failure(&self, name: &str, rtype: RecordType, code: ResponseCode) {
+        self.set_type(name, rtype, Some(TypeFailure::Code(code)));
+    }
+
+    /// Makes queries of type `rtype` for `name` go unanswered (the client times out), also
+    /// through a CNAME; other types are answered as usual.
+    pub fn drop_type(&self, name: &str, rtype: RecordType) {
+        self.set_type(name, rtype, Some(TypeFailure::Drop));
+    }
+
+    /// Undoes [`TestDns::set_type_failure`] and [`TestDns::drop_type`] for `name` and `rtype`.
+    pub fn clear_type_failure(&self, name: &str, rtype: RecordType) {
+        self.set_type(name, rtype, None);
+    }
+
     /// Forgets `name`: it is NXDOMAIN from now on.
     pub fn remove(&self, name: &str) {
         lock(&self.shared.table).names.remove(&self.in_zone(name));
@@ -230,8 +264,18 @@ impl TestDns {
 
     /// How many queries (any type, UDP or TCP) asked about `name` so far.
     pub fn queries_for(&self, name: &str) -> usize {
+        let name = fqdn(name);
         lock(&self.shared.queries)
-            .get(&fqdn(name))
+            .iter()
+            .filter(|((n, _), _)| *n == name)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// How many queries of type `rtype` (UDP or TCP) asked about `name` so far.
+    pub fn queries_of_type(&self, name: &str, rtype: RecordType) -> usize {
+        lock(&self.shared.queries)
+            .get(&(fqdn(name), rtype))
             .copied()
             .unwrap_or(0)
     }
@@ -252,6 +296,15 @@ impl TestDns {
     fn set(&self, name: &str, entry: Entry) {
         let name = self.in_zone(name);
         lock(&self.shared.table).names.insert(name, entry);
+    }
+
+    fn set_type(&self, name: &str, rtype: RecordType, failure: Option<TypeFailure>) {
+        let key = (self.in_zone(name), rtype);
+        let mut table = lock(&self.shared.table);
+        match failure {
+            Some(failure) => table.type_failures.insert(key, failure),
+            None => table.type_failures.remove(&key),
+        };
     }
 
     fn in_zone(&self, name: &str) -> Name {
@@ -303,14 +356,15 @@ impl Shared {
         Record::from_rdata(self.zone.clone(), negative_ttl, RData::SOA(soa))
     }
 
-    fn answer(&self, qname: &Name, qtype: RecordType, qclass: DNSClass) -> Reply {
+    /// The reply to a question, or `None` when it goes unanswered.
+    fn answer(&self, qname: &Name, qtype: RecordType, qclass: DNSClass) -> Option<Reply> {
         let refused = Reply {
             code: ResponseCode::Refused,
             answers: Vec::new(),
             soa: None,
         };
         if qclass != DNSClass::IN || !self.zone.zone_of(qname) {
-            return refused;
+            return Some(refused);
         }
         let table = lock(&self.table);
         let soa = self.soa(table.negative_ttl);
@@ -322,13 +376,24 @@ impl Shared {
                 answers,
                 soa: Some(soa.clone()),
             };
-            match table.names.get(&name) {
-                Some(Entry::Fail(code)) => {
-                    return Reply {
+            match table.type_failures.get(&(name.clone(), qtype)) {
+                Some(TypeFailure::Drop) => return None,
+                Some(TypeFailure::Code(code)) => {
+                    return Some(Reply {
                         code: *code,
                         answers: Vec::new(),
                         soa: None,
-                    };
+                    });
+                }
+                None => {}
+            }
+            match table.names.get(&name) {
+                Some(Entry::Fail(code)) => {
+                    return Some(Reply {
+                        code: *code,
+                        answers: Vec::new(),
+                        soa: None,
+                    });
                 }
                 Some(Entry::Cname { target, ttl }) => {
                     answers.push(Record::from_rdata(
@@ -340,11 +405,11 @@ impl Shared {
                         || !table.chase_cnames
                         || !self.zone.zone_of(target)
                     {
-                        return Reply {
+                        return Some(Reply {
                             code: ResponseCode::NoError,
                             answers,
                             soa: None,
-                        };
+                        });
                     }
                     name = target.clone();
                 }
@@ -361,47 +426,49 @@ impl Shared {
                         answers.push(Record::from_rdata(name.clone(), *ttl, data));
                     }
                     if answers.len() == before {
-                        return no_data(answers);
+                        return Some(no_data(answers));
                     }
-                    return Reply {
+                    return Some(Reply {
                         code: ResponseCode::NoError,
                         answers,
                         soa: None,
-                    };
+                    });
                 }
                 None if name == self.zone && qtype == RecordType::SOA => {
                     answers.push(soa.clone());
-                    return Reply {
+                    return Some(Reply {
                         code: ResponseCode::NoError,
                         answers,
                         soa: None,
-                    };
+                    });
                 }
                 None => {
                     // An empty non-terminal (a name with names below it) exists, with no data.
                     let exists = name == self.zone || table.names.keys().any(|k| name.zone_of(k));
                     if exists {
-                        return no_data(answers);
+                        return Some(no_data(answers));
                     }
                     // NXDOMAIN, also at the end of a CNAME chain (RFC 6604).
-                    return Reply {
+                    return Some(Reply {
                         code: ResponseCode::NXDomain,
                         answers,
                         soa: Some(soa),
-                    };
+                    });
                 }
             }
         }
         // A CNAME loop or a chain too long: what was collected so far.
-        Reply {
+        Some(Reply {
             code: ResponseCode::NoError,
             answers,
             soa: None,
-        }
+        })
     }
 
-    fn count(&self, qname: &Name) {
-        *lock(&self.queries).entry(qname.to_lowercase()).or_default() += 1;
+    fn count(&self, qname: &Name, qtype: RecordType) {
+        *lock(&self.queries)
+            .entry((qname.to_lowercase(), qtype))
+            .or_default() += 1;
     }
 }
 
@@ -432,10 +499,14 @@ impl Handler {
             return send(&mut response, builder.build_no_records(metadata)).await;
         };
         let qname = query.name().clone();
-        self.0.count(&qname);
-        let reply = self
+        self.0.count(&qname, query.query_type());
+        let Some(reply) = self
             .0
-            .answer(&qname, query.query_type(), query.query_class());
+            .answer(&qname, query.query_type(), query.query_class())
+        else {
+            // Unanswered: nothing is sent, the client times out.
+            return response_info(metadata);
+        };
         metadata.response_code = reply.code;
         metadata.authoritative = reply.code != ResponseCode::Refused;
         let message = builder.build(
@@ -447,6 +518,13 @@ impl Handler {
         );
         send(&mut response, message).await
     }
+}
+
+fn response_info(metadata: Metadata) -> ResponseInfo {
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
 }
 
 async fn send<'a, R: ResponseHandler>(
@@ -467,10 +545,7 @@ async fn send<'a, R: ResponseHandler>(
             let mut metadata =
                 Metadata::new(id, hickory_proto::op::MessageType::Response, OpCode::Query);
             metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
+            response_info(metadata)
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod bins;
 pub mod bpf;
 pub mod cgroup;
 pub mod dns;
+pub mod dnsmasq;
 pub mod e2e;
 pub mod lab;
 pub mod net;

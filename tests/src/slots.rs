@@ -32,6 +32,11 @@ pub const DENIAL_LOG_BOUND: u8 = 152;
 pub const LOOPBACK_OWN_NETNS: u8 = 153;
 pub const UDP_SERVER_REPLY: u8 = 154;
 pub const TCP_SERVER_REPLY: u8 = 155;
+/// The resolver tests of one family failing (`tests/resolver_dns.rs`): their test DNS servers
+/// and the addresses those answer.
+pub const FAMILY_DNS: u8 = 126;
+/// The resolver test against a real dnsmasq: its listen address and the addresses it answers.
+pub const FAMILY_DNSMASQ: u8 = 127;
 
 #[cfg(test)]
 mod tests {
@@ -68,6 +73,8 @@ mod tests {
             super::LAYOUT_META,
             super::LAYOUT_POLICY_MAP,
             super::LAYOUT_VERSION,
+            super::FAMILY_DNS,
+            super::FAMILY_DNSMASQ,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");

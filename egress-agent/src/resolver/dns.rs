@@ -1,5 +1,7 @@
-//! The DNS client: A and AAAA lookups of one domain through hickory's resolver, without its
-//! cache, so that every lookup reports the upstream server's current answer and TTL.
+//! The DNS client: the A or the AAAA lookup of one domain through hickory's resolver, without
+//! its cache, so that every lookup reports the upstream server's current answer and TTL. The
+//! two families are separate lookups: the resolver service asks, keeps and retries each on its
+//! own, so that a server refusing (or failing, or never answering) AAAA costs nothing to A.
 
 use std::{
     collections::BTreeSet,
@@ -7,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::{BoxFuture, FutureExt, join};
+use futures_util::future::{BoxFuture, FutureExt};
 use hickory_resolver::{
     TokioResolver,
     config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig},
@@ -15,24 +17,24 @@ use hickory_resolver::{
     net::{DnsError, NetError, runtime::TokioRuntimeProvider},
     proto::{
         op::ResponseCode,
-        rr::{Name, RData, Record, RecordType, rdata::CNAME},
+        rr::{Name, RData, Record, rdata::CNAME},
     },
 };
 
-use super::{ResolverError, normalize_domain, service::Upstream};
+use super::{Family, ResolverError, normalize_domain, service::Upstream};
 
 /// The longest CNAME chain followed inside one answer.
 const MAX_CHAIN: usize = 16;
 
-/// The IPs of one domain and how long they may be cached.
+/// The IPs of one family of one domain and how long they may be cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// A and AAAA addresses at the end of the domain's CNAME chain (empty for NXDOMAIN or when
-    /// the name has no address records).
+    /// The family's addresses (A or AAAA records) at the end of the domain's CNAME chain
+    /// (empty for NXDOMAIN or when the name has no records of the family).
     pub ips: BTreeSet<IpAddr>,
-    /// The smallest TTL of the records used (CNAMEs of the chain included); for a family
-    /// without records, the negative TTL of the SOA the server sent. Zero if the server gave
-    /// none of these (the refresh floor then applies).
+    /// The smallest TTL of the records used (CNAMEs of the chain included); without records,
+    /// the negative TTL of the SOA the server sent. Zero if the server gave none of these (the
+    /// refresh floor then applies).
     pub ttl: Duration,
 }
 
@@ -122,32 +124,25 @@ impl DnsClient {
         self.server
     }
 
-    /// Looks up the A and AAAA records of `domain` (concurrently) and merges them. No records
-    /// in one family, or NXDOMAIN, is a valid (partly) empty answer; any other failure of
-    /// either query fails the lookup, so that a half answer never replaces a good one.
-    pub async fn lookup(&self, domain: &str) -> Result<Answer, ResolverError> {
+    /// Looks up the records of one family (A or AAAA) of `domain`, following CNAMEs. No records
+    /// of the family, or NXDOMAIN, is a valid empty answer; REFUSED, SERVFAIL, a timeout, a
+    /// network error or a referral is an error of this family only.
+    pub async fn lookup(&self, domain: &str, family: Family) -> Result<Answer, ResolverError> {
         let key = normalize_domain(domain)?;
         let mut name = Name::from_ascii(&key).map_err(|e| ResolverError::InvalidDomain {
             domain: domain.to_owned(),
             reason: e.to_string(),
         })?;
         name.set_fqdn(true);
-        let (v4, v6) = join(
-            self.resolver.lookup(name.clone(), RecordType::A),
-            self.resolver.lookup(name.clone(), RecordType::AAAA),
-        )
-        .await;
-        let v4 = Family::from_result(&key, v4)?;
-        let v6 = Family::from_result(&key, v6)?;
+        let result = self
+            .resolver
+            .lookup(name.clone(), family.record_type())
+            .await;
         let mut ips = BTreeSet::new();
-        let mut ttl: Option<u32> = None;
-        for family in [v4, v6] {
-            let family_ttl = match family {
-                Family::Records(records) => addresses_of(&name, &records, &mut ips),
-                Family::Empty { negative_ttl } => negative_ttl,
-            };
-            ttl = min_opt(ttl, family_ttl);
-        }
+        let ttl = match QueryOutcome::from_result(&key, family, result)? {
+            QueryOutcome::Records(records) => addresses_of(&name, family, &records, &mut ips),
+            QueryOutcome::Empty { negative_ttl } => negative_ttl,
+        };
         Ok(Answer {
             ips,
             ttl: Duration::from_secs(ttl.unwrap_or(0).into()),
@@ -156,20 +151,28 @@ impl DnsClient {
 }
 
 impl Upstream for DnsClient {
-    fn lookup(&self, domain: String) -> BoxFuture<'static, Result<Answer, ResolverError>> {
+    fn lookup(
+        &self,
+        domain: String,
+        family: Family,
+    ) -> BoxFuture<'static, Result<Answer, ResolverError>> {
         let client = self.clone();
-        async move { client.lookup(&domain).await }.boxed()
+        async move { client.lookup(&domain, family).await }.boxed()
     }
 }
 
-/// The outcome of one query type.
-enum Family {
+/// The outcome of one query.
+enum QueryOutcome {
     Records(Vec<Record>),
     Empty { negative_ttl: Option<u32> },
 }
 
-impl Family {
-    fn from_result(domain: &str, result: Result<Lookup, NetError>) -> Result<Self, ResolverError> {
+impl QueryOutcome {
+    fn from_result(
+        domain: &str,
+        family: Family,
+        result: Result<Lookup, NetError>,
+    ) -> Result<Self, ResolverError> {
         match result {
             Ok(lookup) => Ok(Self::Records(lookup.answers().to_vec())),
             Err(NetError::Dns(DnsError::NoRecordsFound(no)))
@@ -182,6 +185,7 @@ impl Family {
                 if no.soa.is_none() && no.ns.is_some() {
                     return Err(ResolverError::Referral {
                         domain: domain.to_owned(),
+                        family,
                     });
                 }
                 Ok(Self::Empty {
@@ -190,16 +194,22 @@ impl Family {
             }
             Err(source) => Err(ResolverError::Lookup {
                 domain: domain.to_owned(),
+                family,
                 source,
             }),
         }
     }
 }
 
-/// Adds the addresses that belong to `name` — its own, or those of the names its CNAME chain
-/// leads to — to `ips`, and returns the smallest TTL of the chain's records (None if none).
-/// Records about other names in the answer are ignored.
-fn addresses_of(name: &Name, records: &[Record], ips: &mut BTreeSet<IpAddr>) -> Option<u32> {
+/// Adds the addresses of `family` that belong to `name` — its own, or those of the names its
+/// CNAME chain leads to — to `ips`, and returns the smallest TTL of the chain's records (None
+/// if none). Records about other names, and addresses of the other family, are ignored.
+fn addresses_of(
+    name: &Name,
+    family: Family,
+    records: &[Record],
+    ips: &mut BTreeSet<IpAddr>,
+) -> Option<u32> {
     let mut chain = vec![name.clone()];
     let mut ttl = None;
     // Follow the chain link by link, whatever order the records come in.
@@ -223,7 +233,7 @@ fn addresses_of(name: &Name, records: &[Record], ips: &mut BTreeSet<IpAddr>) -> 
             RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
             _ => continue,
         };
-        if chain.contains(&record.name) {
+        if Family::of(&ip) == family && chain.contains(&record.name) {
             ips.insert(ip);
             ttl = min_opt(ttl, Some(record.ttl));
         }
@@ -286,16 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn direct_addresses_and_min_ttl() {
-        let mut out = BTreeSet::new();
+    fn direct_addresses_of_the_family_and_its_min_ttl() {
         let records = [
             a("www.test.", 60, "10.0.0.1"),
             a("WWW.test.", 30, "10.0.0.2"),
-            aaaa("www.test.", 90, "2001:db8::1"),
+            aaaa("www.test.", 20, "2001:db8::1"),
         ];
-        let ttl = addresses_of(&name("www.test."), &records, &mut out);
-        assert_eq!(ttl, Some(30));
-        assert_eq!(out, ips(&["10.0.0.1", "10.0.0.2", "2001:db8::1"]));
+        let mut out = BTreeSet::new();
+        let ttl = addresses_of(&name("www.test."), Family::V4, &records, &mut out);
+        assert_eq!(ttl, Some(30), "the AAAA record's TTL is not the A answer's");
+        assert_eq!(out, ips(&["10.0.0.1", "10.0.0.2"]));
+        let mut out = BTreeSet::new();
+        let ttl = addresses_of(&name("www.test."), Family::V6, &records, &mut out);
+        assert_eq!(ttl, Some(20));
+        assert_eq!(out, ips(&["2001:db8::1"]));
     }
 
     #[test]
@@ -307,7 +321,7 @@ mod tests {
             cname("mid.test.", 20, "edge.cdn.test."),
             cname("www.test.", 100, "mid.test."),
         ];
-        let ttl = addresses_of(&name("www.test."), &records, &mut out);
+        let ttl = addresses_of(&name("www.test."), Family::V4, &records, &mut out);
         assert_eq!(out, ips(&["10.0.0.9"]));
         assert_eq!(ttl, Some(20));
     }
@@ -321,7 +335,7 @@ mod tests {
             cname("other.test.", 1, "www.test."),
             Record::from_rdata(name("www.test."), 1, RData::TXT(TXT::new(vec!["x".into()]))),
         ];
-        let ttl = addresses_of(&name("www.test."), &records, &mut out);
+        let ttl = addresses_of(&name("www.test."), Family::V4, &records, &mut out);
         assert_eq!(out, ips(&["10.0.0.1"]));
         assert_eq!(ttl, Some(60));
     }
@@ -333,7 +347,7 @@ mod tests {
             cname("a.test.", 5, "b.test."),
             cname("b.test.", 7, "a.test."),
         ];
-        let ttl = addresses_of(&name("a.test."), &records, &mut out);
+        let ttl = addresses_of(&name("a.test."), Family::V4, &records, &mut out);
         assert!(out.is_empty());
         assert_eq!(ttl, Some(5));
     }
@@ -343,11 +357,53 @@ mod tests {
         let mut out = BTreeSet::new();
         let ttl = addresses_of(
             &name("a.test."),
+            Family::V6,
             &[cname("a.test.", 9, "gone.test.")],
             &mut out,
         );
         assert!(out.is_empty());
         assert_eq!(ttl, Some(9));
+    }
+
+    #[test]
+    fn empty_answers_are_answers_and_error_codes_fail_their_family_only() {
+        use hickory_resolver::{net::NoRecords, proto::op::Query};
+
+        let query = Query::query(name("v4only.test."), Family::V6.record_type());
+        for code in [ResponseCode::NXDomain, ResponseCode::NoError] {
+            let empty = NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(
+                query.clone(),
+                code,
+            )));
+            assert!(matches!(
+                QueryOutcome::from_result("v4only.test", Family::V6, Err(empty)),
+                Ok(QueryOutcome::Empty { .. })
+            ));
+        }
+        for code in [ResponseCode::Refused, ResponseCode::ServFail] {
+            let failed = NetError::Dns(DnsError::ResponseCode(code));
+            let error = QueryOutcome::from_result("v4only.test", Family::V6, Err(failed))
+                .err()
+                .expect("an error code is no answer");
+            assert!(
+                matches!(
+                    &error,
+                    ResolverError::Lookup {
+                        family: Family::V6,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("resolving `v4only.test` (AAAA): "),
+                "{error}"
+            );
+        }
+        let timeout = QueryOutcome::from_result("v4only.test", Family::V6, Err(NetError::Timeout));
+        assert!(matches!(timeout, Err(ResolverError::Lookup { .. })));
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //!
 //! - each domain is resolved for A and AAAA, following CNAMEs (the IPs at the end of the chain
 //!   belong to the name asked for) — [`DnsClient`];
-//! - it is looked up again when its answer's TTL runs out, clamped to a floor and a ceiling;
-//!   IPs that drop out of an answer stay for a grace period, so that answers cached by
-//!   applications and open connections keep working; a failed lookup keeps the last good IPs
-//!   and is retried sooner, with exponential backoff bounded by the ceiling — [`schedule`];
+//! - its two [`Family`]s are looked up, kept and retried independently, as a libc resolver
+//!   does: REFUSED, SERVFAIL, a timeout or a network error of AAAA keeps A's answer (and the
+//!   other way round); NXDOMAIN and "no records" are answers (empty); a family that never
+//!   answered contributes nothing; the domain's set is the union of its families' — [`schedule`];
+//! - each family is looked up again when its answer's TTL runs out, clamped to a floor and a
+//!   ceiling; IPs that drop out of an answer stay for a grace period, so that answers cached by
+//!   applications and open connections keep working; a failed lookup keeps that family's last
+//!   good IPs and is retried sooner, with exponential backoff bounded by the ceiling;
 //! - a domain used by many containers is resolved once — [`ResolverService`].
 //!
 //! # How a reconciler uses it
@@ -44,8 +48,10 @@
 //! - `add`/`remove` are reference counted: five `add`s of one domain resolve it once, and it is
 //!   dropped (no more lookups, no more updates) after the fifth `remove`. The reference is taken
 //!   when `add` is called, before its future is polled, so dropping the future does not undo it.
-//! - A [`DomainUpdate`] carries the domain's whole *effective* set (last answer ∪ IPs in grace)
-//!   and is sent whenever that set changes, and once on the first answer even if it is empty.
+//! - A [`DomainUpdate`] carries the domain's whole *effective* set (for each family: last answer
+//!   ∪ IPs in grace) and is sent whenever that set changes, and once on the first answer of
+//!   either family even if it is empty.
+//! - `add` waits until each family has answered or failed once (or the first-answer timeout).
 //!   Applying the latest update (or [`ResolverHandle::snapshot`]) is always correct; the set in
 //!   an [`AddOutcome`] may be newer or older than updates still queued, which then converge.
 //! - The update channel is unbounded so that the service never waits for the reconciler (which
@@ -53,6 +59,7 @@
 //! - The service stops when every [`ResolverHandle`] is dropped.
 
 mod dns;
+mod family;
 pub mod schedule;
 mod service;
 
@@ -61,7 +68,8 @@ use std::net::IpAddr;
 use hickory_resolver::{net::NetError, proto::rr::Name};
 
 pub use dns::{Answer, DnsClient, DnsOptions, parse_dns_server};
-pub use schedule::{Change, DomainState, RefreshConfig};
+pub use family::{Family, PerFamily};
+pub use schedule::{Change, DomainState, FamilyState, RefreshConfig};
 pub use service::{
     AddOutcome, DomainUpdate, FirstAnswer, ResolverHandle, ResolverService, ServiceConfig, Upstream,
 };
@@ -77,17 +85,21 @@ pub enum ResolverError {
     InvalidConfig(String),
     #[error("cannot read the system DNS configuration: {0}")]
     SystemConfig(#[source] NetError),
-    #[error("resolving `{domain}`: {source}")]
+    #[error("resolving `{domain}` ({family}): {source}")]
     Lookup {
         domain: String,
+        family: Family,
         #[source]
         source: NetError,
     },
-    #[error("resolving `{domain}`: the upstream server returned a referral, not an answer")]
-    Referral { domain: String },
-    #[error("resolving `{domain}`: no answer within {timeout:?}")]
+    #[error(
+        "resolving `{domain}` ({family}): the upstream server returned a referral, not an answer"
+    )]
+    Referral { domain: String, family: Family },
+    #[error("resolving `{domain}` ({family}): no answer within {timeout:?}")]
     Timeout {
         domain: String,
+        family: Family,
         timeout: std::time::Duration,
     },
     #[error("the resolver task has stopped")]

@@ -1,9 +1,12 @@
 //! When to look a domain up again and which of its IPs are still allowed: pure logic, with the
 //! time passed in (`now`) so that it is tested with a fake clock.
 //!
-//! A [`DomainState`] holds the last good answer of one domain and the IPs that dropped out of an
-//! answer but are still in their grace period. Its *effective* set, the one that belongs in the
-//! kernel, is the union of both. Every method that moves time forward returns the [`Change`] of
+//! A [`FamilyState`] holds the last good answer of one family (A or AAAA) of one domain and the
+//! IPs that dropped out of an answer but are still in their grace period, with its own refresh
+//! time and failure backoff. Its *effective* set is the union of both. A [`DomainState`] is a
+//! domain's two families, kept independently — a failure of one never touches the other — and
+//! its effective set, the one that belongs in the kernel, is the union of theirs (a family that
+//! never answered adds nothing). Every method that moves time forward returns the [`Change`] of
 //! the effective set, so the caller only writes what changed.
 
 use std::{
@@ -12,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::ResolverError;
+use super::{Family, PerFamily, ResolverError};
 
 /// How answers are refreshed and how long old IPs are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,12 @@ impl Change {
         self.added.is_empty() && self.removed.is_empty()
     }
 
+    /// Adds a change of a disjoint set (the other family's).
+    fn merge(&mut self, other: Change) {
+        self.added.extend(other.added);
+        self.removed.extend(other.removed);
+    }
+
     fn between(before: &BTreeSet<IpAddr>, after: &BTreeSet<IpAddr>) -> Self {
         Self {
             added: after.difference(before).copied().collect(),
@@ -125,14 +134,14 @@ impl Change {
     }
 }
 
-/// The resolution state of one domain.
+/// The resolution state of one family of one domain.
 ///
 /// Life cycle: [`new`](Self::new) (a lookup is due at once) → when [`is_due`](Self::is_due),
 /// [`begin_lookup`](Self::begin_lookup) → [`on_answer`](Self::on_answer) or
 /// [`on_failure`](Self::on_failure) (which schedule the next lookup) → ... and
 /// [`expire`](Self::expire) whenever [`next_deadline`](Self::next_deadline) passes.
 #[derive(Debug, Clone)]
-pub struct DomainState {
+pub struct FamilyState {
     config: RefreshConfig,
     /// IPs of the last good answer.
     current: BTreeSet<IpAddr>,
@@ -148,8 +157,8 @@ pub struct DomainState {
     failures: u32,
 }
 
-impl DomainState {
-    /// A domain never looked up; its first lookup is due at `now`.
+impl FamilyState {
+    /// A family never looked up; its first lookup is due at `now`.
     pub fn new(config: RefreshConfig, now: Instant) -> Self {
         Self {
             config,
@@ -189,6 +198,11 @@ impl DomainState {
     /// Failed lookups since the last answer.
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
+    }
+
+    /// At least one lookup reported: an answer or a failure.
+    pub fn has_outcome(&self) -> bool {
+        self.answered || self.failures > 0
     }
 
     /// A lookup is running.
@@ -266,6 +280,108 @@ impl DomainState {
 
     fn drop_expired(&mut self, now: Instant) {
         self.grace.retain(|_, until| *until > now);
+    }
+}
+
+/// The resolution state of one domain: its two families, each with its own answer, TTL,
+/// grace periods and failure backoff (see [`FamilyState`]).
+///
+/// The same life cycle as [`FamilyState`], per family: [`due`](Self::due) lists the families to
+/// look up now; [`begin_lookup`](Self::begin_lookup), [`on_answer`](Self::on_answer) and
+/// [`on_failure`](Self::on_failure) name the family they are about. Answers keep only the
+/// addresses of their family, so the two families' sets never overlap.
+#[derive(Debug, Clone)]
+pub struct DomainState {
+    families: PerFamily<FamilyState>,
+}
+
+impl DomainState {
+    /// A domain never looked up; the first lookups of both families are due at `now`.
+    pub fn new(config: RefreshConfig, now: Instant) -> Self {
+        Self {
+            families: PerFamily::from_fn(|_| FamilyState::new(config, now)),
+        }
+    }
+
+    /// The state of one family.
+    pub fn family(&self, family: Family) -> &FamilyState {
+        &self.families[family]
+    }
+
+    /// The effective set: the union of both families' (answers and IPs in grace).
+    pub fn effective(&self) -> BTreeSet<IpAddr> {
+        let mut all = self.families.v4.effective();
+        all.extend(self.families.v6.effective());
+        all
+    }
+
+    /// At least one family was answered (an empty answer counts).
+    pub fn has_answer(&self) -> bool {
+        self.families.iter().any(|(_, s)| s.has_answer())
+    }
+
+    /// Every family has reported at least once (answered or failed): what `add` waits for.
+    pub fn is_settled(&self) -> bool {
+        self.families.iter().all(|(_, s)| s.has_outcome())
+    }
+
+    /// A lookup of either family is running.
+    pub fn is_in_flight(&self) -> bool {
+        self.families.iter().any(|(_, s)| s.is_in_flight())
+    }
+
+    /// The families whose lookup should be started now, with when it became due.
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = (Family, Instant)> + '_ {
+        self.families
+            .iter()
+            .filter(move |(_, s)| s.is_due(now))
+            .map(|(f, s)| (f, s.refresh_at()))
+    }
+
+    /// Marks a lookup of `family` as started.
+    pub fn begin_lookup(&mut self, family: Family) {
+        self.families[family].begin_lookup();
+    }
+
+    /// The earliest instant something has to be done for either family.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.families
+            .iter()
+            .filter_map(|(_, s)| s.next_deadline())
+            .min()
+    }
+
+    /// `family` answered `ips` with this TTL (see [`FamilyState::on_answer`]); addresses of the
+    /// other family in `ips` are ignored. The other family is untouched, but grace periods of
+    /// both that ended by `now` are reported too.
+    pub fn on_answer(
+        &mut self,
+        family: Family,
+        now: Instant,
+        mut ips: BTreeSet<IpAddr>,
+        ttl: Duration,
+    ) -> Change {
+        ips.retain(|ip| Family::of(ip) == family);
+        let mut change = self.families[family].on_answer(now, ips, ttl);
+        change.merge(self.families[family.other()].expire(now));
+        change
+    }
+
+    /// A lookup of `family` failed: its last good IPs stay and it backs off (see
+    /// [`FamilyState::on_failure`]); the other family is untouched.
+    pub fn on_failure(&mut self, family: Family, now: Instant) -> Change {
+        let mut change = self.families[family].on_failure(now);
+        change.merge(self.families[family.other()].expire(now));
+        change
+    }
+
+    /// Drops the IPs of both families whose grace period ended by `now`.
+    pub fn expire(&mut self, now: Instant) -> Change {
+        let mut change = Change::default();
+        for (_, s) in self.families.iter_mut() {
+            change.merge(s.expire(now));
+        }
+        change
     }
 }
 
@@ -381,7 +497,7 @@ mod tests {
     #[test]
     fn a_new_domain_is_due_at_once_and_not_while_in_flight() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         assert!(s.is_due(t0));
         assert_eq!(s.next_deadline(), Some(t0));
         assert!(!s.has_answer());
@@ -398,7 +514,7 @@ mod tests {
     #[test]
     fn first_answer_adds_everything_and_schedules_by_ttl() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.begin_lookup();
         let c = s.on_answer(t0, set(&["10.0.0.1", "2001:db8::1"]), secs(60));
         assert_eq!(c, change(&["10.0.0.1", "2001:db8::1"], &[]));
@@ -413,7 +529,7 @@ mod tests {
     #[test]
     fn short_and_long_ttls_are_clamped_when_scheduling() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(1));
         assert_eq!(s.refresh_at(), t0 + secs(5), "floor");
         s.on_answer(t0 + secs(5), set(&["10.0.0.1"]), secs(100_000));
@@ -423,7 +539,7 @@ mod tests {
     #[test]
     fn same_answer_changes_nothing() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         let c = s.on_answer(t0 + secs(10), set(&["10.0.0.1"]), secs(10));
         assert!(c.is_empty());
@@ -433,7 +549,7 @@ mod tests {
     #[test]
     fn dropped_ip_stays_for_the_grace_period_then_goes() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         let t1 = t0 + secs(10);
         let c = s.on_answer(t1, set(&["10.0.0.2"]), secs(10));
@@ -465,7 +581,7 @@ mod tests {
             grace: secs(3),
             ..config()
         };
-        let mut s = DomainState::new(c, t0);
+        let mut s = FamilyState::new(c, t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(100));
         s.on_answer(t0, set(&["10.0.0.2"]), secs(100));
         assert_eq!(s.next_deadline(), Some(t0 + secs(3)));
@@ -480,7 +596,7 @@ mod tests {
     #[test]
     fn ip_coming_back_during_grace_leaves_grace_without_a_change() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         s.on_answer(t0 + secs(10), set(&["10.0.0.2"]), secs(10));
         let c = s.on_answer(t0 + secs(20), set(&["10.0.0.1"]), secs(10));
@@ -504,7 +620,7 @@ mod tests {
             grace: Duration::ZERO,
             ..config()
         };
-        let mut s = DomainState::new(c, t0);
+        let mut s = FamilyState::new(c, t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         let c = s.on_answer(t0 + secs(10), set(&["10.0.0.2"]), secs(10));
         assert_eq!(c, change(&["10.0.0.2"], &["10.0.0.1"]));
@@ -514,7 +630,7 @@ mod tests {
     #[test]
     fn empty_answer_is_an_answer_and_ips_enter_grace() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1", "::1"]), secs(10));
         s.begin_lookup();
         let c = s.on_answer(t0 + secs(10), BTreeSet::new(), Duration::ZERO);
@@ -530,7 +646,7 @@ mod tests {
     #[test]
     fn first_answer_empty_is_still_an_answer() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.begin_lookup();
         let c = s.on_answer(t0, BTreeSet::new(), secs(30));
         assert!(c.is_empty());
@@ -541,7 +657,7 @@ mod tests {
     #[test]
     fn failure_keeps_the_last_good_ips_and_backs_off() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         let mut t = t0 + secs(10);
         let mut waits = Vec::new();
@@ -570,7 +686,7 @@ mod tests {
     #[test]
     fn failure_before_any_answer_retries_with_backoff() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.begin_lookup();
         assert!(s.on_failure(t0).is_empty());
         assert!(!s.has_answer());
@@ -583,7 +699,7 @@ mod tests {
     #[test]
     fn grace_keeps_running_during_failures() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         s.on_answer(t0 + secs(10), set(&["10.0.0.2"]), secs(10));
         // Grace of 10.0.0.1 ends at t0 + 70 s; a failure after that reports its removal.
@@ -595,12 +711,94 @@ mod tests {
     #[test]
     fn an_answer_also_reports_grace_that_ended() {
         let t0 = Instant::now();
-        let mut s = DomainState::new(config(), t0);
+        let mut s = FamilyState::new(config(), t0);
         s.on_answer(t0, set(&["10.0.0.1"]), secs(10));
         s.on_answer(t0 + secs(10), set(&["10.0.0.2"]), secs(10));
         let c = s.on_answer(t0 + secs(100), set(&["10.0.0.3"]), secs(10));
         // 10.0.0.1's grace ended; 10.0.0.2 enters grace; 10.0.0.3 is new.
         assert_eq!(c, change(&["10.0.0.3"], &["10.0.0.1"]));
         assert_eq!(s.effective(), set(&["10.0.0.2", "10.0.0.3"]));
+    }
+
+    #[test]
+    fn a_family_that_fails_costs_the_other_nothing() {
+        let t0 = Instant::now();
+        let mut d = DomainState::new(config(), t0);
+        let due: Vec<_> = d.due(t0).collect();
+        assert_eq!(
+            due,
+            [(Family::V4, t0), (Family::V6, t0)],
+            "both due at once"
+        );
+        d.begin_lookup(Family::V4);
+        d.begin_lookup(Family::V6);
+        assert_eq!(d.due(t0).count(), 0);
+        assert!(!d.is_settled());
+        let c = d.on_answer(Family::V4, t0, set(&["10.0.0.1"]), secs(60));
+        assert_eq!(c, change(&["10.0.0.1"], &[]));
+        assert!(d.has_answer());
+        assert!(!d.is_settled(), "AAAA has not reported yet");
+        let c = d.on_failure(Family::V6, t0);
+        assert!(c.is_empty(), "a family that never answered adds nothing");
+        assert!(d.is_settled());
+        assert_eq!(d.effective(), set(&["10.0.0.1"]));
+        // AAAA alone is retried with its own backoff; A waits for its TTL.
+        assert_eq!(d.family(Family::V6).refresh_at(), t0 + secs(1));
+        assert_eq!(d.family(Family::V4).refresh_at(), t0 + secs(60));
+        assert_eq!(d.next_deadline(), Some(t0 + secs(1)));
+        let due: Vec<_> = d.due(t0 + secs(1)).map(|(f, _)| f).collect();
+        assert_eq!(due, [Family::V6]);
+        d.begin_lookup(Family::V6);
+        d.on_failure(Family::V6, t0 + secs(1));
+        assert_eq!(d.family(Family::V6).refresh_at(), t0 + secs(3));
+        assert_eq!(d.family(Family::V6).consecutive_failures(), 2);
+        assert_eq!(d.family(Family::V4).consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn a_failing_family_keeps_its_ips_while_the_other_changes() {
+        let t0 = Instant::now();
+        let mut d = DomainState::new(config(), t0);
+        d.on_answer(Family::V4, t0, set(&["10.0.0.1"]), secs(10));
+        d.on_answer(Family::V6, t0, set(&["fd00::1"]), secs(10));
+        let t1 = t0 + secs(10);
+        assert!(d.on_failure(Family::V6, t1).is_empty());
+        let c = d.on_answer(Family::V4, t1, set(&["10.0.0.2"]), secs(10));
+        assert_eq!(c, change(&["10.0.0.2"], &[]), "10.0.0.1 in grace");
+        assert_eq!(d.effective(), set(&["10.0.0.1", "10.0.0.2", "fd00::1"]));
+        // A's grace ends; AAAA, still failing, keeps its last good address.
+        let c = d.on_failure(Family::V6, t1 + secs(60));
+        assert_eq!(c, change(&[], &["10.0.0.1"]));
+        assert_eq!(d.effective(), set(&["10.0.0.2", "fd00::1"]));
+        assert!(d.expire(t1 + secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn an_answer_keeps_only_its_familys_addresses() {
+        let t0 = Instant::now();
+        let mut d = DomainState::new(config(), t0);
+        d.on_answer(Family::V6, t0, set(&["fd00::1"]), secs(10));
+        // An A answer carrying an AAAA address cannot touch (or duplicate) the AAAA set.
+        let c = d.on_answer(Family::V4, t0, set(&["10.0.0.1", "fd00::9"]), secs(10));
+        assert_eq!(c, change(&["10.0.0.1"], &[]));
+        assert_eq!(d.family(Family::V4).current(), &set(&["10.0.0.1"]));
+        // An empty A answer (NODATA, NXDOMAIN) is an answer: only A's IPs enter grace.
+        let c = d.on_answer(Family::V4, t0 + secs(10), BTreeSet::new(), secs(10));
+        assert!(c.is_empty());
+        let c = d.expire(t0 + secs(70));
+        assert_eq!(c, change(&[], &["10.0.0.1"]));
+        assert_eq!(d.effective(), set(&["fd00::1"]));
+    }
+
+    #[test]
+    fn a_domain_whose_families_both_fail_has_no_answer_but_is_settled() {
+        let t0 = Instant::now();
+        let mut d = DomainState::new(config(), t0);
+        d.on_failure(Family::V4, t0);
+        assert!(!d.is_settled());
+        d.on_failure(Family::V6, t0);
+        assert!(d.is_settled());
+        assert!(!d.has_answer());
+        assert!(d.effective().is_empty());
     }
 }

@@ -1,9 +1,10 @@
 //! The resolver service: one task that owns the [`DomainState`] of every domain in use, runs
-//! their lookups (concurrently, as child tasks) when due, and publishes changes of their
-//! effective sets.
+//! the lookups of each of its families (concurrently, as child tasks) when due, and publishes
+//! changes of their effective sets. A family's failure is logged, backed off and retried for
+//! that family alone; the other family's answer stays in the domain's set.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     future::Future,
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
@@ -18,12 +19,18 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Answer, DomainState, RefreshConfig, ResolverError, normalize_domain};
+use super::{
+    Answer, DomainState, Family, PerFamily, RefreshConfig, ResolverError, normalize_domain,
+};
 
 /// Where the service gets answers from: [`DnsClient`](super::DnsClient), or a fake in tests.
 pub trait Upstream: Send + Sync + 'static {
-    /// Looks up the A and AAAA records of a (normalized) domain.
-    fn lookup(&self, domain: String) -> BoxFuture<'static, Result<Answer, ResolverError>>;
+    /// Looks up the records of one family (A or AAAA) of a (normalized) domain.
+    fn lookup(
+        &self,
+        domain: String,
+        family: Family,
+    ) -> BoxFuture<'static, Result<Answer, ResolverError>>;
 }
 
 /// Settings of the service.
@@ -34,13 +41,14 @@ pub struct ServiceConfig {
     /// How long [`ResolverHandle::add`] waits for the first answer of a new domain before
     /// returning [`FirstAnswer::Pending`]. Default 5 s.
     pub first_answer_timeout: Duration,
-    /// A lookup that has not finished after this long counts as failed (the DNS client has its
-    /// own, shorter timeouts; this is the backstop). Default 15 s.
+    /// A lookup (of one family) that has not finished after this long counts as failed (the
+    /// DNS client has its own, shorter timeouts; this is the backstop). Default 15 s.
     pub lookup_timeout: Duration,
-    /// Lookups running at once; more due domains wait for a slot, first lookups of new domains
-    /// before refreshes. Bounds the bursts sent to the DNS server and the agent's memory (each
-    /// lookup holds its own sockets and buffers; 1,000 at once grew the agent by 25 MiB, which
-    /// the allocator kept). Default 32.
+    /// Lookups running at once, each of one family of one domain (a domain's A and AAAA are
+    /// two); more due lookups wait for a slot, those of domains without any answer yet before
+    /// refreshes. Bounds the bursts sent to the DNS server and the agent's memory (each lookup
+    /// holds its own sockets and buffers; 1,000 domains at once grew the agent by 25 MiB, which
+    /// the allocator kept). Default 64 (32 domains' A and AAAA).
     pub max_lookups_in_flight: usize,
 }
 
@@ -50,7 +58,7 @@ impl ServiceConfig {
     /// Default of [`ServiceConfig::lookup_timeout`].
     pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
     /// Default of [`ServiceConfig::max_lookups_in_flight`].
-    pub const DEFAULT_MAX_LOOKUPS_IN_FLIGHT: usize = 32;
+    pub const DEFAULT_MAX_LOOKUPS_IN_FLIGHT: usize = 64;
 
     fn validate(&self) -> Result<(), ResolverError> {
         self.refresh.validate()?;
@@ -91,9 +99,11 @@ pub struct DomainUpdate {
 /// What [`ResolverHandle::add`] knows about the domain when it returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirstAnswer {
-    /// The domain has been answered (maybe with no IPs); `ips` is its effective set.
+    /// At least one family has been answered (maybe with no IPs); `ips` is the effective set.
+    /// A family that failed is being retried and its IPs come as a [`DomainUpdate`].
     Resolved,
-    /// No answer yet: its lookups failed so far (the last error) and are being retried.
+    /// No answer yet: the lookups of both families failed so far (the last error of each) and
+    /// are being retried.
     Failed(String),
     /// No outcome within the first-answer timeout (or the domain was removed meanwhile); the
     /// IPs will come as a [`DomainUpdate`].
@@ -143,8 +153,8 @@ impl std::fmt::Debug for ResolverHandle {
 impl ResolverHandle {
     /// Takes a reference on `domain` — at once, when called: dropping the returned future does
     /// not undo it — and resolves it if it is new. The future returns the domain's effective
-    /// set as soon as it has an answer, or when its first lookup failed, or after the
-    /// first-answer timeout, whichever comes first (at once for a domain already answered).
+    /// set as soon as each family has answered or failed once, or after the first-answer
+    /// timeout, whichever comes first (at once for a domain whose families have).
     /// Errors: the name is not a domain, or the service stopped.
     pub fn add(
         &self,
@@ -250,15 +260,39 @@ struct Domain {
     state: DomainState,
     /// Tells apart lookups of an earlier life of the same domain (removed, then added again).
     generation: u64,
-    /// The running lookup, aborted if the domain is dropped.
-    lookup: Option<AbortHandle>,
-    /// `add`s waiting for the first outcome.
+    /// The running lookup of each family, aborted if the domain is dropped.
+    lookups: PerFamily<Option<AbortHandle>>,
+    /// `add`s waiting until every family has an outcome.
     waiters: Vec<oneshot::Sender<AddOutcome>>,
-    /// The last error before the first answer.
-    first_error: Option<String>,
+    /// The last error of each family that has not been answered yet.
+    first_errors: BTreeMap<Family, String>,
+}
+
+impl Domain {
+    /// What a waiting `add` is told (once the domain [is settled](DomainState::is_settled)).
+    fn outcome(&self, domain: &str) -> AddOutcome {
+        let status = if self.state.has_answer() {
+            FirstAnswer::Resolved
+        } else {
+            let errors: Vec<&str> = self.first_errors.values().map(String::as_str).collect();
+            FirstAnswer::Failed(errors.join("; "))
+        };
+        AddOutcome {
+            domain: domain.to_owned(),
+            ips: self.state.effective(),
+            status,
+        }
+    }
 }
 
 type LookupResult = Result<Answer, ResolverError>;
+
+/// Which lookup a running task is.
+struct Running {
+    domain: String,
+    generation: u64,
+    family: Family,
+}
 
 struct Task<U> {
     upstream: Arc<U>,
@@ -266,8 +300,8 @@ struct Task<U> {
     domains: HashMap<String, Domain>,
     next_generation: u64,
     lookups: JoinSet<LookupResult>,
-    /// Running lookup task → (domain, generation).
-    running: HashMap<Id, (String, u64)>,
+    /// Running lookup task → which lookup it is.
+    running: HashMap<Id, Running>,
     updates: mpsc::UnboundedSender<DomainUpdate>,
     snapshots: Snapshots,
 }
@@ -316,19 +350,9 @@ impl<U: Upstream> Task<U> {
         if let Some(d) = self.domains.get_mut(&domain) {
             d.refs += 1;
             debug!(%domain, refs = d.refs, "domain referenced again");
-            if d.state.has_answer() {
-                let _ = reply.send(AddOutcome {
-                    ips: d.state.effective(),
-                    domain,
-                    status: FirstAnswer::Resolved,
-                });
-            } else if let (Some(error), false) = (&d.first_error, d.state.is_in_flight()) {
-                // Failing and waiting to retry: no point in waiting for the retry.
-                let _ = reply.send(AddOutcome {
-                    domain,
-                    ips: BTreeSet::new(),
-                    status: FirstAnswer::Failed(error.clone()),
-                });
+            if d.state.is_settled() {
+                // Answered, or failing and waiting to retry: no point in waiting for a retry.
+                let _ = reply.send(d.outcome(&domain));
             } else {
                 d.waiters.push(reply);
             }
@@ -343,9 +367,9 @@ impl<U: Upstream> Task<U> {
                 refs: 1,
                 state: DomainState::new(self.config.refresh, Instant::now()),
                 generation: self.next_generation,
-                lookup: None,
+                lookups: PerFamily::default(),
                 waiters: vec![reply],
-                first_error: None,
+                first_errors: BTreeMap::new(),
             },
         );
         // The lookup starts in the tick that follows.
@@ -361,8 +385,10 @@ impl<U: Upstream> Task<U> {
             debug!(%domain, refs = d.refs, "domain reference dropped");
             return;
         }
-        if let Some(lookup) = d.lookup.take() {
-            lookup.abort();
+        for (_, lookup) in d.lookups.iter_mut() {
+            if let Some(lookup) = lookup.take() {
+                lookup.abort();
+            }
         }
         self.domains.remove(domain);
         lock(&self.snapshots).remove(domain);
@@ -371,20 +397,22 @@ impl<U: Upstream> Task<U> {
 
     /// Expires grace periods and starts the lookups that are due.
     fn tick(&mut self, now: Instant) {
-        // One pass: grace periods that end, and the domains due for a lookup.
-        let mut due: Vec<(bool, Instant, String)> = Vec::new();
+        // One pass: grace periods that end, and the families due for a lookup.
+        let mut due: Vec<(bool, Instant, String, Family)> = Vec::new();
         for (name, d) in &mut self.domains {
             let change = d.state.expire(now);
             if !change.is_empty() {
                 info!(domain = %name, removed = ?change.removed, "grace period over");
                 publish(&self.updates, &self.snapshots, name, &d.state);
             }
-            if d.state.is_due(now) {
-                due.push((d.state.has_answer(), d.state.refresh_at(), name.clone()));
+            let answered = d.state.has_answer();
+            for (family, at) in d.state.due(now) {
+                due.push((answered, at, name.clone(), family));
             }
         }
-        // Free slots go to first lookups (a container waits for them), then to the refreshes
-        // that have waited longest, so that none starves when more are due than can run.
+        // Free slots go to domains without any answer yet (a container waits for them), then
+        // to the refreshes that have waited longest, so that none starves when more are due
+        // than can run.
         let free = self
             .config
             .max_lookups_in_flight
@@ -392,51 +420,68 @@ impl<U: Upstream> Task<U> {
         if free < due.len() {
             due.sort_unstable();
         }
-        let start: Vec<String> = due
+        let start: Vec<(String, Family)> = due
             .into_iter()
             .take(free)
-            .map(|(_, _, name)| name)
+            .map(|(_, _, name, family)| (name, family))
             .collect();
-        for name in start {
+        for (name, family) in start {
             if let Some(d) = self.domains.get_mut(&name) {
-                d.state.begin_lookup();
+                d.state.begin_lookup(family);
                 let upstream = self.upstream.clone();
                 let (domain, timeout) = (name.clone(), self.config.lookup_timeout);
                 let handle = self.lookups.spawn(async move {
-                    match tokio::time::timeout(timeout, upstream.lookup(domain.clone())).await {
+                    let lookup = upstream.lookup(domain.clone(), family);
+                    match tokio::time::timeout(timeout, lookup).await {
                         Ok(result) => result,
-                        Err(_) => Err(ResolverError::Timeout { domain, timeout }),
+                        Err(_) => Err(ResolverError::Timeout {
+                            domain,
+                            family,
+                            timeout,
+                        }),
                     }
                 });
-                self.running
-                    .insert(handle.id(), (name.clone(), d.generation));
-                d.lookup = Some(handle);
+                self.running.insert(
+                    handle.id(),
+                    Running {
+                        domain: name,
+                        generation: d.generation,
+                        family,
+                    },
+                );
+                d.lookups[family] = Some(handle);
             }
         }
     }
 
     fn lookup_done(&mut self, id: Id, result: LookupResult) {
-        if let Some((name, generation)) = self.running.remove(&id) {
-            self.apply(name, generation, result);
+        if let Some(running) = self.running.remove(&id) {
+            self.apply(running, result);
         }
     }
 
     /// A lookup task panicked (or was aborted because its domain was dropped).
     fn lookup_died(&mut self, error: tokio::task::JoinError) {
-        let Some((name, generation)) = self.running.remove(&error.id()) else {
+        let Some(running) = self.running.remove(&error.id()) else {
             return;
         };
         if error.is_cancelled() {
             return;
         }
         let reason = ResolverError::Lookup {
-            domain: name.clone(),
+            domain: running.domain.clone(),
+            family: running.family,
             source: NetError::Msg(format!("lookup task failed: {error}")),
         };
-        self.apply(name, generation, Err(reason));
+        self.apply(running, Err(reason));
     }
 
-    fn apply(&mut self, name: String, generation: u64, result: LookupResult) {
+    fn apply(&mut self, running: Running, result: LookupResult) {
+        let Running {
+            domain: name,
+            generation,
+            family,
+        } = running;
         let Some(d) = self
             .domains
             .get_mut(&name)
@@ -444,62 +489,58 @@ impl<U: Upstream> Task<U> {
         else {
             return; // The domain was dropped meanwhile.
         };
-        d.lookup = None;
+        d.lookups[family] = None;
         let now = Instant::now();
         match result {
             Ok(answer) => {
                 let first = !d.state.has_answer();
-                let recovered = d.state.consecutive_failures() > 0;
+                let first_of_family = !d.state.family(family).has_answer();
+                let recovered = d.state.family(family).consecutive_failures() > 0;
                 let ttl = answer.ttl;
-                let change = d.state.on_answer(now, answer.ips, ttl);
-                d.first_error = None;
+                let change = d.state.on_answer(family, now, answer.ips, ttl);
+                d.first_errors.remove(&family);
+                let fs = d.state.family(family);
                 if recovered {
-                    info!(domain = %name, "lookups succeed again");
+                    info!(domain = %name, %family, ips = ?fs.current(), "lookups succeed again");
+                }
+                if first_of_family {
+                    info!(domain = %name, %family, ips = ?fs.current(), ?ttl, "resolved");
+                } else if !change.is_empty() {
+                    info!(
+                        domain = %name, %family, added = ?change.added, removed = ?change.removed,
+                        in_grace = ?fs.in_grace().keys().collect::<Vec<_>>(),
+                        "addresses changed"
+                    );
+                } else {
+                    debug!(domain = %name, %family, ?ttl, "unchanged");
                 }
                 if first || !change.is_empty() {
-                    if first {
-                        info!(domain = %name, ips = ?d.state.current(), ?ttl, "resolved");
-                    } else {
-                        info!(
-                            domain = %name, added = ?change.added, removed = ?change.removed,
-                            in_grace = ?d.state.in_grace().keys().collect::<Vec<_>>(),
-                            "addresses changed"
-                        );
-                    }
                     publish(&self.updates, &self.snapshots, &name, &d.state);
-                } else {
-                    debug!(domain = %name, ?ttl, "unchanged");
-                }
-                for waiter in d.waiters.drain(..) {
-                    let _ = waiter.send(AddOutcome {
-                        domain: name.clone(),
-                        ips: d.state.effective(),
-                        status: FirstAnswer::Resolved,
-                    });
                 }
             }
             Err(error) => {
-                let change = d.state.on_failure(now);
-                let retry_in = d.state.refresh_at().saturating_duration_since(now);
+                let change = d.state.on_failure(family, now);
+                let fs = d.state.family(family);
+                let retry_in = fs.refresh_at().saturating_duration_since(now);
+                // What is kept: this family's last good IPs (none if it never answered), and
+                // the domain's whole set, the other family's answer included.
                 warn!(
-                    domain = %name, %error, failures = d.state.consecutive_failures(),
-                    ?retry_in, kept = ?d.state.effective(),
-                    "lookup failed; keeping the last good addresses"
+                    domain = %name, %family, %error, failures = fs.consecutive_failures(),
+                    ?retry_in, kept = ?fs.effective(), effective = ?d.state.effective(),
+                    "lookup failed; keeping this family's last good addresses"
                 );
                 if !change.is_empty() {
                     publish(&self.updates, &self.snapshots, &name, &d.state);
                 }
-                if !d.state.has_answer() {
-                    let message = error.to_string();
-                    for waiter in d.waiters.drain(..) {
-                        let _ = waiter.send(AddOutcome {
-                            domain: name.clone(),
-                            ips: d.state.effective(),
-                            status: FirstAnswer::Failed(message.clone()),
-                        });
-                    }
-                    d.first_error = Some(message);
+                if !fs.has_answer() {
+                    d.first_errors.insert(family, error.to_string());
                 }
+            }
+        }
+        if d.state.is_settled() && !d.waiters.is_empty() {
+            let outcome = d.outcome(&name);
+            for waiter in d.waiters.drain(..) {
+                let _ = waiter.send(outcome.clone());
             }
         }
     }
@@ -535,79 +576,114 @@ mod tests {
 
     #[derive(Default)]
     struct FakeInner {
-        answers: HashMap<String, LookupResult>,
-        calls: HashMap<String, usize>,
-        delay: Duration,
+        answers: HashMap<(String, Family), LookupResult>,
+        calls: HashMap<(String, Family), usize>,
+        delay: HashMap<Family, Duration>,
         /// Lookups running now, and the most seen at once.
         running: usize,
         most_running: usize,
     }
 
-    /// An upstream that answers from a table and counts lookups.
+    /// An upstream that answers from a table, per family, and counts lookups.
     #[derive(Clone, Default)]
     struct Fake(Arc<Mutex<FakeInner>>);
 
     impl Fake {
+        /// Both families of `domain` answer: the IPv4 addresses of `ips` for A, the IPv6
+        /// ones for AAAA (none: an empty answer).
         fn set(&self, domain: &str, ips: &[&str], ttl_ms: u64) {
+            for family in Family::ALL {
+                self.set_family(domain, family, ips, ttl_ms);
+            }
+        }
+
+        /// One family of `domain` answers with its addresses among `ips`.
+        fn set_family(&self, domain: &str, family: Family, ips: &[&str], ttl_ms: u64) {
             let answer = Answer {
-                ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+                ips: ips
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .filter(|ip| Family::of(ip) == family)
+                    .collect(),
                 ttl: Duration::from_millis(ttl_ms),
             };
-            self.0
-                .lock()
-                .unwrap()
-                .answers
-                .insert(domain.into(), Ok(answer));
+            let mut inner = self.0.lock().unwrap();
+            inner.answers.insert((domain.into(), family), Ok(answer));
         }
 
+        /// Both families of `domain` fail.
         fn fail(&self, domain: &str) {
+            for family in Family::ALL {
+                self.fail_family(domain, family);
+            }
+        }
+
+        /// One family of `domain` fails (as a REFUSED would).
+        fn fail_family(&self, domain: &str, family: Family) {
             let error = ResolverError::Lookup {
                 domain: domain.into(),
-                source: NetError::Message("SERVFAIL (fake)"),
+                family,
+                source: NetError::Message("REFUSED (fake)"),
             };
-            self.0
-                .lock()
-                .unwrap()
-                .answers
-                .insert(domain.into(), Err(error));
+            let mut inner = self.0.lock().unwrap();
+            inner.answers.insert((domain.into(), family), Err(error));
         }
 
+        /// Every lookup takes this long.
         fn delay(&self, delay: Duration) {
-            self.0.lock().unwrap().delay = delay;
+            for family in Family::ALL {
+                self.delay_family(family, delay);
+            }
+        }
+
+        /// Lookups of one family take this long.
+        fn delay_family(&self, family: Family, delay: Duration) {
+            self.0.lock().unwrap().delay.insert(family, delay);
         }
 
         fn most_running(&self) -> usize {
             self.0.lock().unwrap().most_running
         }
 
+        /// Lookups of `domain`, both families.
         fn calls(&self, domain: &str) -> usize {
-            self.0
-                .lock()
-                .unwrap()
+            Family::ALL
+                .into_iter()
+                .map(|family| self.calls_of(domain, family))
+                .sum()
+        }
+
+        /// Lookups of one family of `domain`.
+        fn calls_of(&self, domain: &str, family: Family) -> usize {
+            let inner = self.0.lock().unwrap();
+            inner
                 .calls
-                .get(domain)
+                .get(&(domain.to_owned(), family))
                 .copied()
                 .unwrap_or(0)
         }
     }
 
     impl Upstream for Fake {
-        fn lookup(&self, domain: String) -> BoxFuture<'static, LookupResult> {
+        fn lookup(&self, domain: String, family: Family) -> BoxFuture<'static, LookupResult> {
             let (result, delay) = {
                 let mut inner = self.0.lock().unwrap();
-                *inner.calls.entry(domain.clone()).or_default() += 1;
+                let key = (domain, family);
+                *inner.calls.entry(key.clone()).or_default() += 1;
                 inner.running += 1;
                 inner.most_running = inner.most_running.max(inner.running);
                 let result =
                     inner
                         .answers
-                        .get(&domain)
+                        .get(&key)
                         .cloned()
                         .unwrap_or(Err(ResolverError::Lookup {
-                            domain,
+                            domain: key.0,
+                            family,
                             source: NetError::Message("no such fake"),
                         }));
-                (result, inner.delay)
+                let delay = inner.delay.get(&family).copied().unwrap_or_default();
+                (result, delay)
             };
             let inner = self.0.clone();
             async move {
@@ -662,8 +738,13 @@ mod tests {
         assert_eq!(added.domain, "www.test");
         assert_eq!(added.status, FirstAnswer::Resolved);
         assert_eq!(added.ips, ips(&["10.0.0.1", "2001:db8::1"]));
-        let update = next_update(&mut updates).await;
+        // Each family's first answer is published as it comes.
+        let mut update = next_update(&mut updates).await;
         assert_eq!(update.domain, "www.test");
+        if update.ips != added.ips {
+            assert!(update.ips.is_subset(&added.ips), "{update:?}");
+            update = next_update(&mut updates).await;
+        }
         assert_eq!(update.ips, added.ips);
         assert_eq!(resolver.snapshot("www.test"), Some(added.ips));
         assert_eq!(resolver.domains(), ["www.test"]);
@@ -678,10 +759,14 @@ mod tests {
         for outcome in futures_util::future::join_all(adds).await {
             assert_eq!(outcome.unwrap().ips, ips(&["10.0.0.1"]));
         }
-        assert_eq!(fake.calls("shared.test"), 1, "five adds, one lookup");
+        assert_eq!(
+            fake.calls("shared.test"),
+            2,
+            "five adds, one lookup (A and AAAA)"
+        );
         // Refreshes happen once per TTL, not once per reference.
         tokio::time::sleep(ms(450)).await;
-        let calls = fake.calls("shared.test");
+        let calls = fake.calls_of("shared.test", Family::V4);
         assert!(
             (3..=6).contains(&calls),
             "{calls} lookups in ~450 ms at a 100 ms TTL"
@@ -773,11 +858,139 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_aaaa_keeps_the_a_answer() {
+        let fake = Fake::default();
+        fake.set_family("v4only.test", Family::V4, &["10.0.0.1", "10.0.0.2"], 60_000);
+        fake.fail_family("v4only.test", Family::V6);
+        let (resolver, mut updates) = spawn(&fake);
+        let added = resolver.add("v4only.test").await.unwrap();
+        assert_eq!(added.status, FirstAnswer::Resolved, "{added:?}");
+        assert_eq!(added.ips, ips(&["10.0.0.1", "10.0.0.2"]));
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.1", "10.0.0.2"]), "A published");
+        // AAAA keeps failing: retried, and the A answer stays well past the grace period.
+        tokio::time::sleep(ms(900)).await;
+        assert!(fake.calls_of("v4only.test", Family::V6) > 3, "AAAA retried");
+        assert_eq!(
+            resolver.snapshot("v4only.test"),
+            Some(ips(&["10.0.0.1", "10.0.0.2"]))
+        );
+        assert!(updates.try_recv().is_err(), "nothing changed: {updates:?}");
+        // A second container's add gets the A answer at once.
+        let again = resolver.add("v4only.test").await.unwrap();
+        assert_eq!(again.status, FirstAnswer::Resolved);
+        assert_eq!(again.ips, ips(&["10.0.0.1", "10.0.0.2"]));
+    }
+
+    #[tokio::test]
+    async fn a_family_failing_later_keeps_its_ips_while_the_other_changes() {
+        let fake = Fake::default();
+        fake.set("dual.test", &["10.0.0.1", "fd00::1"], 100);
+        let (resolver, mut updates) = spawn(&fake);
+        let added = resolver.add("dual.test").await.unwrap();
+        assert_eq!(added.ips, ips(&["10.0.0.1", "fd00::1"]));
+        while next_update(&mut updates).await.ips != added.ips {}
+
+        // AAAA starts failing while A moves to a new address.
+        fake.fail_family("dual.test", Family::V6);
+        fake.set_family("dual.test", Family::V4, &["10.0.0.2"], 100);
+        let update = next_update(&mut updates).await;
+        assert_eq!(
+            update.ips,
+            ips(&["10.0.0.1", "10.0.0.2", "fd00::1"]),
+            "A's change published, its old IP in grace, AAAA's last good kept"
+        );
+        let update = next_update(&mut updates).await;
+        assert_eq!(
+            update.ips,
+            ips(&["10.0.0.2", "fd00::1"]),
+            "A's old IP gone after the grace period; AAAA's kept while it fails"
+        );
+        // Long past the grace period, AAAA's last good address is still there.
+        tokio::time::sleep(ms(800)).await;
+        assert_eq!(
+            resolver.snapshot("dual.test"),
+            Some(ips(&["10.0.0.2", "fd00::1"]))
+        );
+        // AAAA recovers with a new address: its old one goes through grace like any other.
+        fake.set_family("dual.test", Family::V6, &["fd00::2"], 100);
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.2", "fd00::1", "fd00::2"]));
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.2", "fd00::2"]));
+    }
+
+    #[tokio::test]
+    async fn retries_and_backoff_are_per_family() {
+        let fake = Fake::default();
+        // A is answered once for a minute; AAAA fails.
+        fake.set_family("retry.test", Family::V4, &["10.0.0.1"], 60_000);
+        fake.fail_family("retry.test", Family::V6);
+        let (resolver, mut updates) = spawn(&fake);
+        resolver.add("retry.test").await.unwrap();
+        next_update(&mut updates).await;
+        tokio::time::sleep(ms(950)).await;
+        // Backoff 50, 100, 200, 200, ... ms: lookups at about 0, 50, 150, 350, 550, 750 and
+        // 950 ms. Without backoff (the 100 ms floor) it would be 10, without retries 1.
+        let v6 = fake.calls_of("retry.test", Family::V6);
+        assert!((5..=8).contains(&v6), "{v6} AAAA lookups in ~950 ms");
+        assert_eq!(
+            fake.calls_of("retry.test", Family::V4),
+            1,
+            "A is not asked again while only AAAA fails"
+        );
+        // AAAA recovers: published, and then refreshed by its own TTL, not retried.
+        fake.set_family("retry.test", Family::V6, &["fd00::1"], 60_000);
+        let update = next_update(&mut updates).await;
+        assert_eq!(update.ips, ips(&["10.0.0.1", "fd00::1"]));
+        let v6 = fake.calls_of("retry.test", Family::V6);
+        tokio::time::sleep(ms(400)).await;
+        assert_eq!(
+            fake.calls_of("retry.test", Family::V6),
+            v6,
+            "no more retries"
+        );
+        assert_eq!(fake.calls_of("retry.test", Family::V4), 1);
+    }
+
+    #[tokio::test]
+    async fn add_waits_for_both_families_and_a_hanging_one_only_delays_it() {
+        let fake = Fake::default();
+        fake.set("slow6.test", &["10.0.0.1", "fd00::1"], 60_000);
+        fake.delay_family(Family::V6, ms(300));
+        let (resolver, _updates) = spawn(&fake);
+        let started = Instant::now();
+        let added = resolver.add("slow6.test").await.unwrap();
+        assert!(started.elapsed() >= ms(300), "AAAA waited for");
+        assert_eq!(added.ips, ips(&["10.0.0.1", "fd00::1"]));
+
+        // AAAA never answers (the server drops the question): the lookup times out, A's
+        // answer is what `add` returns.
+        fake.set("hang6.test", &["10.0.0.2", "fd00::2"], 60_000);
+        fake.delay_family(Family::V6, ms(10_000));
+        let config = ServiceConfig {
+            lookup_timeout: ms(150),
+            ..config()
+        };
+        let (resolver, mut updates) = ResolverService::spawn(fake.clone(), config).unwrap();
+        let started = Instant::now();
+        let added = resolver.add("hang6.test").await.unwrap();
+        assert!(
+            started.elapsed() < ms(1_000),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(added.status, FirstAnswer::Resolved, "{added:?}");
+        assert_eq!(added.ips, ips(&["10.0.0.2"]));
+        assert_eq!(next_update(&mut updates).await.ips, ips(&["10.0.0.2"]));
+    }
+
+    #[tokio::test]
     async fn lookups_wait_for_a_slot_and_new_domains_go_before_refreshes() {
         let fake = Fake::default();
-        // 30 domains refreshed every 100 ms (the TTL floor) by lookups of 40 ms, 3 at a time:
-        // more are due than can run, all the time.
-        let names: Vec<String> = (0..30).map(|i| format!("d{i}.test")).collect();
+        // 15 domains (30 lookups: A and AAAA) refreshed every 100 ms (the TTL floor) by
+        // lookups of 40 ms, 3 at a time: more are due than can run, all the time.
+        let names: Vec<String> = (0..15).map(|i| format!("d{i}.test")).collect();
         for name in &names {
             fake.set(name, &["10.0.1.1"], 1);
         }
@@ -833,8 +1046,9 @@ mod tests {
         let (resolver, mut updates) = spawn(&fake);
         let added = resolver.add("bad.test").await.unwrap();
         assert!(
-            matches!(&added.status, FirstAnswer::Failed(e) if e.contains("SERVFAIL")),
-            "{added:?}"
+            matches!(&added.status, FirstAnswer::Failed(e)
+                if e.contains("(A): REFUSED") && e.contains("(AAAA): REFUSED")),
+            "both families' errors: {added:?}"
         );
         assert!(added.ips.is_empty());
         // A second add while it keeps failing answers at once.
