@@ -9,12 +9,24 @@
 //! | `egress.mode`  | `enforce` (block the rest) or `audit` (log it, block none) | `enforce` |
 //!
 //! Label keys are case-sensitive. Any other key that starts with `egress.` is an error (an
-//! unknown key), so a typo such as `egress.alow` is never silently ignored.
+//! unknown key), so a typo such as `egress.alow` is never silently ignored. So is a *near
+//! miss* ([`KeyKind::NearMiss`]): a key of the agent's with its prefix mistyped. That is, after
+//! surrounding whitespace, `egress` in any case followed by
 //!
-//! A container with no `egress.*` label at all is not policed. A container with at least one
-//! `egress.*` label is policed: `egress.allow=` (empty) allows nothing, and `egress.mode=audit`
-//! alone audits everything. A container whose `egress.*` labels contain any error is denied
-//! all egress (fail closed), and every error is reported at once.
+//! - `.` and anything (`Egress.allow`, `EGRESS.ALLOW`, `Egress.anything`);
+//! - one character that is neither a letter nor a digit (`_`, `-`, `:`, ...) or none, then a
+//!   word (letters and digits) that is `allow` or `mode` or at most two edits from one
+//!   (`egress_allow`, `egress-allow`, `EGRESS_MODE`, `egress-alow`, `egressallow`,
+//!   `egress-allowed-hosts`), or no word at all (`egress`, `egress-`).
+//!
+//! Other keys that merely start with `egress-` or `egress_` belong to other tools
+//! (`egress-gateway`, the tests' `egress-e2e.lab`) and are not the agent's. An `egress.*` label
+//! or a near miss is a *policy label*.
+//!
+//! A container with no policy label at all is not policed. A container with at least one is
+//! policed: `egress.allow=` (empty) allows nothing, and `egress.mode=audit` alone audits
+//! everything. A container whose policy labels contain any error (a near miss included) is
+//! denied all egress (fail closed), and every error is reported at once.
 //!
 //! # The `egress.allow` grammar
 //!
@@ -72,12 +84,89 @@ const WILDCARD_SHAPE: &str = "a wildcard must be `*.` followed by a domain (`*.e
 pub(crate) const WILDCARDS_UNAVAILABLE: &str = "wildcard entries need the DNS-aware mode, which is not \
      available yet (list the names, or allow the addresses)";
 
-/// True for a label key the agent reads (or rejects as unknown): it starts with `egress.`.
-pub fn is_policed_label(key: &str) -> bool {
-    key.starts_with(LABEL_PREFIX)
+/// The word a near miss starts with (in any case).
+const PREFIX_WORD: &str = "egress";
+/// What comes after `egress.` in the agent's keys.
+const KEY_WORDS: [&str; 2] = ["allow", "mode"];
+/// A word at most this many edits (insertions, deletions, substitutions, transpositions) from
+/// one of [`KEY_WORDS`] is meant to be it.
+const MAX_KEY_WORD_EDITS: usize = 2;
+
+/// How the agent reads a label key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Not a policy label.
+    Other,
+    /// `egress.allow`.
+    Allow,
+    /// `egress.mode`.
+    Mode,
+    /// Another key starting with `egress.` (an error).
+    Unknown,
+    /// The `egress.` prefix spelled otherwise (an error): see the module docs.
+    NearMiss,
 }
 
-/// True if a container with these labels is policed (it has at least one `egress.*` label).
+impl KeyKind {
+    pub fn of(key: &str) -> Self {
+        match key {
+            ALLOW_LABEL => Self::Allow,
+            MODE_LABEL => Self::Mode,
+            k if k.starts_with(LABEL_PREFIX) => Self::Unknown,
+            k if near_miss_word(k).is_some() => Self::NearMiss,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// For a near miss (see the module docs), the word after its prefix, lowercased (may be
+/// empty); None for any other key.
+fn near_miss_word(key: &str) -> Option<String> {
+    let key = key.trim();
+    let (word, rest) = key.split_at_checked(PREFIX_WORD.len())?;
+    if !word.eq_ignore_ascii_case(PREFIX_WORD) {
+        return None;
+    }
+    let (dotted, rest) = match rest.strip_prefix('.') {
+        Some(r) => (true, r),
+        None => (
+            false,
+            rest.strip_prefix(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(rest),
+        ),
+    };
+    let next: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (dotted || next.is_empty() || meant_word(&next).is_some()).then_some(next)
+}
+
+/// The key word `w` is (nearly) spelled as.
+fn meant_word(w: &str) -> Option<&'static str> {
+    KEY_WORDS
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(w, k), k))
+        .filter(|(d, _)| *d <= MAX_KEY_WORD_EDITS)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// The key a near miss was probably meant to be.
+fn meant_key(near_miss: &str) -> Option<&'static str> {
+    let word = meant_word(&near_miss_word(near_miss)?)?;
+    [ALLOW_LABEL, MODE_LABEL]
+        .into_iter()
+        .find(|k| k.ends_with(word))
+}
+
+/// True for a policy label key: one the agent reads, or rejects as unknown or as a near miss.
+pub fn is_policed_label(key: &str) -> bool {
+    KeyKind::of(key) != KeyKind::Other
+}
+
+/// True if a container with these labels is policed (it has at least one policy label).
 pub fn is_policed(labels: &HashMap<String, String>) -> bool {
     labels.keys().any(|k| is_policed_label(k))
 }
@@ -381,7 +470,9 @@ pub struct LabelError {
 
 impl fmt::Display for LabelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_policed_label(&self.label) {
+        // A policy label key; an error from the policy file names its place instead
+        // (`<file>: [[container]] #2`, never a key, even where the file is `egress-...`).
+        if is_policed_label(&self.label) && !self.label.contains(char::is_whitespace) {
             write!(f, "label `{}`: ", self.label)?;
         } else {
             write!(f, "{}: ", self.label)?;
@@ -450,8 +541,9 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
             token: token.to_owned(),
             message,
         };
-        match key.as_str() {
-            ALLOW_LABEL => {
+        match KeyKind::of(key) {
+            KeyKind::Other => {}
+            KeyKind::Allow => {
                 for item in value.split(',').filter(|i| !i.trim().is_empty()) {
                     match parse_allow_entry(item, caps) {
                         Ok(entry) => {
@@ -461,7 +553,7 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     }
                 }
             }
-            MODE_LABEL => match value.trim() {
+            KeyKind::Mode => match value.trim() {
                 "" => out.errors.push(error(
                     "",
                     "empty value: expected `enforce` or `audit`".into(),
@@ -474,9 +566,22 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     )),
                 },
             },
-            _ => out.errors.push(error(
+            KeyKind::Unknown => out.errors.push(error(
                 "",
                 format!("unknown key (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"),
+            )),
+            KeyKind::NearMiss => out.errors.push(error(
+                "",
+                match meant_key(key) {
+                    Some(k) => format!(
+                        "not a label the agent reads: keys are case-sensitive, with a dot \
+                         (did you mean `{k}`?)"
+                    ),
+                    None => format!(
+                        "not a label the agent reads: keys are case-sensitive, with a dot \
+                         (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"
+                    ),
+                },
             )),
         }
     }
@@ -760,12 +865,102 @@ mod tests {
     #[test]
     fn no_egress_label_is_unpoliced() {
         assert_eq!(classify(&labels(&[]), NO_WILD), Classification::Unpoliced);
-        let l = labels(&[("com.example.team", "x"), ("Egress.allow", "x.com")]);
+        let l = labels(&[
+            ("com.example.team", "x"),
+            ("com.example.egress.allow", "x.com"),
+            ("egressor", "x"),
+            ("egresses.allow", "x"),
+            ("my-egress.allow", "x"),
+            ("e.gress.allow", "x"),
+        ]);
         assert_eq!(classify(&l, NO_WILD), Classification::Unpoliced);
         assert!(!is_policed(&l));
         assert!(is_policed(&labels(&[("egress.mode", "audit")])));
         assert!(is_policed_label("egress.allow"));
-        assert!(!is_policed_label("egress"));
+    }
+
+    #[test]
+    fn key_kinds() {
+        for (k, want) in [
+            ("egress.allow", KeyKind::Allow),
+            ("egress.mode", KeyKind::Mode),
+            ("egress.alow", KeyKind::Unknown),
+            ("egress.", KeyKind::Unknown),
+            ("egress.allow ", KeyKind::Unknown),
+            ("egress.Allow", KeyKind::Unknown),
+            ("Egress.allow", KeyKind::NearMiss),
+            ("EGRESS.ALLOW", KeyKind::NearMiss),
+            ("Egress.Mode", KeyKind::NearMiss),
+            ("Egress.anything", KeyKind::NearMiss),
+            (" egress.allow", KeyKind::NearMiss),
+            ("egress_allow", KeyKind::NearMiss),
+            ("EGRESS_MODE", KeyKind::NearMiss),
+            ("egress-allow", KeyKind::NearMiss),
+            ("Egress-Mode", KeyKind::NearMiss),
+            ("egress:allow", KeyKind::NearMiss),
+            ("egress/mode", KeyKind::NearMiss),
+            ("egress-alow", KeyKind::NearMiss),
+            ("egress_allwo", KeyKind::NearMiss),
+            ("egress-mdoe", KeyKind::NearMiss),
+            ("egress-allowed-hosts", KeyKind::NearMiss),
+            ("EGRESS_ALLOW_LIST", KeyKind::NearMiss),
+            ("egressallow", KeyKind::NearMiss),
+            ("EgressMode", KeyKind::NearMiss),
+            ("egress", KeyKind::NearMiss),
+            ("Egress", KeyKind::NearMiss),
+            ("egress-", KeyKind::NearMiss),
+            // Other tools' keys, and the tests' own.
+            ("egress-e2e.lab", KeyKind::Other),
+            ("egress-e2e.team", KeyKind::Other),
+            ("egress-bench", KeyKind::Other),
+            ("egress-bench.refresh", KeyKind::Other),
+            ("egress-gateway", KeyKind::Other),
+            ("egress_proxy", KeyKind::Other),
+            ("egressor", KeyKind::Other),
+            ("egresses.allow", KeyKind::Other),
+            ("egres.allow", KeyKind::Other),
+            ("com.egress.allow", KeyKind::Other),
+            ("", KeyKind::Other),
+            ("egréss.allow", KeyKind::Other),
+        ] {
+            assert_eq!(KeyKind::of(k), want, "{k:?}");
+            assert_eq!(is_policed_label(k), want != KeyKind::Other, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn near_miss_keys_deny_and_name_the_key() {
+        for (key, meant) in [
+            ("Egress.allow", Some("egress.allow")),
+            ("EGRESS.ALLOW", Some("egress.allow")),
+            ("egress_allow", Some("egress.allow")),
+            ("egress-allow", Some("egress.allow")),
+            ("EGRESS_MODE", Some("egress.mode")),
+            ("egressallow", Some("egress.allow")),
+            ("Egress.alow", Some("egress.allow")),
+            ("egress-mdoe", Some("egress.mode")),
+            ("Egress.deny", None),
+            ("egress", None),
+        ] {
+            // Alone, and beside a valid label: the container is denied all egress.
+            for pairs in [
+                vec![(key, "10.0.0.1")],
+                vec![(key, "10.0.0.1"), ("egress.allow", "10.0.0.2")],
+            ] {
+                let e = invalid(&pairs, NO_WILD);
+                assert_eq!(e.len(), 1, "{key}: {e:?}");
+                assert_eq!(e[0].label, key);
+                let shown = e[0].to_string();
+                assert!(
+                    shown.starts_with(&format!("label `{key}`: not a label the agent reads")),
+                    "{shown}"
+                );
+                match meant {
+                    Some(m) => assert!(shown.contains(&format!("did you mean `{m}`?")), "{shown}"),
+                    None => assert!(!shown.contains("did you mean"), "{shown}"),
+                }
+            }
+        }
     }
 
     #[test]
