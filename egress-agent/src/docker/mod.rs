@@ -1,4 +1,5 @@
 //! Docker: following containers through the Engine API, and finding their cgroups.
 
 pub mod cgroup_path;
+pub mod images;
 pub mod watch;
