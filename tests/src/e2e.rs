@@ -1117,11 +1117,24 @@ impl Lab {
         script: &str,
         ready: &[String],
     ) -> ClientRun {
+        self.run_client_from(&image(), role, labels, script, ready)
+    }
+
+    /// [`Lab::run_client`] of a container made from `image` (one the test built, say).
+    #[track_caller]
+    pub fn run_client_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        script: &str,
+        ready: &[String],
+    ) -> ClientRun {
         let name = self.containers.name(role);
         let mut args: Vec<String> = vec!["create".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image(), "sh".into(), "-c".into(), script.to_owned()]);
+        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
         let id = self
             .docker
             .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -1154,7 +1167,20 @@ impl Lab {
         checks: &[Check],
         ready: &[String],
     ) -> (ClientRun, Vec<Probe>) {
-        let run = self.run_client(role, labels, &probe_script(checks), ready);
+        self.probe_client_from(&image(), role, labels, checks, ready)
+    }
+
+    /// [`Lab::probe_client`] of a container made from `image`.
+    #[track_caller]
+    pub fn probe_client_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        checks: &[Check],
+        ready: &[String],
+    ) -> (ClientRun, Vec<Probe>) {
+        let run = self.run_client_from(image, role, labels, &probe_script(checks), ready);
         let probes = probes_of(&run.output, checks);
         (run, probes)
     }
@@ -1163,11 +1189,23 @@ impl Lab {
     /// call); its output and wall time.
     #[track_caller]
     pub fn run_rm(&self, role: &str, labels: &[(&str, &str)], script: &str) -> (String, Duration) {
+        self.run_rm_from(&image(), role, labels, script)
+    }
+
+    /// [`Lab::run_rm`] of a container made from `image`.
+    #[track_caller]
+    pub fn run_rm_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        script: &str,
+    ) -> (String, Duration) {
         let name = self.containers.name(role);
         let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image(), "sh".into(), "-c".into(), script.to_owned()]);
+        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
         let t0 = Instant::now();
         let out = self
             .docker
