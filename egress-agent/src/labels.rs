@@ -9,12 +9,48 @@
 //! | `egress.mode`  | `enforce` (block the rest) or `audit` (log it, block none) | `enforce` |
 //!
 //! Label keys are case-sensitive. Any other key that starts with `egress.` is an error (an
-//! unknown key), so a typo such as `egress.alow` is never silently ignored.
+//! unknown key), so a typo such as `egress.alow` is never silently ignored. So is a *near
+//! miss* ([`KeyKind::NearMiss`]): a key of the agent's with its prefix mistyped. That is, after
+//! surrounding whitespace, `egress` in any case followed by
 //!
-//! A container with no `egress.*` label at all is not policed. A container with at least one
-//! `egress.*` label is policed: `egress.allow=` (empty) allows nothing, and `egress.mode=audit`
-//! alone audits everything. A container whose `egress.*` labels contain any error is denied
-//! all egress (fail closed), and every error is reported at once.
+//! - `.`, `_` or `-` and anything (`Egress.allow`, `EGRESS.ALLOW`, `egress_allow`,
+//!   `egress-allow`, `egress-gateway`): the dot spelled otherwise is still the agent's prefix;
+//! - another character that is neither a letter nor a digit (`:`, `/`, ...) or none, then a
+//!   word (letters and digits) that is `allow` or `mode` or at most two edits from one
+//!   (`egress:allow`, `egressallow`, `EgressMode`), or no word at all (`egress`).
+//!
+//! So a key of another tool that starts with `egress-` or `egress_` denies the container too
+//! (with a log line naming it): the `egress` prefix is the agent's. Keys that merely contain it
+//! (`com.example.egress-proxy`, `egressor`) are not. An `egress.*` label or a near miss is a
+//! *policy label*.
+//!
+//! A container with no policy label at all is not policed. A container with at least one is
+//! policed: `egress.allow=` (empty) allows nothing, and `egress.mode=audit` alone audits
+//! everything. A container whose policy labels contain any error (a near miss included) is
+//! denied all egress (fail closed), and every error is reported at once.
+//!
+//! # Labels from the image
+//!
+//! Docker copies an image's `LABEL`s into every container made from it (the operator's
+//! `--label`s override them key by key), and the image is not trusted: code inside a labelled
+//! container may also ship its image. So [`screen`] tells the labels apart before they are
+//! read. A container label counts as the image's when the image has the same key with the
+//! same value (an operator's label equal to the image's is the image's too); when the image's
+//! labels could not be read ([`ImageLabels::Unknown`]), every label counts as the image's.
+//! Labels from the image may make a container stricter, never looser:
+//!
+//! - the image's `egress.allow` polices the container by that list (in enforce mode, unless
+//!   the operator says otherwise) when the operator has no policy label of its own and no
+//!   policy-file rule selects the container; beside the operator's labels or rules it is
+//!   ignored;
+//! - the image's `egress.mode=audit` is always ignored (so an image's audit label alone leaves
+//!   the container as if unlabelled);
+//! - anything else the image sets applies: `egress.mode=enforce`, and every error (an unknown
+//!   key, a near miss, a malformed value), which denies the container everything.
+//!
+//! An ignored label is not read at all (its errors do not count) and is reported in
+//! [`Screened::ignored`], to be logged naming the image and the label. An image the operator
+//! trusts (the policy file's `trusted_images`) counts as the operator: all its labels apply.
 //!
 //! # The `egress.allow` grammar
 //!
@@ -72,12 +108,89 @@ const WILDCARD_SHAPE: &str = "a wildcard must be `*.` followed by a domain (`*.e
 pub(crate) const WILDCARDS_UNAVAILABLE: &str = "wildcard entries need the DNS-aware mode, which is not \
      available yet (list the names, or allow the addresses)";
 
-/// True for a label key the agent reads (or rejects as unknown): it starts with `egress.`.
-pub fn is_policed_label(key: &str) -> bool {
-    key.starts_with(LABEL_PREFIX)
+/// The word a near miss starts with (in any case).
+const PREFIX_WORD: &str = "egress";
+/// What comes after `egress.` in the agent's keys.
+const KEY_WORDS: [&str; 2] = ["allow", "mode"];
+/// A word at most this many edits (insertions, deletions, substitutions, transpositions) from
+/// one of [`KEY_WORDS`] is meant to be it.
+const MAX_KEY_WORD_EDITS: usize = 2;
+
+/// How the agent reads a label key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Not a policy label.
+    Other,
+    /// `egress.allow`.
+    Allow,
+    /// `egress.mode`.
+    Mode,
+    /// Another key starting with `egress.` (an error).
+    Unknown,
+    /// The `egress.` prefix spelled otherwise (an error): see the module docs.
+    NearMiss,
 }
 
-/// True if a container with these labels is policed (it has at least one `egress.*` label).
+impl KeyKind {
+    pub fn of(key: &str) -> Self {
+        match key {
+            ALLOW_LABEL => Self::Allow,
+            MODE_LABEL => Self::Mode,
+            k if k.starts_with(LABEL_PREFIX) => Self::Unknown,
+            k if near_miss_word(k).is_some() => Self::NearMiss,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// For a near miss (see the module docs), the word after its prefix, lowercased (may be
+/// empty); None for any other key.
+fn near_miss_word(key: &str) -> Option<String> {
+    let key = key.trim();
+    let (word, rest) = key.split_at_checked(PREFIX_WORD.len())?;
+    if !word.eq_ignore_ascii_case(PREFIX_WORD) {
+        return None;
+    }
+    let (dotted, rest) = match rest.strip_prefix(['.', '_', '-']) {
+        Some(r) => (true, r),
+        None => (
+            false,
+            rest.strip_prefix(|c: char| !c.is_ascii_alphanumeric())
+                .unwrap_or(rest),
+        ),
+    };
+    let next: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (dotted || next.is_empty() || meant_word(&next).is_some()).then_some(next)
+}
+
+/// The key word `w` is (nearly) spelled as.
+fn meant_word(w: &str) -> Option<&'static str> {
+    KEY_WORDS
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(w, k), k))
+        .filter(|(d, _)| *d <= MAX_KEY_WORD_EDITS)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// The key a near miss was probably meant to be.
+fn meant_key(near_miss: &str) -> Option<&'static str> {
+    let word = meant_word(&near_miss_word(near_miss)?)?;
+    [ALLOW_LABEL, MODE_LABEL]
+        .into_iter()
+        .find(|k| k.ends_with(word))
+}
+
+/// True for a policy label key: one the agent reads, or rejects as unknown or as a near miss.
+pub fn is_policed_label(key: &str) -> bool {
+    KeyKind::of(key) != KeyKind::Other
+}
+
+/// True if a container with these labels is policed (it has at least one policy label).
 pub fn is_policed(labels: &HashMap<String, String>) -> bool {
     labels.keys().any(|k| is_policed_label(k))
 }
@@ -381,7 +494,9 @@ pub struct LabelError {
 
 impl fmt::Display for LabelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_policed_label(&self.label) {
+        // A policy label key; an error from the policy file names its place instead
+        // (`<file>: [[container]] #2`, never a key, even where the file is `egress-...`).
+        if is_policed_label(&self.label) && !self.label.contains(char::is_whitespace) {
             write!(f, "label `{}`: ", self.label)?;
         } else {
             write!(f, "{}: ", self.label)?;
@@ -450,8 +565,9 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
             token: token.to_owned(),
             message,
         };
-        match key.as_str() {
-            ALLOW_LABEL => {
+        match KeyKind::of(key) {
+            KeyKind::Other => {}
+            KeyKind::Allow => {
                 for item in value.split(',').filter(|i| !i.trim().is_empty()) {
                     match parse_allow_entry(item, caps) {
                         Ok(entry) => {
@@ -461,7 +577,7 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     }
                 }
             }
-            MODE_LABEL => match value.trim() {
+            KeyKind::Mode => match value.trim() {
                 "" => out.errors.push(error(
                     "",
                     "empty value: expected `enforce` or `audit`".into(),
@@ -474,14 +590,137 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     )),
                 },
             },
-            _ => out.errors.push(error(
+            KeyKind::Unknown => out.errors.push(error(
                 "",
                 format!("unknown key (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"),
+            )),
+            KeyKind::NearMiss => out.errors.push(error(
+                "",
+                match meant_key(key) {
+                    Some(k) => format!(
+                        "not a label the agent reads: keys are case-sensitive, with a dot \
+                         (did you mean `{k}`?)"
+                    ),
+                    None => format!(
+                        "not a label the agent reads: keys are case-sensitive, with a dot \
+                         (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"
+                    ),
+                },
             )),
         }
     }
     out.entries = spec.entries;
     out
+}
+
+/// The labels of the image a container was created from, as far as the agent could read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageLabels {
+    /// The image's own labels (`Config.Labels` of its inspect).
+    Known(HashMap<String, String>),
+    /// They could not be read (why): every label of the container counts as the image's.
+    Unknown(String),
+}
+
+impl Default for ImageLabels {
+    /// Not read (yet): fail closed.
+    fn default() -> Self {
+        Self::Unknown("the image's labels were not read".into())
+    }
+}
+
+impl ImageLabels {
+    /// True if the container label `key=value` comes from the image (see the module docs).
+    pub fn has(&self, key: &str, value: &str) -> bool {
+        match self {
+            Self::Known(image) => image.get(key).is_some_and(|v| v == value),
+            Self::Unknown(_) => true,
+        }
+    }
+}
+
+/// Why an image's label was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgnoredWhy {
+    /// An image's `egress.mode=audit`: an image cannot loosen its container's policy.
+    Audit,
+    /// An image's `egress.allow` beside the operator's own policy labels or policy-file rules.
+    BesideOperator,
+}
+
+/// A label of the image that [`screen`] set aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredLabel {
+    pub label: String,
+    pub value: String,
+    pub why: IgnoredWhy,
+}
+
+impl fmt::Display for IgnoredLabel {
+    /// What was ignored and why; the caller names the container and the image.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}={}` is ignored: ", self.label, self.value)?;
+        f.write_str(match self.why {
+            IgnoredWhy::Audit => {
+                "an image may make its container's policy stricter, never looser, and audit \
+                 mode would let everything through"
+            }
+            IgnoredWhy::BesideOperator => {
+                "the operator's own egress labels or policy-file rules decide what the \
+                 container may reach; an image may not add to them"
+            }
+        })
+    }
+}
+
+/// The container's labels with the image's labels that may not apply taken out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// What to classify: every label of the container less the ignored ones.
+    pub labels: HashMap<String, String>,
+    /// In key order.
+    pub ignored: Vec<IgnoredLabel>,
+}
+
+/// Applies the image rule (module docs): `image` are the labels of the container's image,
+/// `trusted` says the operator trusts that image, `operator_rules` that a policy-file rule
+/// selects the container.
+pub fn screen(
+    labels: &HashMap<String, String>,
+    image: &ImageLabels,
+    trusted: bool,
+    operator_rules: bool,
+) -> Screened {
+    if trusted {
+        return Screened {
+            labels: labels.clone(),
+            ignored: Vec::new(),
+        };
+    }
+    let from_image = |k: &str| image.has(k, &labels[k]);
+    let operator = operator_rules || labels.keys().any(|k| is_policed_label(k) && !from_image(k));
+    let mut ignored = Vec::new();
+    for (key, value) in labels {
+        if !from_image(key) {
+            continue;
+        }
+        let why = match KeyKind::of(key) {
+            KeyKind::Mode if matches!(parse_mode(value), Ok(Mode::Audit)) => IgnoredWhy::Audit,
+            KeyKind::Allow if operator => IgnoredWhy::BesideOperator,
+            _ => continue,
+        };
+        ignored.push(IgnoredLabel {
+            label: key.clone(),
+            value: value.clone(),
+            why,
+        });
+    }
+    ignored.sort_by(|a, b| a.label.cmp(&b.label));
+    let mut labels = labels.clone();
+    for i in &ignored {
+        labels.remove(&i.label);
+    }
+    Screened { labels, ignored }
 }
 
 #[cfg(test)]
@@ -760,12 +999,357 @@ mod tests {
     #[test]
     fn no_egress_label_is_unpoliced() {
         assert_eq!(classify(&labels(&[]), NO_WILD), Classification::Unpoliced);
-        let l = labels(&[("com.example.team", "x"), ("Egress.allow", "x.com")]);
+        let l = labels(&[
+            ("com.example.team", "x"),
+            ("com.example.egress.allow", "x.com"),
+            ("egressor", "x"),
+            ("egresses.allow", "x"),
+            ("my-egress.allow", "x"),
+            ("e.gress.allow", "x"),
+        ]);
         assert_eq!(classify(&l, NO_WILD), Classification::Unpoliced);
         assert!(!is_policed(&l));
         assert!(is_policed(&labels(&[("egress.mode", "audit")])));
         assert!(is_policed_label("egress.allow"));
-        assert!(!is_policed_label("egress"));
+    }
+
+    #[test]
+    fn key_kinds() {
+        for (k, want) in [
+            ("egress.allow", KeyKind::Allow),
+            ("egress.mode", KeyKind::Mode),
+            ("egress.alow", KeyKind::Unknown),
+            ("egress.", KeyKind::Unknown),
+            ("egress.allow ", KeyKind::Unknown),
+            ("egress.Allow", KeyKind::Unknown),
+            ("Egress.allow", KeyKind::NearMiss),
+            ("EGRESS.ALLOW", KeyKind::NearMiss),
+            ("Egress.Mode", KeyKind::NearMiss),
+            ("Egress.anything", KeyKind::NearMiss),
+            (" egress.allow", KeyKind::NearMiss),
+            ("egress_allow", KeyKind::NearMiss),
+            ("EGRESS_MODE", KeyKind::NearMiss),
+            ("egress-allow", KeyKind::NearMiss),
+            ("Egress-Mode", KeyKind::NearMiss),
+            ("egress:allow", KeyKind::NearMiss),
+            ("egress/mode", KeyKind::NearMiss),
+            ("egress-alow", KeyKind::NearMiss),
+            ("egress_allwo", KeyKind::NearMiss),
+            ("egress-mdoe", KeyKind::NearMiss),
+            ("egress-allowed-hosts", KeyKind::NearMiss),
+            ("EGRESS_ALLOW_LIST", KeyKind::NearMiss),
+            ("egressallow", KeyKind::NearMiss),
+            ("EgressMode", KeyKind::NearMiss),
+            ("egress", KeyKind::NearMiss),
+            ("Egress", KeyKind::NearMiss),
+            ("egress-", KeyKind::NearMiss),
+            // The prefix with `_` or `-` for the dot is the agent's, whatever follows.
+            ("egress-gateway", KeyKind::NearMiss),
+            ("egress_proxy", KeyKind::NearMiss),
+            ("EGRESS-E2E.lab", KeyKind::NearMiss),
+            // Other tools' keys, and the tests' own.
+            ("test.egress-e2e.lab", KeyKind::Other),
+            ("bench.egress-enforcer", KeyKind::Other),
+            ("egressor", KeyKind::Other),
+            ("egresses.allow", KeyKind::Other),
+            ("egres.allow", KeyKind::Other),
+            ("com.egress.allow", KeyKind::Other),
+            ("", KeyKind::Other),
+            ("egréss.allow", KeyKind::Other),
+        ] {
+            assert_eq!(KeyKind::of(k), want, "{k:?}");
+            assert_eq!(is_policed_label(k), want != KeyKind::Other, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn near_miss_keys_deny_and_name_the_key() {
+        for (key, meant) in [
+            ("Egress.allow", Some("egress.allow")),
+            ("EGRESS.ALLOW", Some("egress.allow")),
+            ("egress_allow", Some("egress.allow")),
+            ("egress-allow", Some("egress.allow")),
+            ("EGRESS_MODE", Some("egress.mode")),
+            ("egressallow", Some("egress.allow")),
+            ("Egress.alow", Some("egress.allow")),
+            ("egress-mdoe", Some("egress.mode")),
+            ("Egress.deny", None),
+            ("egress", None),
+        ] {
+            // Alone, and beside a valid label: the container is denied all egress.
+            for pairs in [
+                vec![(key, "10.0.0.1")],
+                vec![(key, "10.0.0.1"), ("egress.allow", "10.0.0.2")],
+            ] {
+                let e = invalid(&pairs, NO_WILD);
+                assert_eq!(e.len(), 1, "{key}: {e:?}");
+                assert_eq!(e[0].label, key);
+                let shown = e[0].to_string();
+                assert!(
+                    shown.starts_with(&format!("label `{key}`: not a label the agent reads")),
+                    "{shown}"
+                );
+                match meant {
+                    Some(m) => assert!(shown.contains(&format!("did you mean `{m}`?")), "{shown}"),
+                    None => assert!(!shown.contains("did you mean"), "{shown}"),
+                }
+            }
+        }
+    }
+
+    // ---- labels from the image ----
+
+    fn image(pairs: &[(&str, &str)]) -> ImageLabels {
+        ImageLabels::Known(labels(pairs))
+    }
+
+    fn unknown() -> ImageLabels {
+        ImageLabels::Unknown("docker image inspect: no such image".into())
+    }
+
+    /// The container's classification after the image rule, and the labels it set aside.
+    fn screened(
+        container: &[(&str, &str)],
+        img: &ImageLabels,
+        trusted: bool,
+        rules: bool,
+    ) -> (Classification, Vec<(String, IgnoredWhy)>) {
+        let s = screen(&labels(container), img, trusted, rules);
+        let ignored = s.ignored.iter().map(|i| (i.label.clone(), i.why)).collect();
+        (classify(&s.labels, NO_WILD), ignored)
+    }
+
+    fn allows(mode: Mode, list: &[&str]) -> Classification {
+        Classification::Policed(ContainerSpec {
+            mode,
+            entries: list.iter().map(|e| entry(e)).collect(),
+        })
+    }
+
+    #[test]
+    fn operator_labels_apply_as_written() {
+        let img = image(&[("org.opencontainers.image.title", "app")]);
+        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "audit")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (allows(Mode::Audit, &["10.0.0.1"]), vec![])
+        );
+        // No policy label anywhere: not policed, whatever the image's other labels.
+        let c = [("org.opencontainers.image.title", "app")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (Classification::Unpoliced, vec![])
+        );
+    }
+
+    #[test]
+    fn an_image_allow_alone_polices_by_its_list_in_enforce_mode() {
+        let img = image(&[("egress.allow", "10.0.0.1")]);
+        let c = [("egress.allow", "10.0.0.1")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (allows(Mode::Enforce, &["10.0.0.1"]), vec![])
+        );
+        // With the image's `egress.mode=enforce` too; its audit mode is dropped.
+        let img = image(&[("egress.allow", "10.0.0.1"), ("egress.mode", "enforce")]);
+        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "enforce")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (allows(Mode::Enforce, &["10.0.0.1"]), vec![])
+        );
+        let img = image(&[("egress.allow", "10.0.0.1"), ("egress.mode", "audit")]);
+        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "audit")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                allows(Mode::Enforce, &["10.0.0.1"]),
+                vec![("egress.mode".into(), IgnoredWhy::Audit)]
+            )
+        );
+    }
+
+    #[test]
+    fn an_image_audit_beside_operator_allow_is_ignored() {
+        let img = image(&[("egress.mode", "audit")]);
+        let c = [("egress.mode", "audit"), ("egress.allow", "10.0.0.1")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                allows(Mode::Enforce, &["10.0.0.1"]),
+                vec![("egress.mode".into(), IgnoredWhy::Audit)]
+            )
+        );
+        // ` audit ` is audit too; an image's audit alone leaves the container unlabelled.
+        let img = image(&[("egress.mode", " audit ")]);
+        let c = [("egress.mode", " audit ")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                Classification::Unpoliced,
+                vec![("egress.mode".into(), IgnoredWhy::Audit)]
+            )
+        );
+        // The operator's own audit mode (a value other than the image's) stands.
+        let img = image(&[("egress.mode", "enforce")]);
+        let c = [("egress.mode", "audit"), ("egress.allow", "10.0.0.1")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (allows(Mode::Audit, &["10.0.0.1"]), vec![])
+        );
+    }
+
+    #[test]
+    fn an_image_allow_beside_operator_labels_is_ignored() {
+        // Same key: Docker keeps the operator's value, the image's never shows.
+        let img = image(&[("egress.allow", "0.0.0.0/0")]);
+        let c = [("egress.allow", "10.0.0.1")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (allows(Mode::Enforce, &["10.0.0.1"]), vec![])
+        );
+        // Beside another operator label.
+        let c = [("egress.allow", "0.0.0.0/0"), ("egress.mode", "enforce")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                allows(Mode::Enforce, &[]),
+                vec![("egress.allow".into(), IgnoredWhy::BesideOperator)]
+            )
+        );
+        let c = [("egress.allow", "0.0.0.0/0"), ("egress.mode", "audit")];
+        assert_eq!(screened(&c, &img, false, false).0, allows(Mode::Audit, &[]));
+        // Beside a policy-file rule that selects the container (which then polices it).
+        let c = [("egress.allow", "0.0.0.0/0")];
+        assert_eq!(
+            screened(&c, &img, false, true),
+            (
+                Classification::Unpoliced,
+                vec![("egress.allow".into(), IgnoredWhy::BesideOperator)]
+            )
+        );
+        // An ignored label is not read: its errors do not count.
+        let img = image(&[("egress.allow", "*foo.com")]);
+        let c = [("egress.allow", "*foo.com"), ("egress.mode", "enforce")];
+        assert_eq!(
+            screened(&c, &img, false, false).0,
+            allows(Mode::Enforce, &[])
+        );
+    }
+
+    #[test]
+    fn an_image_operator_value_equal_to_the_image_counts_as_the_image() {
+        let img = image(&[("egress.allow", "10.0.0.1"), ("egress.mode", "audit")]);
+        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "audit")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                allows(Mode::Enforce, &["10.0.0.1"]),
+                vec![("egress.mode".into(), IgnoredWhy::Audit)]
+            )
+        );
+    }
+
+    #[test]
+    fn image_errors_make_the_container_stricter() {
+        // A near miss or an unknown key from the image denies, beside operator labels too.
+        for key in [
+            "EGRESS_ALLOW",
+            "Egress.allow",
+            "egress-allow",
+            "egress.alow",
+        ] {
+            let img = image(&[(key, "0.0.0.0/0")]);
+            for c in [
+                vec![(key, "0.0.0.0/0")],
+                vec![(key, "0.0.0.0/0"), ("egress.allow", "10.0.0.1")],
+            ] {
+                let (class, ignored) = screened(&c, &img, false, false);
+                let Classification::Invalid(e) = class else {
+                    panic!("{c:?}: {class:?}")
+                };
+                assert_eq!(e[0].label, key);
+                assert!(ignored.is_empty());
+            }
+        }
+        // A malformed mode from the image.
+        let img = image(&[("egress.mode", "Audit")]);
+        let c = [("egress.mode", "Audit"), ("egress.allow", "10.0.0.1")];
+        assert!(matches!(
+            screened(&c, &img, false, false).0,
+            Classification::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn a_trusted_image_counts_as_the_operator() {
+        let img = image(&[("egress.mode", "audit"), ("egress.allow", "0.0.0.0/0")]);
+        let c = [("egress.mode", "audit"), ("egress.allow", "0.0.0.0/0")];
+        assert_eq!(
+            screened(&c, &img, true, true),
+            (allows(Mode::Audit, &["0.0.0.0/0"]), vec![])
+        );
+        assert_eq!(
+            screened(&c, &unknown(), true, false),
+            (allows(Mode::Audit, &["0.0.0.0/0"]), vec![])
+        );
+    }
+
+    #[test]
+    fn unknown_image_labels_count_as_the_image() {
+        let img = unknown();
+        // The operator's audit (indistinguishable from the image's) is dropped: never looser.
+        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "audit")];
+        assert_eq!(
+            screened(&c, &img, false, false),
+            (
+                allows(Mode::Enforce, &["10.0.0.1"]),
+                vec![("egress.mode".into(), IgnoredWhy::Audit)]
+            )
+        );
+        // An allow list beside a file rule is dropped (the rule polices); beside nothing it
+        // polices.
+        let c = [("egress.allow", "0.0.0.0/0")];
+        assert_eq!(
+            screened(&c, &img, false, true),
+            (
+                Classification::Unpoliced,
+                vec![("egress.allow".into(), IgnoredWhy::BesideOperator)]
+            )
+        );
+        assert_eq!(
+            screened(&c, &img, false, false).0,
+            allows(Mode::Enforce, &["0.0.0.0/0"])
+        );
+        // Errors still deny.
+        let c = [("Egress.allow", "10.0.0.1")];
+        assert!(matches!(
+            screened(&c, &img, false, false).0,
+            Classification::Invalid(_)
+        ));
+        assert_eq!(
+            screened(&[], &img, false, false),
+            (Classification::Unpoliced, vec![])
+        );
+    }
+
+    #[test]
+    fn ignored_labels_say_why() {
+        let s = screen(
+            &labels(&[("egress.mode", "audit"), ("egress.allow", "10.0.0.0/8")]),
+            &unknown(),
+            false,
+            true,
+        );
+        let shown: Vec<String> = s.ignored.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2);
+        assert!(
+            shown[0].starts_with("`egress.allow=10.0.0.0/8` is ignored: the operator's own"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("`egress.mode=audit` is ignored: an image may make"),
+            "{shown:?}"
+        );
     }
 
     #[test]

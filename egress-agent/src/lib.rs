@@ -13,6 +13,7 @@ pub mod denial_log;
 pub mod docker;
 pub mod enforcer;
 pub mod events;
+pub mod image_ref;
 mod kernel_log;
 pub mod labels;
 pub mod logging;

@@ -4,6 +4,9 @@
 //! file on SIGHUP (and keeps the previous one if the new one has errors).
 //!
 //! ```toml
+//! # Images whose egress.* labels count as the operator's (before any [[container]]).
+//! trusted_images = ["registry.example.com/team/proxy:1.4", "sha256:0c9023e3...(64 hex)"]
+//!
 //! # Each [[container]] selects containers by exact name (without the leading "/") and/or by
 //! # label ("key" = has the label, "key=value" = has it with that value). All given selectors
 //! # must match.
@@ -33,14 +36,29 @@
 //!   gathered so far (the label's and those of earlier matching rules) with this rule's. With an
 //!   empty or missing `allow`, that allows nothing.
 //!
-//! Any other field, and any top-level key other than `container`, is an error. Every problem in
-//! the file is reported at once, each naming the file, the `[[container]]` (numbered from 1,
-//! with its `name`/`label`), the field and the offending value.
+//! # `trusted_images`
+//!
+//! A top-level list of images (written before the first `[[container]]`, as TOML wants) whose
+//! labels count as the operator's: the `egress.*` labels a container gets from a trusted image
+//! all apply, `egress.mode=audit` and an `egress.allow` beside the operator's own included.
+//! Without it, labels from the image may only make a container stricter (see
+//! [`crate::labels`], "Labels from the image"). Each entry is an image id (`sha256:` and 64
+//! hex digits) or a reference (`repository[:tag]`, normalized: `busybox` is
+//! `docker.io/library/busybox:latest`), see [`crate::image_ref`]. A bad entry is an error like
+//! any other in the file.
+//!
+//! Any other field, and any top-level key other than `container` and `trusted_images`, is an
+//! error. Every problem in the file is reported at once, each naming the file, the
+//! `[[container]]` (numbered from 1, with its `name`/`label`), the field and the offending
+//! value.
 //!
 //! # How the file and the labels combine
 //!
-//! For a container, start from its labels ([`crate::labels::classify`]), then apply every
-//! matching `[[container]]` in file order: `allow` adds (without duplicates) or, with
+//! For a container ([`judge`]), take its labels less the image's labels that may not apply
+//! ([`crate::labels::screen`]: a matching `[[container]]` counts as the operator's own policy,
+//! beside which an image's `egress.allow` is ignored; a trusted image's labels all apply),
+//! classify them ([`crate::labels::classify`]), then apply every matching `[[container]]` in
+//! file order: `allow` adds (without duplicates) or, with
 //! `replace = true`, replaces the entries; `mode` overrides the mode (the last one wins).
 //!
 //! - A container without `egress.*` labels that some rule selects is policed by the file alone,
@@ -57,6 +75,7 @@
 //!   operator wrote, and a container cut off by a typo in its labels can be repaired without
 //!   recreating it. [`PolicyFile::resolve`] returns the superseded errors so they can still be
 //!   logged.
+//! - Rules select by the container's labels as Docker reports them, the image's included.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -66,10 +85,13 @@ use std::{
 
 use serde::Deserialize;
 
+use tracing::warn;
+
 use crate::{
+    image_ref::ImageRef,
     labels::{
-        self, ALLOW_LABEL, AllowEntry, Capabilities, Classification, ContainerSpec, LabelError,
-        MODE_LABEL,
+        self, ALLOW_LABEL, AllowEntry, Capabilities, Classification, ContainerSpec, IgnoredLabel,
+        ImageLabels, LabelError, MODE_LABEL,
     },
     policy::{Mode, parse_mode},
 };
@@ -77,6 +99,8 @@ use crate::{
 /// What `parse` calls the file in its errors (`load` uses the path).
 const UNNAMED: &str = "policy file";
 const FIELDS: &[&str] = &["name", "label", "mode", "allow", "replace"];
+/// The top-level list of trusted images.
+const TRUSTED_IMAGES: &str = "trusted_images";
 
 /// A parsed, validated policy file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,6 +108,8 @@ pub struct PolicyFile {
     /// The path it was loaded from, or "policy file".
     origin: String,
     rules: Vec<FileRule>,
+    /// `trusted_images`, in file order.
+    trusted: Vec<ImageRef>,
 }
 
 /// One `[[container]]`.
@@ -244,14 +270,25 @@ impl PolicyFile {
             })?;
         let mut problems = Vec::new();
         let mut rules = Vec::new();
+        let mut trusted = Vec::new();
         for (key, value) in table {
+            if key == TRUSTED_IMAGES {
+                match parse_trusted(value) {
+                    Ok(t) => trusted = t,
+                    Err(mut p) => problems.append(&mut p),
+                }
+                continue;
+            }
             if key != "container" {
                 problems.push(RuleProblem {
                     index: None,
                     selector: None,
                     field: Some(key),
                     token: None,
-                    message: "unknown top-level key (expected `[[container]]` tables)".into(),
+                    message: format!(
+                        "unknown top-level key (expected `{TRUSTED_IMAGES}` and \
+                         `[[container]]` tables)"
+                    ),
                 });
                 continue;
             }
@@ -281,7 +318,19 @@ impl PolicyFile {
         Ok(Self {
             origin: file.to_owned(),
             rules,
+            trusted,
         })
+    }
+
+    /// `trusted_images`, in file order.
+    pub fn trusted_images(&self) -> &[ImageRef] {
+        &self.trusted
+    }
+
+    /// True if `trusted_images` names the image a container was created from (as
+    /// `reference`, with the image id `id` if known).
+    pub fn trusts(&self, reference: &str, id: Option<&str>) -> bool {
+        self.trusted.iter().any(|t| t.matches(reference, id))
     }
 
     /// The rules, in file order.
@@ -321,8 +370,20 @@ impl PolicyFile {
         labels: &HashMap<String, String>,
         caps: Capabilities,
     ) -> Resolution {
+        self.resolve_split(name, labels, labels, caps)
+    }
+
+    /// [`resolve`](Self::resolve) with the labels that select rules (all of the container's)
+    /// apart from those that give the policy (screened, see [`judge`]).
+    fn resolve_split(
+        &self,
+        name: &str,
+        selecting: &HashMap<String, String>,
+        labels: &HashMap<String, String>,
+        caps: Capabilities,
+    ) -> Resolution {
         let parsed = labels::parse_labels(labels, caps);
-        let matching: Vec<&FileRule> = self.matching(name, labels).collect();
+        let matching: Vec<&FileRule> = self.matching(name, selecting).collect();
         let matched = matching.iter().map(|r| r.index).collect();
         if !parsed.policed && matching.is_empty() {
             return Resolution {
@@ -382,6 +443,129 @@ impl PolicyFile {
             matched,
             superseded,
         }
+    }
+}
+
+/// A container as [`judge`] needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct ContainerLabels<'a> {
+    /// Without Docker's leading `/`.
+    pub name: &'a str,
+    /// Its labels as Docker reports them (the image's merged in).
+    pub labels: &'a HashMap<String, String>,
+    /// The image as the container was created from it (`Config.Image`).
+    pub image: &'a str,
+    /// The image's id, if known.
+    pub image_id: Option<&'a str>,
+    /// The image's own labels.
+    pub image_labels: &'a ImageLabels,
+}
+
+/// What [`judge`] decided, with what is worth a warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub classification: Classification,
+    /// Labels of the image that were not applied.
+    pub ignored: Vec<IgnoredLabel>,
+    /// The image's labels could not be read (why), the image is not trusted, and the container
+    /// has policy labels: they all counted as the image's.
+    pub image_unknown: Option<String>,
+}
+
+impl Verdict {
+    /// Logs the warnings: one line per ignored label, or one line in all when the image's
+    /// labels could not be read. Each names the container, the image, the label and its value.
+    pub fn log_warnings(&self, container: &str, id: &str, image: &str) {
+        let ignored: Vec<String> = self
+            .ignored
+            .iter()
+            .map(|i| format!("{}={}", i.label, i.value))
+            .collect();
+        if let Some(why) = &self.image_unknown {
+            let dropped = if ignored.is_empty() {
+                String::new()
+            } else {
+                format!("; ignored: {}", ignored.join(", "))
+            };
+            warn!(
+                container,
+                id,
+                image,
+                label = %self.ignored.iter().map(|i| i.label.as_str()).collect::<Vec<_>>().join(","),
+                token = %ignored.join(","),
+                error = %why,
+                "cannot read the labels of image `{image}` ({why}): every egress label of the \
+                 container counts as the image's, which may only make it stricter{dropped}"
+            );
+            return;
+        }
+        for i in &self.ignored {
+            warn!(
+                container,
+                id,
+                image,
+                label = %i.label,
+                token = %i.value,
+                "label of image `{image}`: {i} (list the image in the policy file's \
+                 `{TRUSTED_IMAGES}` to apply its labels)"
+            );
+        }
+    }
+}
+
+/// What the agent does with a container: its labels screened by where they come from (the
+/// image's may only make it stricter, unless `file` trusts the image), combined with `file`'s
+/// rules (see the module docs). `caps` must be those the file was parsed with.
+pub fn judge(file: Option<&PolicyFile>, c: &ContainerLabels<'_>, caps: Capabilities) -> Verdict {
+    let none = PolicyFile::default();
+    let file = file.unwrap_or(&none);
+    let selected = file.matching(c.name, c.labels).next().is_some();
+    let trusted = file.trusts(c.image, c.image_id);
+    let screened = labels::screen(c.labels, c.image_labels, trusted, selected);
+    let resolution = file.resolve_split(c.name, c.labels, &screened.labels, caps);
+    let image_unknown = match c.image_labels {
+        ImageLabels::Unknown(why) if !trusted && labels::is_policed(c.labels) => Some(why.clone()),
+        _ => None,
+    };
+    Verdict {
+        classification: resolution.classification,
+        ignored: screened.ignored,
+        image_unknown,
+    }
+}
+
+/// `trusted_images = [...]`: every entry checked, every problem reported.
+fn parse_trusted(value: toml::Value) -> Result<Vec<ImageRef>, Vec<RuleProblem>> {
+    let problem = |token: Option<&str>, message: String| RuleProblem {
+        index: None,
+        selector: None,
+        field: Some(TRUSTED_IMAGES.into()),
+        token: token.map(str::to_owned),
+        message,
+    };
+    let toml::Value::Array(items) = value else {
+        return Err(vec![problem(
+            None,
+            "expected a list of image references or ids".into(),
+        )]);
+    };
+    let mut problems = Vec::new();
+    let mut trusted = Vec::new();
+    for item in items {
+        let Some(s) = item.as_str() else {
+            problems.push(problem(None, format!("expected a string, found `{item}`")));
+            continue;
+        };
+        match ImageRef::parse(s) {
+            Ok(r) if !trusted.contains(&r) => trusted.push(r),
+            Ok(_) => {}
+            Err(message) => problems.push(problem(Some(s.trim()), message)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(trusted)
+    } else {
+        Err(problems)
     }
 }
 
@@ -1017,6 +1201,208 @@ mod tests {
             panic!()
         };
         assert_eq!(e[0].label, "egress.alow");
+    }
+
+    // ---- trusted images and labels from the image ----
+
+    const IMG_ID: &str = "sha256:0c9023e355dd4ceba841cb174724f4e52a95dd126185f896d1139671a1cca857";
+
+    #[test]
+    fn trusted_images_are_parsed_and_matched() {
+        let f = file(&format!(
+            "trusted_images = [\"team/proxy:1.4\", \"docker.io/library/busybox\", \"{IMG_ID}\", \
+             \"busybox:latest\"]\n[[container]]\nname = \"x\"\n"
+        ));
+        let shown: Vec<String> = f.trusted_images().iter().map(ToString::to_string).collect();
+        assert_eq!(shown, vec!["team/proxy:1.4", "busybox:latest", IMG_ID]);
+        assert_eq!(f.rules().len(), 1);
+        assert!(f.trusts("team/proxy:1.4", None));
+        assert!(f.trusts("busybox", None));
+        assert!(f.trusts("anything:else", Some(IMG_ID)));
+        assert!(!f.trusts("team/proxy:1.5", None));
+        assert!(!f.trusts("team/proxy", Some(&IMG_ID.replace("0c90", "0c91"))));
+        assert!(!PolicyFile::default().trusts("busybox", Some(IMG_ID)));
+        // A file with trusted images only.
+        assert!(file("trusted_images = []\n").trusted_images().is_empty());
+    }
+
+    #[test]
+    fn bad_trusted_images_name_the_token() {
+        let (shown, p) = problems(
+            "trusted_images = [\"ok:1\", \"team/*\", \"\", 5, \"sha256:abc\"]\n",
+            NO_WILD,
+        );
+        let tokens: Vec<_> = p.iter().map(|p| p.token.as_deref()).collect();
+        assert_eq!(
+            tokens,
+            vec![Some("team/*"), Some(""), None, Some("sha256:abc")],
+            "{shown}"
+        );
+        assert!(
+            p.iter()
+                .all(|p| p.field.as_deref() == Some("trusted_images"))
+        );
+        assert!(
+            shown.starts_with(
+                "policy file: `trusted_images`: `team/*`: invalid character `*` in an image \
+                 reference"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("`trusted_images`: expected a string, found `5`"),
+            "{shown}"
+        );
+        let (shown, _) = problems("trusted_images = \"busybox\"\n", NO_WILD);
+        assert!(
+            shown.contains("`trusted_images`: expected a list of image references or ids"),
+            "{shown}"
+        );
+    }
+
+    fn judged(
+        f: Option<&PolicyFile>,
+        name: &str,
+        container: &[(&str, &str)],
+        image: &str,
+        image_labels: &ImageLabels,
+    ) -> Verdict {
+        let l = labels(container);
+        judge(
+            f,
+            &ContainerLabels {
+                name,
+                labels: &l,
+                image,
+                image_id: Some(IMG_ID),
+                image_labels,
+            },
+            NO_WILD,
+        )
+    }
+
+    #[test]
+    fn judge_operator_labels_alone() {
+        let img = ImageLabels::Known(labels(&[("org.opencontainers.image.title", "x")]));
+        let v = judged(None, "web", &[("egress.mode", "audit")], "app", &img);
+        assert_eq!(policed(v.classification).mode, Mode::Audit);
+        assert!(v.ignored.is_empty() && v.image_unknown.is_none());
+        let v = judged(None, "web", &[], "app", &img);
+        assert_eq!(v.classification, Classification::Unpoliced);
+    }
+
+    #[test]
+    fn judge_image_audit_beside_operator_allow() {
+        let img = ImageLabels::Known(labels(&[("egress.mode", "audit")]));
+        let c = [("egress.mode", "audit"), ("egress.allow", "10.0.0.1")];
+        let v = judged(None, "web", &c, "app", &img);
+        let s = policed(v.classification);
+        assert_eq!((s.mode, s.entries), (Mode::Enforce, entries(&["10.0.0.1"])));
+        assert_eq!(v.ignored.len(), 1);
+        assert_eq!(v.ignored[0].label, "egress.mode");
+        assert_eq!(v.ignored[0].value, "audit");
+    }
+
+    #[test]
+    fn judge_image_allow_beside_a_rule_that_only_adds() {
+        let f = file("[[container]]\nname = \"web\"\nallow = [\"10.0.0.1\"]\n");
+        let img = ImageLabels::Known(labels(&[("egress.allow", "0.0.0.0/0")]));
+        let c = [("egress.allow", "0.0.0.0/0")];
+        let v = judged(Some(&f), "web", &c, "app", &img);
+        let s = policed(v.classification);
+        assert_eq!((s.mode, s.entries), (Mode::Enforce, entries(&["10.0.0.1"])));
+        assert_eq!(v.ignored[0].why, labels::IgnoredWhy::BesideOperator);
+        // Not selected by the rule: the image's list polices the container.
+        let v = judged(Some(&f), "api", &c, "app", &img);
+        assert_eq!(policed(v.classification).entries, entries(&["0.0.0.0/0"]));
+        assert!(v.ignored.is_empty());
+        // Rules still select by every label the container has, the image's included.
+        let f = file("[[container]]\nlabel = \"team=a\"\nallow = [\"10.0.0.1\"]\n");
+        let img = ImageLabels::Known(labels(&[("team", "a"), ("egress.allow", "0.0.0.0/0")]));
+        let c = [("team", "a"), ("egress.allow", "0.0.0.0/0")];
+        let v = judged(Some(&f), "api", &c, "app", &img);
+        assert_eq!(policed(v.classification).entries, entries(&["10.0.0.1"]));
+    }
+
+    #[test]
+    fn judge_trusted_image_keeps_its_labels() {
+        let img = ImageLabels::Known(labels(&[
+            ("egress.mode", "audit"),
+            ("egress.allow", "0.0.0.0/0"),
+        ]));
+        let c = [("egress.mode", "audit"), ("egress.allow", "0.0.0.0/0")];
+        for trust in ["team/proxy:1.4", IMG_ID] {
+            let f = file(&format!(
+                "trusted_images = [\"{trust}\"]\n[[container]]\nname = \"web\"\nallow = [\"10.0.0.1\"]\n"
+            ));
+            let v = judged(Some(&f), "web", &c, "team/proxy:1.4", &img);
+            let s = policed(v.classification);
+            assert_eq!(
+                (s.mode, s.entries),
+                (Mode::Audit, entries(&["0.0.0.0/0", "10.0.0.1"])),
+                "{trust}"
+            );
+            assert!(v.ignored.is_empty());
+        }
+        // Another image (tag and id) is not trusted.
+        let f = file("trusted_images = [\"team/proxy:1.4\"]\n");
+        let l = labels(&c);
+        let v = judge(
+            Some(&f),
+            &ContainerLabels {
+                name: "web",
+                labels: &l,
+                image: "team/proxy:1.5",
+                image_id: Some(IMG_ID),
+                image_labels: &img,
+            },
+            NO_WILD,
+        );
+        let s = policed(v.classification);
+        assert_eq!(
+            (s.mode, s.entries),
+            (Mode::Enforce, entries(&["0.0.0.0/0"]))
+        );
+        assert_eq!(v.ignored.len(), 1);
+    }
+
+    #[test]
+    fn judge_unknown_image_labels_fail_closed() {
+        let img = ImageLabels::Unknown("docker image inspect: no answer within 2s".into());
+        let c = [("egress.mode", "audit"), ("egress.allow", "10.0.0.1")];
+        let v = judged(None, "web", &c, "app", &img);
+        let s = policed(v.classification);
+        assert_eq!((s.mode, s.entries), (Mode::Enforce, entries(&["10.0.0.1"])));
+        assert_eq!(
+            v.image_unknown.as_deref(),
+            Some("docker image inspect: no answer within 2s")
+        );
+        // Without policy labels there is nothing to say; a trusted image needs no labels.
+        let v = judged(None, "web", &[("a", "b")], "app", &img);
+        assert_eq!(
+            (v.classification, v.image_unknown),
+            (Classification::Unpoliced, None)
+        );
+        let f = file("trusted_images = [\"app\"]\n");
+        let v = judged(Some(&f), "web", &c, "app", &img);
+        assert_eq!(policed(v.classification).mode, Mode::Audit);
+        assert_eq!(v.image_unknown, None);
+    }
+
+    #[test]
+    fn judge_image_near_miss_denies() {
+        let img = ImageLabels::Known(labels(&[("EGRESS_ALLOW", "0.0.0.0/0")]));
+        let c = [("EGRESS_ALLOW", "0.0.0.0/0"), ("egress.allow", "10.0.0.1")];
+        let f = file(
+            "[[container]]\nname = \"web\"\nallow = [\"10.0.0.2\"]\nreplace = true\nmode = \"audit\"\n",
+        );
+        for f in [None, Some(&f)] {
+            let v = judged(f, "web", &c, "app", &img);
+            let Classification::Invalid(e) = v.classification else {
+                panic!("{v:?}")
+            };
+            assert_eq!(e[0].label, "EGRESS_ALLOW");
+        }
     }
 
     #[test]

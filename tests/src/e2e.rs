@@ -45,7 +45,7 @@ pub const DEFAULT_IMAGE: &str = "egress-test-busybox:latest";
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Label put on every container of a lab (its value is the lab's tag), to sweep leftovers of
 /// killed runs. It does not start with `egress.`, so the agent ignores it.
-pub const LAB_LABEL: &str = "egress-e2e.lab";
+pub const LAB_LABEL: &str = "test.egress-e2e.lab";
 /// TCP ports the targets answer `ok` on.
 pub const PORT: u16 = 8080;
 pub const OTHER_PORT: u16 = 8081;
@@ -1182,11 +1182,24 @@ impl Lab {
         script: &str,
         ready: &[String],
     ) -> ClientRun {
+        self.run_client_from(&image(), role, labels, script, ready)
+    }
+
+    /// [`Lab::run_client`] of a container made from `image` (one the test built, say).
+    #[track_caller]
+    pub fn run_client_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        script: &str,
+        ready: &[String],
+    ) -> ClientRun {
         let name = self.containers.name(role);
         let mut args: Vec<String> = vec!["create".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image(), "sh".into(), "-c".into(), script.to_owned()]);
+        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
         let id = self
             .docker
             .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -1219,7 +1232,20 @@ impl Lab {
         checks: &[Check],
         ready: &[String],
     ) -> (ClientRun, Vec<Probe>) {
-        let run = self.run_client(role, labels, &probe_script(checks), ready);
+        self.probe_client_from(&image(), role, labels, checks, ready)
+    }
+
+    /// [`Lab::probe_client`] of a container made from `image`.
+    #[track_caller]
+    pub fn probe_client_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        checks: &[Check],
+        ready: &[String],
+    ) -> (ClientRun, Vec<Probe>) {
+        let run = self.run_client_from(image, role, labels, &probe_script(checks), ready);
         let probes = probes_of(&run.output, checks);
         (run, probes)
     }
@@ -1228,11 +1254,23 @@ impl Lab {
     /// call); its output and wall time.
     #[track_caller]
     pub fn run_rm(&self, role: &str, labels: &[(&str, &str)], script: &str) -> (String, Duration) {
+        self.run_rm_from(&image(), role, labels, script)
+    }
+
+    /// [`Lab::run_rm`] of a container made from `image`.
+    #[track_caller]
+    pub fn run_rm_from(
+        &self,
+        image: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        script: &str,
+    ) -> (String, Duration) {
         let name = self.containers.name(role);
         let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image(), "sh".into(), "-c".into(), script.to_owned()]);
+        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
         let t0 = Instant::now();
         let out = self
             .docker

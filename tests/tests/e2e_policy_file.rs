@@ -46,7 +46,7 @@ use serde_json::Value;
 const N: u8 = 11;
 const ALLOW: &str = "egress.allow";
 /// The label the file's label rule selects (not an `egress.*` label).
-const TEAM: &str = "egress-e2e.team";
+const TEAM: &str = "test.egress-e2e.team";
 const LOG_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a reload may take to reach the kernel's maps.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);

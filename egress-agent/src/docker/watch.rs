@@ -22,11 +22,15 @@
 //! 3. Then the events, in Docker's order, for each container:
 //!    - `create` → **two** [`DockerEvent::Created`]:
 //!      1. at once, built from the event's attributes alone (the event carries the labels, the
-//!         name and the image): `id`, `name`, `image`, `labels` are set; `pid: None`,
-//!         `running: false`, `cgroup_parent: None`, `dns: []`, `network_mode: ""`,
-//!         `networks: []`. It is sent the moment the event is read, ahead of any inspect still
+//!         name and the image) and the image's labels: `id`, `name`, `image`, `labels`,
+//!         `image_id`, `image_labels` are set; `pid: None`, `running: false`,
+//!         `cgroup_parent: None`, `dns: []`, `network_mode: ""`, `networks: []`. It is sent as
+//!         soon as the image's labels are read (by the event's `image` reference; an image
+//!         inspect does not wait for the container's lock), ahead of any inspect still
 //!         running for other containers, so the receiver can register the container's policy
-//!         before runc makes its cgroup (`start` follows `create` within ~100 ms).
+//!         before runc makes its cgroup (`start` follows `create` within ~100 ms). If the
+//!         image's labels cannot be read within [`FAST_IMAGE_TIMEOUT`], it goes without them
+//!         ([`ImageLabels::Unknown`]: the classification fails closed).
 //!      2. right after, the same container from `docker inspect` (complete: `cgroup_parent`,
 //!         `dns`, `network_mode`, `networks`, and labels exactly as set, including any named
 //!         `name` or `image`, which Docker's event attributes shadow). Not sent if the
@@ -35,16 +39,20 @@
 //!      A receiver treats `Created` as an idempotent upsert. The second one shows the
 //!      container as it is when inspected, which may already be running (with its pid).
 //!
-//!      Timing (measured on dockerd 20.10): the fast `Created` leaves 0.6–3 ms after the
-//!      event. dockerd answers an inspect only once a `start` in progress has finished (start
-//!      holds the container's lock), and `docker run` starts right after creating, so there
-//!      the complete `Created` comes only after the container runs (230–300 ms after the
-//!      create event here). Only the fast one precedes the cgroup.
+//!      Timing (measured on dockerd 20.10, debug build, `docker_watch` test): the fast
+//!      `Created` leaves 3.4–15 ms after the event (0.7–2.7 ms before it waited for the
+//!      image's labels). dockerd answers an inspect only once a `start` in progress has
+//!      finished (start holds the container's lock), and `docker run` starts right after
+//!      creating, so there the complete `Created` comes only after the container runs
+//!      (230–340 ms after the create event here). Only the fast one precedes the cgroup.
 //!    - `start` → [`DockerEvent::Started`], from `docker inspect` after the event: `pid` is the
 //!      init process (`running: true`); if the container already exited by then, `pid: None`
 //!      and `running: false` (its `Died` follows).
 //!    - `rename` → [`DockerEvent::Renamed`], from `docker inspect` (the new name).
 //!    - `die` → [`DockerEvent::Died`]; `destroy` → [`DockerEvent::Destroyed`].
+//!
+//! Every [`ContainerInfo`] sent carries the labels of its image ([`super::images`]; by the
+//! image id from the container's inspect, cached), or why they could not be read.
 //!
 //! A container removed before its inspect answers (404) is skipped quietly: its `Destroyed`
 //! follows. An inspect that fails otherwise (after two quick retries) drops the connection and
@@ -95,9 +103,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     cgroup_path::CgroupDriver,
+    images::ImageLabelReader,
     privileges::{MountInfo, Privileges},
 };
-use crate::container::ContainerId;
+use crate::{container::ContainerId, labels::ImageLabels, policy_file::ContainerLabels};
 
 /// The socket used when `DOCKER_HOST` is not set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -111,6 +120,8 @@ const ACTIONS: [&str; 5] = ["create", "start", "rename", "die", "destroy"];
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long queued outputs may still take when the event stream is lost.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the fast `Created` waits for the image's labels (it holds up the event stream).
+pub const FAST_IMAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A container as the watcher reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +131,12 @@ pub struct ContainerInfo {
     pub name: String,
     /// The image as the container was created from it (`Config.Image`, e.g. `busybox:latest`).
     pub image: String,
+    /// The image's id (`sha256:...`), when known.
+    pub image_id: Option<String>,
+    /// The labels as Docker reports them: the image's, overridden by the operator's.
     pub labels: HashMap<String, String>,
+    /// The image's own labels (to tell whose a label is), or why they could not be read.
+    pub image_labels: ImageLabels,
     /// The init process, while the container runs.
     pub pid: Option<u32>,
     pub running: bool,
@@ -231,13 +247,15 @@ fn reconnect_backoff() -> ExponentialBuilder {
 }
 
 async fn watch(docker: Docker, tx: mpsc::Sender<DockerEvent>) {
+    // Kept across reconnects: an image id names the same labels on any daemon.
+    let images = ImageLabelReader::new(docker.clone());
     let mut lost: Option<Instant> = None;
     // Pauses between connections that break right after they were made (a flapping daemon),
     // so that a full sync is not repeated in a tight loop.
     let mut flapping = reconnect_backoff().build();
     loop {
         let mut attempts = 0u32;
-        let session = (|| establish(&docker, &tx))
+        let session = (|| establish(&docker, &images, &tx))
             .retry(reconnect_backoff())
             .when(|e| !matches!(e, WatchError::Closed))
             .notify(|e, wait| {
@@ -271,7 +289,7 @@ async fn watch(docker: Docker, tx: mpsc::Sender<DockerEvent>) {
             ),
         }
         let began = Instant::now();
-        match follow(&docker, session, &tx).await {
+        match follow(&docker, &images, session, &tx).await {
             WatchError::Closed => return,
             e => {
                 warn!("docker: lost the daemon ({e}); reconnecting");
@@ -349,6 +367,27 @@ fn parse_event(msg: EventMessage) -> Option<Event> {
 const NON_LABEL_ATTRIBUTES: [&str; 4] = ["name", "image", "exitCode", "oldName"];
 
 impl ContainerInfo {
+    /// What the classification reads.
+    pub fn labelled(&self) -> ContainerLabels<'_> {
+        ContainerLabels {
+            name: &self.name,
+            labels: &self.labels,
+            image: &self.image,
+            image_id: self.image_id.as_deref(),
+            image_labels: &self.image_labels,
+        }
+    }
+
+    /// With its image's labels (and id) read through `images`.
+    async fn with_image(mut self, images: &ImageLabelReader, timeout: Duration) -> Self {
+        let (id, labels) = images
+            .read(self.image_id.as_deref(), &self.image, timeout)
+            .await;
+        self.image_id = id;
+        self.image_labels = labels;
+        self
+    }
+
     /// What a container event's attributes tell: its labels, name and image. Docker sets
     /// `name` and `image` after copying the labels, so labels with those keys are shadowed.
     fn from_attributes(id: ContainerId, attrs: &HashMap<String, String>) -> Self {
@@ -361,7 +400,9 @@ impl ContainerInfo {
             id,
             name: strip_name(attrs.get("name").map(String::as_str).unwrap_or_default()),
             image: attrs.get("image").cloned().unwrap_or_default(),
+            image_id: None,
             labels,
+            image_labels: ImageLabels::default(),
             pid: None,
             running: false,
             cgroup_parent: None,
@@ -393,8 +434,10 @@ impl ContainerInfo {
         Some(Self {
             id,
             name: strip_name(c.name.as_deref().unwrap_or_default()),
-            image: config.image.or(c.image).unwrap_or_default(),
+            image: config.image.or(c.image.clone()).unwrap_or_default(),
+            image_id: c.image.filter(|i| !i.is_empty()),
             labels: config.labels.unwrap_or_default(),
+            image_labels: ImageLabels::default(),
             pid,
             running: running && pid.is_some(),
             cgroup_parent: host.cgroup_parent.filter(|p| !p.is_empty()),
@@ -440,7 +483,9 @@ impl ContainerInfo {
                     .unwrap_or_default(),
             ),
             image: c.image.unwrap_or_default(),
+            image_id: c.image_id.filter(|i| !i.is_empty()),
             labels: c.labels.unwrap_or_default(),
+            image_labels: ImageLabels::default(),
             pid: None,
             running: false,
             cgroup_parent: None,
@@ -513,8 +558,11 @@ async fn inspect(
     }
 }
 
-/// Every container there is, inspected.
-async fn list_and_inspect(docker: Docker) -> Result<Vec<ContainerInfo>, WatchError> {
+/// Every container there is, inspected, with its image's labels.
+async fn list_and_inspect(
+    docker: Docker,
+    images: ImageLabelReader,
+) -> Result<Vec<ContainerInfo>, WatchError> {
     let list = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -524,6 +572,7 @@ async fn list_and_inspect(docker: Docker) -> Result<Vec<ContainerInfo>, WatchErr
     let results: Vec<Result<Option<ContainerInfo>, BollardError>> = stream::iter(list)
         .map(|summary| {
             let docker = docker.clone();
+            let images = images.clone();
             async move {
                 let Some(id) = summary
                     .id
@@ -532,18 +581,22 @@ async fn list_and_inspect(docker: Docker) -> Result<Vec<ContainerInfo>, WatchErr
                 else {
                     return Ok(None);
                 };
-                match inspect(&docker, &id).await {
-                    Ok(Some(c)) => Ok(ContainerInfo::from_inspect(c)),
-                    Ok(None) => Ok(None),
+                let info = match inspect(&docker, &id).await {
+                    Ok(Some(c)) => ContainerInfo::from_inspect(c),
+                    Ok(None) => None,
                     Err(e) if is_undecodable(&e) => {
                         error!(
                             id = id.short(),
                             "docker: cannot read inspect's answer ({e}); using the listing (no pid, dns, cgroup parent)"
                         );
-                        Ok(ContainerInfo::from_summary(summary))
+                        ContainerInfo::from_summary(summary)
                     }
-                    Err(e) => Err(e),
-                }
+                    Err(e) => return Err(e),
+                };
+                Ok(match info {
+                    Some(i) => Some(i.with_image(&images, REQUEST_TIMEOUT).await),
+                    None => None,
+                })
             }
         })
         .buffered(SYNC_CONCURRENCY)
@@ -583,9 +636,15 @@ fn next_event(
     }
 }
 
-/// Sends the fast `Created` of a create event (from its attributes).
-async fn announce(tx: &mpsc::Sender<DockerEvent>, ev: &Event) -> Result<ContainerInfo, WatchError> {
-    let info = ContainerInfo::from_attributes(ev.id, &ev.attrs);
+/// Sends the fast `Created` of a create event (from its attributes and the image's labels).
+async fn announce(
+    images: &ImageLabelReader,
+    tx: &mpsc::Sender<DockerEvent>,
+    ev: &Event,
+) -> Result<ContainerInfo, WatchError> {
+    let info = ContainerInfo::from_attributes(ev.id, &ev.attrs)
+        .with_image(images, FAST_IMAGE_TIMEOUT)
+        .await;
     send(tx, DockerEvent::Created(info.clone())).await?;
     debug!(
         container = %info.name,
@@ -608,7 +667,11 @@ fn ms_since(time_nano: i64) -> Option<f64> {
 /// Connects: negotiates the version, reads the cgroup driver and the daemon's clock,
 /// subscribes to events from that moment on, lists and inspects every container, and sends
 /// the `Sync`.
-async fn establish(docker: &Docker, tx: &mpsc::Sender<DockerEvent>) -> Result<Session, WatchError> {
+async fn establish(
+    docker: &Docker,
+    images: &ImageLabelReader,
+    tx: &mpsc::Sender<DockerEvent>,
+) -> Result<Session, WatchError> {
     docker.clone().negotiate_version().await?;
     let (cgroup_driver, since) = match docker.info().await {
         Ok(sys) => {
@@ -649,7 +712,7 @@ async fn establish(docker: &Docker, tx: &mpsc::Sender<DockerEvent>) -> Result<Se
         }))
         .boxed();
 
-    let sync = list_and_inspect(docker.clone());
+    let sync = list_and_inspect(docker.clone(), images.clone());
     tokio::pin!(sync);
     let mut pending = Vec::new();
     let mut announced: Vec<ContainerInfo> = Vec::new();
@@ -659,7 +722,7 @@ async fn establish(docker: &Docker, tx: &mpsc::Sender<DockerEvent>) -> Result<Se
             item = events.next() => {
                 if let Some(ev) = next_event(item)? {
                     if ev.action == Action::Create {
-                        announced.push(announce(tx, &ev).await?);
+                        announced.push(announce(images, tx, &ev).await?);
                     }
                     pending.push(ev);
                 }
@@ -693,8 +756,9 @@ async fn establish(docker: &Docker, tx: &mpsc::Sender<DockerEvent>) -> Result<Se
 type Output = Pin<Box<dyn Future<Output = Result<Option<DockerEvent>, WatchError>> + Send>>;
 
 /// What an event becomes, as a future (inspects run while later events are read).
-fn output_of(docker: &Docker, ev: Event) -> Output {
+fn output_of(docker: &Docker, images: &ImageLabelReader, ev: Event) -> Output {
     let docker = docker.clone();
+    let images = images.clone();
     Box::pin(async move {
         let make: fn(ContainerInfo) -> DockerEvent = match ev.action {
             Action::Die => return Ok(Some(DockerEvent::Died(ev.id))),
@@ -711,7 +775,10 @@ fn output_of(docker: &Docker, ev: Event) -> Output {
                     since_event_ms = ?ev.time_nano.and_then(ms_since),
                     "docker: inspected"
                 );
-                Ok(ContainerInfo::from_inspect(c).map(make))
+                Ok(match ContainerInfo::from_inspect(c) {
+                    Some(info) => Some(make(info.with_image(&images, REQUEST_TIMEOUT).await)),
+                    None => None,
+                })
             }
             Ok(None) => {
                 debug!(id = ev.id.short(), action = ?ev.action, "docker: container gone before inspect");
@@ -722,8 +789,13 @@ fn output_of(docker: &Docker, ev: Event) -> Output {
                     id = ev.id.short(),
                     "docker: cannot read inspect's answer ({e}); using the event's attributes"
                 );
-                Ok((ev.action != Action::Create)
-                    .then(|| make(ContainerInfo::from_attributes(ev.id, &ev.attrs))))
+                if ev.action == Action::Create {
+                    return Ok(None);
+                }
+                let info = ContainerInfo::from_attributes(ev.id, &ev.attrs)
+                    .with_image(&images, REQUEST_TIMEOUT)
+                    .await;
+                Ok(Some(make(info)))
             }
             Err(e) => Err(WatchError::Api(e)),
         }
@@ -731,14 +803,19 @@ fn output_of(docker: &Docker, ev: Event) -> Output {
 }
 
 /// Follows the events of an established session; returns why it stopped.
-async fn follow(docker: &Docker, session: Session, tx: &mpsc::Sender<DockerEvent>) -> WatchError {
+async fn follow(
+    docker: &Docker,
+    images: &ImageLabelReader,
+    session: Session,
+    tx: &mpsc::Sender<DockerEvent>,
+) -> WatchError {
     let Session {
         mut events,
         pending,
     } = session;
     let mut queue: FuturesOrdered<Output> = pending
         .into_iter()
-        .map(|ev| output_of(docker, ev))
+        .map(|ev| output_of(docker, images, ev))
         .collect();
     loop {
         tokio::select! {
@@ -746,11 +823,11 @@ async fn follow(docker: &Docker, session: Session, tx: &mpsc::Sender<DockerEvent
             item = events.next() => match next_event(item) {
                 Ok(Some(ev)) => {
                     if ev.action == Action::Create
-                        && let Err(e) = announce(tx, &ev).await
+                        && let Err(e) = announce(images, tx, &ev).await
                     {
                         return e;
                     }
-                    queue.push_back(output_of(docker, ev));
+                    queue.push_back(output_of(docker, images, ev));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -929,7 +1006,9 @@ mod tests {
                 id: id(),
                 name: "evt1".into(),
                 image: "egress-test-busybox:latest".into(),
+                image_id: None,
                 labels: labels(&[("a.b", "c"), ("egress.allow", "10.0.0.1,example.com:443")]),
+                image_labels: ImageLabels::default(),
                 pid: None,
                 running: false,
                 cgroup_parent: None,
@@ -1033,7 +1112,12 @@ mod tests {
                 id: id(),
                 name: "web".into(),
                 image: "egress-test-busybox:latest".into(),
+                image_id: Some(
+                    "sha256:87f9943bcc4153ac70fd59dce5598cf7ee1ca3685e74e150018290b103cb78ee"
+                        .into()
+                ),
                 labels: labels(&[("egress.allow", "10.0.0.1"), ("name", "kept")]),
+                image_labels: ImageLabels::default(),
                 pid: Some(4242),
                 running: true,
                 cgroup_parent: Some("/egress-test".into()),
@@ -1151,6 +1235,8 @@ mod fake_daemon_tests {
         list_requested: Notify,
         /// Inspect answers by id (absent: 404).
         inspect: Mutex<HashMap<String, String>>,
+        /// Image inspect answers by name or id (absent: 404).
+        images: Mutex<HashMap<String, String>>,
         /// The event lines of the next `/events` request; None ends the stream.
         events: Mutex<Vec<UnboundedReceiver<Option<String>>>>,
         events_requested: Notify,
@@ -1244,6 +1330,19 @@ mod fake_daemon_tests {
                 }
                 let _ = s.write_all(b"0\r\n\r\n").await;
                 let _ = s.shutdown().await;
+            }
+            p if p.starts_with("/images/") => {
+                let name = p
+                    .strip_prefix("/images/")
+                    .and_then(|r| r.strip_suffix("/json"))
+                    .unwrap_or_default();
+                let found = script.images.lock().unwrap().get(name).cloned();
+                match found {
+                    Some(body) => respond(&mut s, "200 OK", &body).await,
+                    None => {
+                        respond(&mut s, "404 Not Found", r#"{"message":"No such image"}"#).await
+                    }
+                }
             }
             "/containers/json" => {
                 script.list_requested.notify_one();
@@ -1441,6 +1540,95 @@ mod fake_daemon_tests {
         );
         stop_tx.send(()).unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_info_carries_its_image_labels() {
+        const IMAGE_ID: &str =
+            "sha256:aaaa000000000000000000000000000000000000000000000000000000000001";
+        let fake = Fake::start();
+        let script = fake.script.clone();
+        let image = serde_json::json!({
+            "Id": IMAGE_ID,
+            "Config": {"Labels": {"egress.mode": "audit"}},
+        })
+        .to_string();
+        script
+            .images
+            .lock()
+            .unwrap()
+            .insert("img".into(), image.clone());
+        script.images.lock().unwrap().insert(IMAGE_ID.into(), image);
+        let mut with_image: serde_json::Value =
+            serde_json::from_str(&inspect_json(X, "x", false)).unwrap();
+        with_image["Image"] = IMAGE_ID.into();
+        script
+            .inspect
+            .lock()
+            .unwrap()
+            .insert(X.into(), with_image.to_string());
+        // Y's image is gone (404).
+        let mut gone: serde_json::Value =
+            serde_json::from_str(&inspect_json(Y, "y", false)).unwrap();
+        gone["Image"] = IMAGE_ID.replace("aaaa", "bbbb").into();
+        script
+            .inspect
+            .lock()
+            .unwrap()
+            .insert(Y.into(), gone.to_string());
+        let events = fake.next_events();
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(run(fake.docker(), tx, std::future::pending::<()>()));
+        let DockerEvent::Sync { containers, .. } = recv(&mut rx).await else {
+            panic!("a Sync")
+        };
+        assert!(containers.is_empty());
+
+        let want = ImageLabels::Known(
+            [("egress.mode".to_owned(), "audit".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        events.send(Some(event_json("create", X, "x"))).unwrap();
+        let DockerEvent::Created(fast) = recv(&mut rx).await else {
+            panic!("the fast Created")
+        };
+        assert_eq!(fast.dns.len(), 0, "the fast one: {fast:?}");
+        assert_eq!(fast.image_labels, want);
+        assert_eq!(fast.image_id.as_deref(), Some(IMAGE_ID));
+        let DockerEvent::Created(full) = recv(&mut rx).await else {
+            panic!("the complete Created")
+        };
+        assert_eq!(full.network_mode, "none");
+        assert_eq!(
+            (full.image_labels, full.image_id.as_deref()),
+            (want, Some(IMAGE_ID))
+        );
+        // The fast one asked by reference, the complete one found the id in the cache.
+        let image_requests: Vec<String> = script
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains("/images/"))
+            .cloned()
+            .collect();
+        assert_eq!(image_requests.len(), 1, "{image_requests:?}");
+        assert!(
+            image_requests[0].contains("/images/img/json"),
+            "{image_requests:?}"
+        );
+
+        // An image that cannot be read: Unknown, with why.
+        events.send(Some(event_json("start", Y, "y"))).unwrap();
+        let DockerEvent::Started(y) = recv(&mut rx).await else {
+            panic!("Started")
+        };
+        let ImageLabels::Unknown(why) = &y.image_labels else {
+            panic!("{y:?}")
+        };
+        assert!(why.contains("docker image inspect"), "{why}");
+        task.abort();
     }
 
     #[tokio::test]

@@ -204,12 +204,19 @@ impl Reconciler {
         info!(containers = self.containers.len(), "synced with Docker");
     }
 
-    /// The classification of a container, labels and policy file combined.
+    /// The classification of a container, labels (the image's may only make it stricter) and
+    /// policy file combined; image labels set aside are logged when the classification changes.
     fn classify(&self, info: &ContainerInfo) -> Classification {
-        match &self.policy_file {
-            Some(f) => f.effective(&info.name, &info.labels, self.cfg.caps),
-            None => crate::labels::classify(&info.labels, self.cfg.caps),
+        let verdict =
+            crate::policy_file::judge(self.policy_file.as_ref(), &info.labelled(), self.cfg.caps);
+        if self
+            .containers
+            .get(&info.id)
+            .is_none_or(|t| t.class != verdict.classification)
+        {
+            verdict.log_warnings(&info.name, info.id.short(), &info.image);
         }
+        verdict.classification
     }
 
     async fn upsert(&mut self, info: ContainerInfo, with_cgroups: bool) {

@@ -59,7 +59,7 @@ use crate::{cargo, docker, sys};
 
 const DNS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 2, 1)), 5353);
 /// The label the policy file selects the refresh container by.
-const REFRESH_LABEL: &str = "egress-bench.refresh";
+const REFRESH_LABEL: &str = "bench.egress-enforcer.refresh";
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub struct Opts {
@@ -653,12 +653,18 @@ pub fn run(dir: &Path, o: &Opts) -> Result<Section> {
     Ok(section)
 }
 
-/// Removes bench containers of earlier runs that were killed (label `egress-bench=<pid>` of a
+/// Removes bench containers of earlier runs that were killed (label `bench.egress-enforcer=<pid>` of a
 /// process that is gone).
 fn sweep_containers() {
     let Ok(o) = docker_cmd()
-        .args(["ps", "-a", "--no-trunc", "--filter", "label=egress-bench"])
-        .args(["--format", "{{.ID}} {{.Label \"egress-bench\"}}"])
+        .args([
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            "label=bench.egress-enforcer",
+        ])
+        .args(["--format", "{{.ID}} {{.Label \"bench.egress-enforcer\"}}"])
         .stdin(Stdio::null())
         .output()
     else {
@@ -697,7 +703,7 @@ fn measure(dir: &Path, o: &Opts, bin: &Path, build: &str) -> Result<Section> {
         "/sys/fs/bpf/egress-bench-{pid}-agent"
     )));
     let dns = Dns::start(DNS_ADDR)?;
-    let label = format!("egress-bench={pid}");
+    let label = format!("bench.egress-enforcer={pid}");
     let mut containers = Containers {
         label: label.clone(),
         ids: Vec::new(),
