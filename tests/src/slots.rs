@@ -28,6 +28,16 @@ pub const LAYOUT_META: u8 = 122;
 pub const LAYOUT_POLICY_MAP: u8 = 123;
 pub const LAYOUT_VERSION: u8 = 124;
 pub const PORT_RULE_REPLACE: u8 = 125;
+pub const MAPS_FLAGS_V4: u8 = 132;
+pub const MAPS_FLAGS_V6: u8 = 133;
+pub const MAPS_CGROUP_FULL: u8 = 134;
+pub const MAPS_RULES_FULL: u8 = 135;
+pub const MAPS_CONTAINERS_FULL: u8 = 136;
+pub const MAPS_UNPOLICED_ROOM: u8 = 137;
+pub const MAPS_LEFTOVERS: u8 = 138;
+pub const MAPS_AGENT_CGROUP_FULL: u8 = 139;
+pub const MAPS_KILL: u8 = 140;
+pub const MAPS_LEFTOVERS_RESTART: u8 = 141;
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +70,16 @@ mod tests {
             super::LAYOUT_META,
             super::LAYOUT_POLICY_MAP,
             super::LAYOUT_VERSION,
+            super::MAPS_FLAGS_V4,
+            super::MAPS_FLAGS_V6,
+            super::MAPS_CGROUP_FULL,
+            super::MAPS_RULES_FULL,
+            super::MAPS_CONTAINERS_FULL,
+            super::MAPS_UNPOLICED_ROOM,
+            super::MAPS_LEFTOVERS,
+            super::MAPS_AGENT_CGROUP_FULL,
+            super::MAPS_KILL,
+            super::MAPS_LEFTOVERS_RESTART,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");
