@@ -1,4 +1,5 @@
-//! Decoding the programs' event records into something a person can read.
+//! Decoding the programs' event records into something a person can read: denials and audit
+//! hits ([`EgressEvent`]) and the `cgroup_mkdir` tracepoint's notices ([`CgroupNotice`]).
 
 use std::{
     fmt,
@@ -7,7 +8,7 @@ use std::{
 
 use egress_common::{
     AF_INET,
-    event::{Event, Hook, Reason, Verdict},
+    event::{Event, Hook, NOTICE, Notice, Reason, Verdict},
 };
 
 use crate::enforcer::reason_name;
@@ -37,17 +38,62 @@ pub struct EgressEvent {
     pub hook: Hook,
 }
 
-impl EgressEvent {
-    /// Decodes a raw ring-buffer record. Returns None for a record of the wrong size or with
-    /// unknown codes (a newer kernel object than this agent).
+/// A notice of the `cgroup_mkdir` tracepoint about a container cgroup it just saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupNotice {
+    pub cgroup_id: u64,
+    /// The policy the cgroup got, or should have got (0: the unclassified default).
+    pub policy_id: u32,
+    pub notice: Notice,
+    /// The process that made the cgroup (runc, usually).
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Any record of the ring buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Egress(EgressEvent),
+    Notice(CgroupNotice),
+}
+
+fn raw(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the length was checked; Event is plain data valid for any bit pattern, and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+fn comm(e: &Event) -> String {
+    let end = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+    String::from_utf8_lossy(&e.comm[..end]).into_owned()
+}
+
+impl Record {
+    /// Decodes a raw ring-buffer record; None for a record of the wrong size or with unknown
+    /// codes (a newer kernel object than this agent).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < size_of::<Event>() {
-            return None;
+        let e = raw(bytes)?;
+        if e.verdict == NOTICE {
+            return Some(Self::Notice(CgroupNotice {
+                cgroup_id: e.cgroup_id,
+                policy_id: e.policy_id,
+                notice: Notice::from_u8(e.reason)?,
+                pid: e.pid,
+                comm: comm(&e),
+            }));
         }
-        // SAFETY: the length was checked; Event is plain data valid for any bit pattern, and
-        // read_unaligned copes with the ring buffer's 8-byte alignment.
-        let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Self::from_raw(&e)
+        EgressEvent::from_raw(&e).map(Self::Egress)
+    }
+}
+
+impl EgressEvent {
+    /// Decodes a raw ring-buffer record. Returns None for a record of the wrong size, a notice,
+    /// or one with unknown codes (a newer kernel object than this agent).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        Self::from_raw(&raw(bytes)?)
     }
 
     pub fn from_raw(e: &Event) -> Option<Self> {
@@ -64,6 +110,7 @@ impl EgressEvent {
         let reason = match e.reason {
             1 => Reason::NoMatchingRule,
             2 => Reason::Unclassified,
+            3 => Reason::PolicyNotWritten,
             _ => return None,
         };
         let hook = match e.hook {
@@ -73,12 +120,11 @@ impl EgressEvent {
             4 => Hook::Sendmsg6,
             _ => return None,
         };
-        let end = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
         Some(Self {
             cgroup_id: e.cgroup_id,
             pid: e.pid,
             tid: e.tid,
-            comm: String::from_utf8_lossy(&e.comm[..end]).into_owned(),
+            comm: comm(e),
             policy_id: e.policy_id,
             addr,
             port: e.port,
@@ -172,6 +218,41 @@ mod tests {
         let mut e = raw();
         e.verdict = 9;
         assert!(EgressEvent::from_raw(&e).is_none());
+    }
+
+    #[test]
+    fn notices_are_told_from_verdicts() {
+        let mut e = raw();
+        e.verdict = NOTICE;
+        e.reason = Notice::CgroupMapFull as u8;
+        e.policy_id = 7;
+        // SAFETY: Event is plain data.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>()) };
+        assert_eq!(EgressEvent::decode(bytes), None, "a notice is no denial");
+        match Record::decode(bytes) {
+            Some(Record::Notice(n)) => {
+                assert_eq!(n.notice, Notice::CgroupMapFull);
+                assert_eq!((n.cgroup_id, n.policy_id, n.comm.as_str()), (42, 7, "curl"));
+            }
+            other => panic!("{other:?}"),
+        }
+        e.reason = 99;
+        // SAFETY: as above.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>()) };
+        assert_eq!(Record::decode(bytes), None, "an unknown notice");
+        assert!(matches!(
+            Record::decode(&{
+                let e = raw();
+                // SAFETY: as above.
+                unsafe {
+                    std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>())
+                }
+                .to_vec()
+            }),
+            Some(Record::Egress(_))
+        ));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The one task that owns the [`Enforcer`]: it applies commands sent through an
 //! [`EnforcerHandle`] and drains the event ring buffer, so nothing else ever touches the maps.
+//! Denials and audit hits go to subscribers; the `cgroup_mkdir` tracepoint's notices go to the
+//! enforcer itself ([`Enforcer::on_notice`]). While something waits for a retry (see
+//! [`Enforcer::retry_pending`]) it retries every [`RETRY_INTERVAL`].
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -12,7 +15,7 @@ use tracing::{error, warn};
 use crate::{
     container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerError, Stats},
-    events::EgressEvent,
+    events::{EgressEvent, Record},
     policy::Policy,
     sys::cgroup::CgroupId,
 };
@@ -20,6 +23,9 @@ use crate::{
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
 /// counted).
 const EVENT_BACKLOG: usize = 8192;
+/// How often failed deletes and registrations are retried, and processes that joined a
+/// failed cgroup killed, while there are any.
+pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum Command {
     Set {
@@ -234,22 +240,31 @@ pub fn spawn(mut enforcer: Enforcer) -> (EnforcerHandle, JoinHandle<()>) {
     };
     let task = tokio::spawn(async move {
         let mut ring = ring;
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => apply(&mut enforcer, cmd),
+                    Some(cmd) => {
+                        // Notices first: a command may depend on what they tell.
+                        if let Some(ring) = ring.as_mut() {
+                            drain(ring, &events_tx, &mut enforcer);
+                        }
+                        apply(&mut enforcer, cmd)
+                    }
                     None => break,
                 },
                 Some(()) = readable(&mut ring) => {
                     if let Some(ring) = ring.as_mut() {
-                        drain(ring, &events_tx);
+                        drain(ring, &events_tx, &mut enforcer);
                     }
                 }
+                _ = retry.tick(), if enforcer.has_pending() => enforcer.retry_pending(),
             }
         }
         // Last words: whatever is still in the ring buffer.
         if let Some(ring) = ring.as_mut() {
-            drain(ring, &events_tx);
+            drain(ring, &events_tx, &mut enforcer);
         }
     });
     (handle, task)
@@ -326,15 +341,24 @@ async fn readable(ring: &mut Option<AsyncFd<RingBuf<MapData>>>) -> Option<()> {
     }
 }
 
-fn drain(ring: &mut AsyncFd<RingBuf<MapData>>, tx: &broadcast::Sender<EgressEvent>) {
+fn drain(
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    tx: &broadcast::Sender<EgressEvent>,
+    enforcer: &mut Enforcer,
+) {
     let rb = ring.get_mut();
+    let mut notices = Vec::new();
     while let Some(item) = rb.next() {
-        match EgressEvent::decode(&item) {
+        match Record::decode(&item) {
             // No subscriber is not an error: the counters still have it.
-            Some(ev) => {
+            Some(Record::Egress(ev)) => {
                 let _ = tx.send(ev);
             }
+            Some(Record::Notice(n)) => notices.push(n),
             None => warn!(len = item.len(), "undecodable event record"),
         }
+    }
+    for n in &notices {
+        enforcer.on_notice(n);
     }
 }

@@ -6,12 +6,13 @@ use std::{fs::File, path::Path};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
     maps,
-    policy::{NOTE_ESCAPABLE, NOTE_OUTSIDE_ATTACH},
+    policy::{CgroupPolicy, FLAG_DENY_ALL, NOTE_ESCAPABLE, NOTE_KILLED, NOTE_OUTSIDE_ATTACH},
 };
 use serde::Serialize;
 
 use crate::{
     enforcer::{
+        MapRefs,
         layout::{self, PinDir, PinnedState},
         read_stats, read_view,
     },
@@ -35,7 +36,16 @@ pub struct Status {
     /// Container cgroups denied everything because their container was not classified yet.
     pub unclassified_cgroups: Vec<CgroupRef>,
     pub orphan_rules: usize,
+    /// How full the maps the agent inserts into are.
+    pub maps: Vec<MapFill>,
     pub counters: Option<Counters>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +68,8 @@ pub struct PolicyStatus {
     pub policy_id: u32,
     pub mode: &'static str,
     pub allow: Vec<String>,
+    /// Its policy did not fit in the maps: everything is denied until it does.
+    pub denied_all: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +92,10 @@ pub struct ContainerStatus {
     pub allow: Vec<String>,
     /// cgroups that carry the container's policy in the kernel.
     pub cgroups: Vec<CgroupRef>,
+    /// Its policy did not fit in the maps: everything is denied until it does.
+    pub denied_all: bool,
+    /// A cgroup of it found no room in the cgroup map, and the agent killed its processes.
+    pub killed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +110,10 @@ pub struct Counters {
     pub denied: std::collections::BTreeMap<&'static str, u64>,
     pub audited: std::collections::BTreeMap<&'static str, u64>,
     pub events_lost: u64,
+    /// Inserts of the `cgroup_mkdir` tracepoint that found `EG_CGRP_POLICY` full.
+    pub cgroup_mkdir_insert_failures: u64,
+    /// The agent's failed inserts, by map (each failed its owner closed).
+    pub insert_failures: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +185,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
     };
     let mut containers = Vec::new();
     let mut unclassified_cgroups = Vec::new();
+    let mut fill = Vec::new();
     let (pinned_state, policies, orphan_rules, counters) = match state {
         PinnedState::Empty => ("empty".to_owned(), vec![], 0, None),
         PinnedState::Incompatible(why) => (format!("incompatible: {why}"), vec![], 0, None),
@@ -176,7 +197,35 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             let c6: LpmTrie<MapData, _, _> = open(&pin, maps::CIDR_V6, Map::LpmTrie)?;
             let st: PerCpuArray<MapData, u64> = open(&pin, maps::STATS, Map::PerCpuArray)?;
             let ct: HashMap<MapData, _, _> = open(&pin, maps::CONTAINERS, Map::HashMap)?;
-            let view = read_view(&cgroups, &a4, &a6, &c4, &c6, &ct);
+            let up: HashMap<MapData, _, _> = open(&pin, maps::UNPOLICED, Map::HashMap)?;
+            let view = read_view(&MapRefs {
+                cgroups: &cgroups,
+                allow4: &a4,
+                allow6: &a6,
+                cidr4: &c4,
+                cidr6: &c6,
+                containers: &ct,
+                unpoliced: &up,
+            });
+            let value_of = |id: u32| view.values.get(&id).copied();
+            let denied = |v: Option<CgroupPolicy>| v.is_some_and(|v| v.flags & FLAG_DENY_ALL != 0);
+            let policed = view.containers.values().filter(|p| p.is_some()).count();
+            for (name, entries) in [
+                (maps::CGROUP_POLICY, view.cgroup_entries.len()),
+                (maps::CONTAINERS, policed),
+                (maps::UNPOLICED, view.containers.len() - policed),
+            ]
+            .into_iter()
+            .chain(
+                [maps::ALLOW_V4, maps::ALLOW_V6, maps::CIDR_V4, maps::CIDR_V6]
+                    .map(|m| (m, view.rule_counts.get(m).copied().unwrap_or(0))),
+            ) {
+                fill.push(MapFill {
+                    name,
+                    entries,
+                    capacity: maps::capacity(name).unwrap_or_default(),
+                });
+            }
             let cgref = |id: u64| CgroupRef {
                 cgroup_id: id,
                 cgroup: path_of(id),
@@ -222,6 +271,10 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                         .map(|p| p.rules.iter().map(|r| r.to_string()).collect())
                         .unwrap_or_default(),
                     cgroups,
+                    denied_all: denied(policy_id.and_then(value_of)),
+                    killed: policy_id
+                        .and_then(value_of)
+                        .is_some_and(|v| v.notes & NOTE_KILLED != 0),
                 });
             }
             unclassified_cgroups = view
@@ -240,6 +293,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                     policy_id: a.policy_id,
                     mode: mode_name(a.policy.mode),
                     allow: a.policy.rules.iter().map(|r| r.to_string()).collect(),
+                    denied_all: denied(value_of(a.policy_id)),
                 })
                 .collect();
             let orphans = view.orphans.values().map(Vec::len).sum();
@@ -252,6 +306,8 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                 denied: s.denied,
                 audited: s.audited,
                 events_lost: s.events_lost,
+                cgroup_mkdir_insert_failures: s.cgroup_mkdir_insert_failures,
+                insert_failures: s.insert_failures,
             };
             ("compatible".to_owned(), policies, orphans, Some(counters))
         }
@@ -264,9 +320,15 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         containers,
         unclassified_cgroups,
         orphan_rules,
+        maps: fill,
         counters,
     })
 }
+
+/// How `status` shows an owner whose policy did not fit.
+const DENIED_ALL: &str = "DENIED ALL (its policy did not fit in the maps)";
+/// How `status` shows a container a cgroup of which was killed for want of room.
+const KILLED: &str = ", a cgroup of it was KILLED (no room in EG_CGRP_POLICY)";
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -302,7 +364,7 @@ impl std::fmt::Display for Status {
                 } else {
                     " NOT ENFORCEABLE (outside the attach cgroup)"
                 },
-                p.mode,
+                if p.denied_all { DENIED_ALL } else { p.mode },
                 p.policy_id,
                 p.allow.len()
             )?;
@@ -320,10 +382,11 @@ impl std::fmt::Display for Status {
             match c.mode {
                 Some(mode) => writeln!(
                     f,
-                    "  {}: {}, {}{}, policy {}, {} allow rule(s), cgroups {:?}",
+                    "  {}: {}, {}{}{}, policy {}, {} allow rule(s), cgroups {:?}",
                     &c.id[..12],
                     c.state,
-                    mode,
+                    if c.denied_all { DENIED_ALL } else { mode },
+                    if c.killed { KILLED } else { "" },
                     if c.loopback { ", own loopback" } else { "" },
                     c.policy_id.unwrap_or_default(),
                     c.allow.len(),
@@ -359,6 +422,14 @@ impl std::fmt::Display for Status {
                 self.orphan_rules
             )?;
         }
+        if !self.maps.is_empty() {
+            let fill: Vec<String> = self
+                .maps
+                .iter()
+                .map(|m| format!("{} {}/{}", m.name, m.entries, m.capacity))
+                .collect();
+            writeln!(f, "map entries: {}", fill.join(", "))?;
+        }
         if let Some(c) = &self.counters {
             let d: u64 = c.denied.values().sum();
             let a: u64 = c.audited.values().sum();
@@ -367,6 +438,32 @@ impl std::fmt::Display for Status {
                 "counters: allowed {}, denied {} {:?}, audited {} {:?}, events lost {}",
                 c.allowed, d, c.denied, a, c.audited, c.events_lost
             )?;
+            let failed: Vec<String> = c
+                .insert_failures
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(m, n)| {
+                    format!(
+                        "{m} ({} entries) {n}",
+                        maps::capacity(m).unwrap_or_default()
+                    )
+                })
+                .chain((c.cgroup_mkdir_insert_failures > 0).then(|| {
+                    format!(
+                        "{} ({} entries) {} by the cgroup_mkdir tracepoint",
+                        maps::CGROUP_POLICY,
+                        maps::CGROUP_POLICY_ENTRIES,
+                        c.cgroup_mkdir_insert_failures
+                    )
+                }))
+                .collect();
+            if !failed.is_empty() {
+                writeln!(
+                    f,
+                    "failed inserts (each one failed its container or cgroup closed): {}",
+                    failed.join(", ")
+                )?;
+            }
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub struct ContainerKey {
 
 crate::user_pod!(ContainerKey);
 
+/// The value of every [`crate::maps::UNPOLICED`] entry (only the key's presence counts).
+pub const UNPOLICED_MARK: u8 = 1;
+
 /// `path[i]`, with the index masked into the buffer (PATH_SCAN is a power of two) so that the
 /// verifier sees every access in bounds whatever order the compiler puts the checks in.
 /// Callers only pass in-range indices; the mask never changes a meaningful result.

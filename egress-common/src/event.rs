@@ -18,6 +18,37 @@ pub enum Reason {
     NoMatchingRule = 1,
     /// The cgroup belongs to a container the agent had not classified yet (fail closed).
     Unclassified = 2,
+    /// The agent could not write the cgroup's policy (a map was full): everything is denied
+    /// ([`crate::policy::FLAG_DENY_ALL`]).
+    PolicyNotWritten = 3,
+}
+
+/// [`Event::verdict`] of a notice: not a verdict on a destination but news from the
+/// `cgroup_mkdir` tracepoint about a container cgroup it just saw; [`Event::reason`] then holds
+/// a [`Notice`], `cgroup_id` the new cgroup, `policy_id` the policy it got (or should have
+/// got), `pid`/`comm` the process that made it. Address, port and protocol are zero.
+pub const NOTICE: u8 = 0x80;
+
+/// What a notice of the `cgroup_mkdir` tracepoint says.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Notice {
+    /// The cgroup got the policy of its (registered) container: the agent adds it to the
+    /// cgroups it keeps in step with that policy.
+    Classified = 1,
+    /// The cgroup's entry did not fit in [`crate::maps::CGROUP_POLICY`]: the cgroup is not
+    /// policed, and the agent must fail it closed.
+    CgroupMapFull = 2,
+}
+
+impl Notice {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Classified),
+            2 => Some(Self::CgroupMapFull),
+            _ => None,
+        }
+    }
 }
 
 /// Number of reason slots reserved per verdict in the stats map.

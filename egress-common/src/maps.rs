@@ -2,6 +2,7 @@
 //! opens them, pins them under its pin directory and checks pinned maps against these sizes.
 
 /// cgroup id (u64) -> [`crate::policy::CgroupPolicy`]. The only lookup an unpoliced cgroup pays.
+/// Holds [`CGROUP_POLICY_ENTRIES`]: see there for who may use how much of it.
 pub const CGROUP_POLICY: &str = "EG_CGRP_POLICY";
 /// [`crate::rule::Ip4RuleKey`] -> [`crate::rule::RuleValue`]: exact IPv4 destinations.
 pub const ALLOW_V4: &str = "EG_ALLOW_V4";
@@ -17,15 +18,21 @@ pub const EVENTS: &str = "EG_EVENTS";
 pub const STATS: &str = "EG_STATS";
 /// Array of u64: index 0 holds the [`crate::LAYOUT_VERSION`] the maps were created with.
 pub const META: &str = "EG_META";
-/// [`crate::container::ContainerKey`] -> [`crate::policy::CgroupPolicy`]: the policy each known
-/// container gets, written by the agent at Docker's `create` event, applied by the
-/// `cgroup_mkdir` tracepoint to the container's cgroups the moment runc makes them.
+/// [`crate::container::ContainerKey`] -> [`crate::policy::CgroupPolicy`]: the policy each
+/// policed container gets, written by the agent at Docker's `create` event, applied by the
+/// `cgroup_mkdir` tracepoint to the container's cgroups the moment runc makes them. Only policed
+/// containers are here (unpoliced ones are in [`UNPOLICED`]), so containers that need no
+/// policy never take a slot that a policed one needs.
 pub const CONTAINERS: &str = "EG_CONTAINERS";
+/// [`crate::container::ContainerKey`] -> u8 ([`crate::container::UNPOLICED_MARK`]): the
+/// containers the agent knows and does not police (no `egress.*` label). The tracepoint leaves
+/// their cgroups alone instead of giving them the `--unclassified` default.
+pub const UNPOLICED: &str = "EG_UNPOLICED";
 /// Array of u64 settings the programs read (see `CONFIG_*`).
 pub const CONFIG: &str = "EG_CONFIG";
 
 /// All maps, in the order `status` shows them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     CGROUP_POLICY,
     ALLOW_V4,
     ALLOW_V6,
@@ -36,10 +43,21 @@ pub const ALL: [&str; 10] = [
     META,
     CONTAINERS,
     CONFIG,
+    UNPOLICED,
 ];
 
-/// How many cgroups can be policed at once.
+/// How many cgroups the agent polices on its own (`--policy`) at most: its share of
+/// [`CGROUP_POLICY`]. It refuses more, so that they never take the room of container cgroups.
 pub const MAX_POLICED_CGROUPS: u32 = 16_384;
+/// Capacity of [`CGROUP_POLICY`]: the agent's own share ([`MAX_POLICED_CGROUPS`]) plus one entry
+/// per policed container ([`MAX_CONTAINERS`], as many as [`CONTAINERS`] holds), which the
+/// `cgroup_mkdir` tracepoint writes when runc makes the container's cgroup. So a registered
+/// container's cgroup always finds room, unless containers have cgroups of their own below
+/// theirs, many unregistered containers are denied as unclassified at once, or the map was
+/// filled from outside; then the tracepoint's insert fails, is counted
+/// ([`crate::stats::CGROUP_MKDIR_INSERT_FAILED`]) and reported as a notice
+/// ([`crate::event::Notice::CgroupMapFull`]), and the agent fails the cgroup closed.
+pub const CGROUP_POLICY_ENTRIES: u32 = MAX_POLICED_CGROUPS + MAX_CONTAINERS;
 /// Exact-address rules over all policies, per family.
 pub const MAX_ADDR_RULES: u32 = 262_144;
 /// CIDR rules over all policies, per family.
@@ -50,8 +68,10 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const META_LAYOUT_SLOT: u32 = 0;
 /// Number of slots in [`META`].
 pub const META_SLOTS: u32 = 4;
-/// Containers the agent can know at once.
+/// Policed containers the agent can know at once ([`CONTAINERS`]).
 pub const MAX_CONTAINERS: u32 = 16_384;
+/// Unpoliced containers the agent can know at once ([`UNPOLICED`]).
+pub const MAX_UNPOLICED: u32 = 16_384;
 /// [`CONFIG`] slot: what a new container cgroup gets when the agent has not classified its
 /// container: [`UNCLASSIFIED_ALLOW`] or [`UNCLASSIFIED_DENY`] (the default, 0, denies).
 pub const CONFIG_UNCLASSIFIED: u32 = 0;
@@ -59,3 +79,32 @@ pub const CONFIG_UNCLASSIFIED: u32 = 0;
 pub const CONFIG_SLOTS: u32 = 4;
 pub const UNCLASSIFIED_DENY: u64 = 0;
 pub const UNCLASSIFIED_ALLOW: u64 = 1;
+
+/// The capacity (max_entries) of the map called `name`, for messages that say which map was full
+/// and how big it is. None for a name that is not one of ours.
+pub fn capacity(name: &str) -> Option<u32> {
+    Some(match name {
+        CGROUP_POLICY => CGROUP_POLICY_ENTRIES,
+        ALLOW_V4 | ALLOW_V6 => MAX_ADDR_RULES,
+        CIDR_V4 | CIDR_V6 => MAX_CIDR_RULES,
+        EVENTS => EVENTS_BYTES,
+        STATS => crate::stats::SLOTS,
+        META => META_SLOTS,
+        CONTAINERS => MAX_CONTAINERS,
+        CONFIG => CONFIG_SLOTS,
+        UNPOLICED => MAX_UNPOLICED,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_map_has_a_capacity() {
+        for name in super::ALL {
+            assert!(super::capacity(name).is_some_and(|c| c > 0), "{name}");
+            assert!(name.len() <= 15, "{name} is longer than the kernel allows");
+        }
+        assert_eq!(super::capacity("EG_NOPE"), None);
+    }
+}

@@ -24,9 +24,8 @@ impl Mode {
 pub const FLAG_CIDR4: u8 = 1 << 0;
 /// Flag: the policy has IPv6 CIDR rules (else the IPv6 trie is not consulted).
 pub const FLAG_CIDR6: u8 = 1 << 1;
-/// Flag (in [`crate::maps::CONTAINERS`] only): a known container that is not policed; the
-/// tracepoint leaves its cgroups alone.
-pub const FLAG_UNPOLICED: u8 = 1 << 2;
+// Bit 2 is free (it marked unpoliced containers in EG_CONTAINERS up to layout 2; they have a
+// map of their own now, `crate::maps::UNPOLICED`).
 /// Flag: the cgroup belongs to a container the agent had not classified when the cgroup was
 /// made; it has no rules and everything is denied with [`crate::event::Reason::Unclassified`].
 pub const FLAG_UNCLASSIFIED: u8 = 1 << 3;
@@ -41,6 +40,11 @@ pub const FLAG_ANY_PORT_ONLY6: u8 = 1 << 5;
 /// a container whose network namespace is its own (not `--network host`, not shared with a
 /// container whose policy is wider).
 pub const FLAG_LOOPBACK: u8 = 1 << 6;
+/// Flag: the agent could not write this policy (a map was full, or a rule it had to remove
+/// would not go): everything is denied with [`crate::event::Reason::PolicyNotWritten`],
+/// whatever the rules say, until the agent has written the policy in full. The mode of such an
+/// entry is always [`Mode::Enforce`] (see [`CgroupPolicy::failed_closed`]).
+pub const FLAG_DENY_ALL: u8 = 1 << 7;
 /// Note bit (in [`CgroupPolicy::notes`], never read by the programs): the container holds a
 /// privilege that lets it switch off or escape any cgroup policy (`--privileged`,
 /// `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_BPF`, the Docker socket, a bpffs or a writable
@@ -49,6 +53,10 @@ pub const NOTE_ESCAPABLE: u8 = 1 << 0;
 /// Note bit: the container's cgroup is outside the cgroup the programs are attached to, so no
 /// program judges it. `status` shows it as "not enforceable".
 pub const NOTE_OUTSIDE_ATTACH: u8 = 1 << 1;
+/// Note bit: a cgroup of the owner found no room in [`crate::maps::CGROUP_POLICY`], so the agent
+/// killed the processes in it (cgroup v2 `cgroup.kill`) rather than let them run unpoliced.
+/// `status` shows it.
+pub const NOTE_KILLED: u8 = 1 << 2;
 /// Policy id that has no rules (used by unclassified cgroups).
 pub const NO_RULES_POLICY_ID: u32 = 0;
 
@@ -81,12 +89,23 @@ impl CgroupPolicy {
         }
     }
 
-    /// The mode, failing closed on an unknown value.
     /// The policy of an unclassified container cgroup: deny everything.
     pub const fn unclassified() -> Self {
         Self::new(NO_RULES_POLICY_ID, Mode::Enforce, FLAG_UNCLASSIFIED)
     }
 
+    /// The same entry, denying everything ([`FLAG_DENY_ALL`], enforce mode, no loopback): what
+    /// an owner whose policy could not be written gets. Id and notes stay, so the entry still
+    /// names its owner.
+    pub const fn failed_closed(self) -> Self {
+        Self {
+            mode: Mode::Enforce as u8,
+            flags: (self.flags & !FLAG_LOOPBACK) | FLAG_DENY_ALL,
+            ..self
+        }
+    }
+
+    /// The mode, failing closed on an unknown value.
     pub const fn mode(&self) -> Mode {
         match Mode::from_u8(self.mode) {
             Some(m) => m,

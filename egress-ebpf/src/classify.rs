@@ -1,16 +1,27 @@
 //! `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir`: police a container's cgroup the moment runc
 //! makes it, before any process runs in it, and forget a cgroup when it is removed.
+//!
+//! Every container cgroup that gets its registered container's policy, and every one whose
+//! entry does not fit in `EG_CGRP_POLICY`, is reported to the agent as a notice in the event
+//! ring buffer (`egress_common::event::NOTICE`): the first lets the agent keep the entry in step
+//! with later changes of the policy, the second lets it fail the cgroup closed (the tracepoint
+//! cannot deny anything itself). A failed insert is also counted
+//! (`stats::CGROUP_MKDIR_INSERT_FAILED`).
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_probe_read_kernel_str_bytes, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    programs::TracePointContext,
 };
 use egress_common::{
     container::{PATH_SCAN, find_container_id, key_at},
+    event::{Event, NOTICE, Notice},
     maps::{CONFIG_UNCLASSIFIED, UNCLASSIFIED_ALLOW},
-    policy::{CgroupPolicy, FLAG_UNPOLICED},
+    policy::CgroupPolicy,
+    stats,
 };
 
-use crate::maps::{CGROUP_POLICY, CONFIG, CONTAINERS, PATH_SCRATCH};
+use crate::maps::{CGROUP_POLICY, CONFIG, CONTAINERS, EVENTS, PATH_SCRATCH, STATS, UNPOLICED};
 
 // Offsets in the tracepoint record (tracefs events/cgroup/cgroup_mkdir/format, stable since
 // 5.x): int root @8, int level @12, u64 id @16, __data_loc char[] path @24.
@@ -60,18 +71,28 @@ pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
     };
     let key = key_at(buf, at);
     // SAFETY: values are copied out at once.
-    let policy = match unsafe { CONTAINERS.get(key) } {
-        Some(p) if p.flags & FLAG_UNPOLICED != 0 => return 0,
-        Some(p) => *p,
+    let (policy, registered) = match unsafe { CONTAINERS.get(key) } {
+        Some(p) => (*p, true),
         None => {
+            // SAFETY: only presence is tested.
+            if unsafe { UNPOLICED.get(key) }.is_some() {
+                return 0;
+            }
             let unclassified = CONFIG.get(CONFIG_UNCLASSIFIED).copied().unwrap_or(0);
             if unclassified == UNCLASSIFIED_ALLOW {
                 return 0;
             }
-            CgroupPolicy::unclassified()
+            (CgroupPolicy::unclassified(), false)
         }
     };
-    let _ = CGROUP_POLICY.insert(cgroup_id, policy, 0);
+    match CGROUP_POLICY.insert(cgroup_id, policy, 0) {
+        Ok(()) if registered => notify(cgroup_id, &policy, Notice::Classified),
+        Ok(()) => {}
+        Err(_) => {
+            count(stats::CGROUP_MKDIR_INSERT_FAILED);
+            notify(cgroup_id, &policy, Notice::CgroupMapFull);
+        }
+    }
     0
 }
 
@@ -82,4 +103,34 @@ pub fn on_rmdir(ctx: &TracePointContext) -> u32 {
         let _ = CGROUP_POLICY.remove(cgroup_id);
     }
     0
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs a program concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Sends a notice about `cgroup_id` to the agent (counted as lost if the ring buffer is full).
+#[inline(always)]
+fn notify(cgroup_id: u64, policy: &CgroupPolicy, notice: Notice) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stats::EVENTS_LOST);
+        return;
+    };
+    let mut ev = Event::zeroed();
+    ev.cgroup_id = cgroup_id;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.policy_id = policy.policy_id;
+    ev.verdict = NOTICE;
+    ev.reason = notice as u8;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    entry.write(ev);
+    entry.submit(0);
 }

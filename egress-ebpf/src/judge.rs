@@ -10,7 +10,7 @@ use egress_common::{
     event::{Event, Hook, Reason, Verdict},
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, Mode,
+        FLAG_DENY_ALL, FLAG_LOOPBACK, FLAG_UNCLASSIFIED, Mode,
     },
     rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
     stats,
@@ -40,6 +40,8 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     };
     let reason = if policy.flags & FLAG_UNCLASSIFIED != 0 {
         Reason::Unclassified
+    } else if policy.flags & FLAG_DENY_ALL != 0 {
+        Reason::PolicyNotWritten
     } else if own_loopback(&policy, &dest) || allowed(&policy, &dest) {
         count(stats::ALLOWED);
         return ALLOW;

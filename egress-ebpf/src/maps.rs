@@ -8,8 +8,8 @@ use aya_ebpf::{
 use egress_common::{
     container::{ContainerKey, PATH_SCAN},
     maps::{
-        CONFIG_SLOTS, EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES, MAX_CONTAINERS,
-        MAX_POLICED_CGROUPS, META_SLOTS,
+        CGROUP_POLICY_ENTRIES, CONFIG_SLOTS, EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES,
+        MAX_CONTAINERS, MAX_UNPOLICED, META_SLOTS,
     },
     policy::CgroupPolicy,
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
@@ -17,7 +17,7 @@ use egress_common::{
 };
 
 #[map(name = "EG_CGRP_POLICY")]
-pub static CGROUP_POLICY: HashMap<u64, CgroupPolicy> = HashMap::pinned(MAX_POLICED_CGROUPS, 0);
+pub static CGROUP_POLICY: HashMap<u64, CgroupPolicy> = HashMap::pinned(CGROUP_POLICY_ENTRIES, 0);
 
 #[map(name = "EG_ALLOW_V4")]
 pub static ALLOW_V4: HashMap<Ip4RuleKey, RuleValue> = HashMap::pinned(MAX_ADDR_RULES, 0);
@@ -43,6 +43,10 @@ pub static META: Array<u64> = Array::pinned(META_SLOTS, 0);
 
 #[map(name = "EG_CONTAINERS")]
 pub static CONTAINERS: HashMap<ContainerKey, CgroupPolicy> = HashMap::pinned(MAX_CONTAINERS, 0);
+
+/// Known unpoliced containers (the value is `egress_common::container::UNPOLICED_MARK`).
+#[map(name = "EG_UNPOLICED")]
+pub static UNPOLICED: HashMap<ContainerKey, u8> = HashMap::pinned(MAX_UNPOLICED, 0);
 
 #[map(name = "EG_CONFIG")]
 pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);

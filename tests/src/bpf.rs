@@ -173,3 +173,74 @@ pub fn write_array_u64(path: &Path, index: u32, value: u64) {
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
         .unwrap_or_else(|e| panic!("updating {}[{index}]: {e}", path.display()));
 }
+
+/// The bytes of a plain-data map key or value (the shared `#[repr(C)]` types of egress-common,
+/// which spell out every padding byte).
+pub fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is plain data without hidden padding (see above); the slice lives as long as v.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// A pinned map opened behind the agent's back, written with raw `bpf(2)` calls, the way
+/// `bpftool map update pinned ...` would (for tests that fill maps from outside).
+pub struct PinnedMap {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// `BPF_NOEXIST`: only make new entries.
+pub const BPF_NOEXIST: u64 = 1;
+
+impl PinnedMap {
+    #[track_caller]
+    pub fn open(path: &Path) -> Self {
+        let fd =
+            obj_get(path).unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
+        Self {
+            fd,
+            path: path.to_owned(),
+        }
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM` with `flags`.
+    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+        // BPF_MAP_UPDATE_ELEM: map_fd (u32), pad, key (u64), value (u64), flags (u64).
+        let mut attr = [0u8; 32];
+        put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
+        put_u64(&mut attr, 8, key.as_ptr() as u64);
+        put_u64(&mut attr, 16, value.as_ptr() as u64);
+        put_u64(&mut attr, 24, flags);
+        sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+
+    /// Inserts new entries `key(0), key(1), ...` with `value` until the map refuses one (it is
+    /// full); returns how many keys it went through (keys already there are skipped). Panics if
+    /// the refusal is not "full" (E2BIG/ENOSPC).
+    #[track_caller]
+    pub fn fill<K: Copy, V: Copy>(&self, key: impl Fn(u64) -> K, value: V) -> u64 {
+        let mut n = 0;
+        loop {
+            match self.update(bytes_of(&key(n)), bytes_of(&value), BPF_NOEXIST) {
+                Ok(()) => n += 1,
+                // Already there (a key of a real entry): skip it.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => n += 1,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)) => {
+                    return n;
+                }
+                Err(e) => panic!("filling {}: entry {n}: {e}", self.path.display()),
+            }
+            assert!(n < 1 << 24, "{} never filled up", self.path.display());
+        }
+    }
+
+    /// Deletes one entry (`BPF_MAP_DELETE_ELEM`).
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        // BPF_MAP_DELETE_ELEM: map_fd (u32), pad, key (u64).
+        let mut attr = [0u8; 32];
+        put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
+        put_u64(&mut attr, 8, key.as_ptr() as u64);
+        sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;

@@ -566,15 +566,62 @@ pub struct TcpTarget {
 impl TcpTarget {
     #[track_caller]
     pub fn start(addr: SocketAddr, role: &str) -> Self {
-        let answer = format!("ok {role}\n");
         let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-        l.set_nonblocking(true).expect("nonblocking listener");
+        Self::serve(addr, role, move || Ok(l))
+    }
+
+    /// The same inside the network namespace of process `pid` (a container's), on an address
+    /// the test adds to that namespace's loopback first (`ip addr add ADDR dev lo`).
+    #[track_caller]
+    pub fn start_in_netns_of(pid: u32, addr: SocketAddr, role: &str) -> Self {
+        let (tx, rx) = mpsc::channel::<Result<(), String>>();
+        let target = Self::serve(addr, role, move || {
+            let listener = (|| {
+                let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+                    .map_err(|e| format!("opening /proc/{pid}/ns/net: {e}"))?;
+                // SAFETY: setns(2) on a namespace descriptor we hold; it changes this (dedicated)
+                // thread only, and the `ip` child inherits it.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns: {}", std::io::Error::last_os_error()));
+                }
+                let out = Command::new("ip")
+                    .args(["addr", "add", &addr.ip().to_string(), "dev", "lo"])
+                    .output()
+                    .map_err(|e| format!("running ip: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "ip addr add {}: {}",
+                        addr.ip(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))
+            })();
+            let _ = tx.send(listener.as_ref().map(|_| ()).map_err(Clone::clone));
+            listener.map_err(std::io::Error::other)
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => target,
+            Ok(Err(e)) => panic!("TCP target in the netns of pid {pid}: {e}"),
+            Err(e) => panic!("TCP target in the netns of pid {pid}: no answer ({e})"),
+        }
+    }
+
+    /// Answers `ok <role>` on the listener `bind` makes, in a thread of its own.
+    fn serve(
+        addr: SocketAddr,
+        role: &str,
+        bind: impl FnOnce() -> std::io::Result<TcpListener> + Send + 'static,
+    ) -> Self {
+        let answer = format!("ok {role}\n");
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let accepted = accepted.clone();
             let stop = stop.clone();
             thread::spawn(move || {
+                let Ok(l) = bind() else { return };
+                l.set_nonblocking(true).expect("nonblocking listener");
                 while !stop.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((mut s, _)) => {

@@ -9,7 +9,8 @@ use std::{
 };
 
 use egress_agent::{
-    enforcer::{Enforcer, EnforcerConfig, OpenReport, Stats},
+    container::ContainerId,
+    enforcer::{Applied, Enforcer, EnforcerConfig, OpenReport, Stats},
     events::EgressEvent,
     owner::{self, EnforcerHandle},
     policy::{Mode, Policy, parse_ip_entries},
@@ -35,6 +36,22 @@ pub fn require_root() {
         euid, 0,
         "the kernel tests load eBPF programs and create cgroups: run them as root (`sudo -E cargo xtask test`)"
     );
+}
+
+/// A policy from entries in the `--policy` grammar (`a,b/24:80`).
+#[track_caller]
+fn policy(mode: Mode, entries: &str) -> Policy {
+    let rules =
+        parse_ip_entries(entries).unwrap_or_else(|e| panic!("policy entries {entries:?}: {e}"));
+    Policy::new(mode, rules)
+}
+
+/// A container id of test `slot`, `n`-th of the test: 64 hex digits no real container has.
+pub fn container_id(slot: u8, n: u32) -> ContainerId {
+    let pid = std::process::id();
+    format!("e9e9{slot:02x}{pid:08x}{n:08x}{:042x}", 0xe9)
+        .parse()
+        .expect("a valid container id")
 }
 
 /// An enforcer running in this process: its owner task on a private tokio runtime, and a
@@ -94,9 +111,7 @@ impl InProcess {
     /// Sets or replaces the policy of `cg`: `entries` in the `--policy` grammar (`a,b/24:80`).
     #[track_caller]
     pub fn set_policy(&self, cg: &Cgroup, mode: Mode, entries: &str) {
-        let rules =
-            parse_ip_entries(entries).unwrap_or_else(|e| panic!("policy entries {entries:?}: {e}"));
-        let policy = Policy::new(mode, rules);
+        let policy = policy(mode, entries);
         self.rt()
             .block_on(self.handle().set_policy(cg.id, policy))
             .unwrap_or_else(|e| panic!("set_policy({}, {entries:?}): {e}", cg.path.display()));
@@ -108,6 +123,62 @@ impl InProcess {
         self.rt()
             .block_on(self.handle().set_policy(cg.id, policy))
             .unwrap_or_else(|e| panic!("set_policy({}): {e}", cg.path.display()));
+    }
+
+    /// Like [`InProcess::set_policy`], returning the enforcer's error as text.
+    pub fn try_set_policy(&self, cg: &Cgroup, mode: Mode, entries: &str) -> Result<(), String> {
+        let policy = policy(mode, entries);
+        self.rt()
+            .block_on(self.handle().set_policy(cg.id, policy))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Registers a container (as at Docker's `create` event): `Some((mode, entries))` polices
+    /// it, `None` marks it unpoliced. `cgroups` are cgroups of it that exist already. Returns
+    /// the enforcer's error as text.
+    pub fn set_container(
+        &self,
+        id: &ContainerId,
+        policy: Option<(Mode, &str)>,
+        cgroups: &[&Cgroup],
+    ) -> Result<(), String> {
+        let policy = policy.map(|(mode, entries)| self::policy(mode, entries));
+        let cgroups = cgroups.iter().map(|c| c.id).collect();
+        self.rt()
+            .block_on(self.handle().set_container(*id, policy, cgroups))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forgets a container (as at Docker's `destroy` event).
+    #[track_caller]
+    pub fn remove_container(&self, id: &ContainerId) -> bool {
+        self.rt()
+            .block_on(self.handle().remove_container(*id, vec![]))
+            .unwrap_or_else(|e| panic!("remove_container({id:?}): {e}"))
+    }
+
+    /// The policies of the cgroups policed on their own, by cgroup id.
+    #[track_caller]
+    pub fn policies(&self) -> Vec<(u64, Applied)> {
+        self.rt()
+            .block_on(self.handle().policies())
+            .unwrap_or_else(|e| panic!("policies(): {e}"))
+    }
+
+    /// The containers the enforcer knows.
+    #[track_caller]
+    pub fn containers(&self) -> Vec<(ContainerId, Option<Applied>)> {
+        self.rt()
+            .block_on(self.handle().containers())
+            .unwrap_or_else(|e| panic!("containers(): {e}"))
+    }
+
+    /// What new container cgroups of unknown containers get.
+    #[track_caller]
+    pub fn set_unclassified_deny(&self, deny: bool) {
+        self.rt()
+            .block_on(self.handle().set_unclassified_deny(deny))
+            .unwrap_or_else(|e| panic!("set_unclassified_deny({deny}): {e}"))
     }
 
     /// Removes the policy of `cg`; returns whether it had one.

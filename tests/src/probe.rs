@@ -292,6 +292,12 @@ impl Probe {
         RunningProbe { child: Some(child) }.wait(self)
     }
 
+    /// Spawns the probe in `cg` and returns at once, for a cgroup that may freeze or kill it
+    /// (its report, if any, is on the child's stdout).
+    pub fn spawn_in(&self, cg: &Cgroup) -> std::io::Result<std::process::Child> {
+        self.command(cg).spawn()
+    }
+
     /// Starts a `--loop-until` probe in `cg` and returns once it has made its first attempt,
     /// or a server probe once it listens.
     #[track_caller]

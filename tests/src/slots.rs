@@ -37,6 +37,16 @@ pub const TCP_SERVER_REPLY: u8 = 155;
 pub const FAMILY_DNS: u8 = 126;
 /// The resolver test against a real dnsmasq: its listen address and the addresses it answers.
 pub const FAMILY_DNSMASQ: u8 = 127;
+pub const MAPS_FLAGS_V4: u8 = 132;
+pub const MAPS_FLAGS_V6: u8 = 133;
+pub const MAPS_CGROUP_FULL: u8 = 134;
+pub const MAPS_RULES_FULL: u8 = 135;
+pub const MAPS_CONTAINERS_FULL: u8 = 136;
+pub const MAPS_UNPOLICED_ROOM: u8 = 137;
+pub const MAPS_LEFTOVERS: u8 = 138;
+pub const MAPS_AGENT_CGROUP_FULL: u8 = 139;
+pub const MAPS_KILL: u8 = 140;
+pub const MAPS_LEFTOVERS_RESTART: u8 = 141;
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +85,16 @@ mod tests {
             super::LAYOUT_VERSION,
             super::FAMILY_DNS,
             super::FAMILY_DNSMASQ,
+            super::MAPS_FLAGS_V4,
+            super::MAPS_FLAGS_V6,
+            super::MAPS_CGROUP_FULL,
+            super::MAPS_RULES_FULL,
+            super::MAPS_CONTAINERS_FULL,
+            super::MAPS_UNPOLICED_ROOM,
+            super::MAPS_LEFTOVERS,
+            super::MAPS_AGENT_CGROUP_FULL,
+            super::MAPS_KILL,
+            super::MAPS_LEFTOVERS_RESTART,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");

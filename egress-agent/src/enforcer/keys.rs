@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
-use egress_common::rule::{
-    ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey,
+use egress_common::{
+    maps,
+    rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -17,6 +18,18 @@ pub enum RuleKey {
     V6(Ip6RuleKey),
     Cidr4(u32, Cidr4Data),
     Cidr6(u32, Cidr6Data),
+}
+
+impl RuleKey {
+    /// The name of the map the key lives in.
+    pub fn map(&self) -> &'static str {
+        match self {
+            RuleKey::V4(_) => maps::ALLOW_V4,
+            RuleKey::V6(_) => maps::ALLOW_V6,
+            RuleKey::Cidr4(..) => maps::CIDR_V4,
+            RuleKey::Cidr6(..) => maps::CIDR_V6,
+        }
+    }
 }
 
 fn port_bits(port: Option<u16>) -> u16 {

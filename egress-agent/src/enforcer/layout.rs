@@ -43,14 +43,14 @@ const fn sz<T>() -> u32 {
 }
 
 /// The shapes the current eBPF object declares (kept beside the shared types they come from).
-pub fn expected_shapes() -> [MapShape; 10] {
+pub fn expected_shapes() -> [MapShape; 11] {
     [
         MapShape {
             name: maps::CGROUP_POLICY,
             map_type: MapType::Hash,
             key_size: sz::<u64>(),
             value_size: sz::<CgroupPolicy>(),
-            max_entries: maps::MAX_POLICED_CGROUPS,
+            max_entries: maps::CGROUP_POLICY_ENTRIES,
         },
         MapShape {
             name: maps::ALLOW_V4,
@@ -114,6 +114,13 @@ pub fn expected_shapes() -> [MapShape; 10] {
             key_size: sz::<u32>(),
             value_size: sz::<u64>(),
             max_entries: maps::CONFIG_SLOTS,
+        },
+        MapShape {
+            name: maps::UNPOLICED,
+            map_type: MapType::Hash,
+            key_size: sz::<ContainerKey>(),
+            value_size: sz::<u8>(),
+            max_entries: maps::MAX_UNPOLICED,
         },
     ]
 }

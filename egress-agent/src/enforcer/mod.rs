@@ -1,43 +1,89 @@
 //! The loaded programs and their maps: load or reuse the pinned state, attach, and change
 //! policies. One [`Enforcer`] owns the maps; the daemon wraps it in one task
 //! (`crate::owner`) so that nothing else writes to them.
+//!
+//! **Failing closed.** Whatever insert fails, the owner of the policy ends up denied, never
+//! unpoliced, and the failure is counted (`egress_common::stats::INSERT_FAILED_BASE`, shown by
+//! `status`) and returned as one [`FailedClosed`] error naming the owner, what did not fit, the
+//! map and its capacity, and what was done:
+//!
+//! - a rule that does not fit (or a stale rule that will not go): the owner's entries get
+//!   `FLAG_DENY_ALL` (deny everything; it needs no rule entries) until a later write of the
+//!   policy succeeds in full; the rules added by the failed write are rolled back;
+//! - a container entry that does not fit in `EG_CONTAINERS`: the container cannot be
+//!   registered for the tracepoint, so until it fits new container cgroups the agent does not
+//!   know get the unclassified default *deny* (even with `--unclassified allow`), and its
+//!   cgroups that exist get their entries directly;
+//! - an unpoliced container that does not fit in `EG_UNPOLICED`: its new cgroups get the
+//!   unclassified default (with `deny`: denied) until the agent removes their entries;
+//! - a container cgroup entry that does not fit in `EG_CGRP_POLICY` (here or in the
+//!   `cgroup_mkdir` tracepoint, which reports it as a notice, see [`notices`]): the programs
+//!   would not judge that cgroup at all, so it is frozen and its processes are killed, now and
+//!   whenever one joins it (`crate::sys::cgroup_kill`); for a cgroup of the agent's own
+//!   (`--policy`) the error says it is not policed (the agent refuses to start with it).
+//!
+//! The agent's own inserts into `EG_CGRP_POLICY` stop short of its capacity: it polices at most
+//! `MAX_POLICED_CGROUPS` cgroups of its own, the rest is kept for container cgroups (see
+//! `egress_common::maps::CGROUP_POLICY_ENTRIES`). Unpoliced containers live in `EG_UNPOLICED`,
+//! so they never take the room of policed ones in `EG_CONTAINERS`.
+//!
+//! **Keeping entries in step.** A policy's flags and mode live in every cgroup entry that points
+//! at it, including those the tracepoint wrote. The enforcer keeps an index of them
+//! ([`index::CgroupIndex`]) and rewrites them all when the value changes.
+//!
+//! **Policy ids** come from [`ids::PolicyIds`]: handed out in increasing order, never one whose
+//! rules may still be in the maps, so a removal that fails part way leaks nothing into the next
+//! owner.
 
 mod attach;
+mod error;
+pub mod ids;
+pub mod index;
 pub mod keys;
 pub mod layout;
+mod notices;
 mod state;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::LpmTrie,
+    },
 };
 use egress_common::{
-    container::ContainerKey,
+    container::{ContainerKey, UNPOLICED_MARK},
     maps,
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, FLAG_UNPOLICED,
+        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED,
     },
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
+    stats,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-pub use self::state::{PinnedView, Stats, read as read_view, read_stats, reason_name};
 use self::{
+    error::is_not_found,
+    ids::{Leftover, PolicyIds},
+    index::CgroupIndex,
     keys::{RuleKey, encode, lpm},
     layout::{PinDir, PinnedState},
+};
+pub use self::{
+    error::{EnforcerError, FailedClosed, Owner},
+    state::{MapRefs, PinnedView, Stats, read as read_view, read_stats, reason_name},
 };
 use crate::{
     container::ContainerId,
     policy::{Policy, Rule},
     sys::{
         cgroup::{self, CgroupId},
-        mounts,
+        cgroup_kill, mounts,
     },
 };
 
@@ -53,50 +99,6 @@ pub struct EnforcerConfig {
     /// cgroup v2 directory to attach the programs to. They run for every socket created in it
     /// or any cgroup below it, including cgroups created later.
     pub attach_cgroup: PathBuf,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EnforcerError {
-    #[error(transparent)]
-    Mount(#[from] mounts::MountError),
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::CgroupError),
-    #[error(transparent)]
-    Pin(#[from] layout::PinIoError),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
-    #[error("program {name}: link: {source}")]
-    Link {
-        name: &'static str,
-        source: aya::programs::links::LinkError,
-    },
-    #[error("pinning link {path}: {source}")]
-    PinLink {
-        path: PathBuf,
-        source: aya::pin::PinError,
-    },
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error(
-        "no free policy id: {0} cgroups are policed already (the limit is egress_common::maps::MAX_POLICED_CGROUPS)"
-    )]
-    NoPolicyId(usize),
-    #[error("cgroup {cgroup}: writing {what}: {source} (maps full?)")]
-    Write {
-        cgroup: CgroupId,
-        what: String,
-        source: MapError,
-    },
 }
 
 pub type Result<T, E = EnforcerError> = std::result::Result<T, E>;
@@ -135,7 +137,19 @@ struct Maps {
     cidr6: LpmTrie<MapData, Cidr6Data, RuleValue>,
     stats: PerCpuArray<MapData, u64>,
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
+    unpoliced: HashMap<MapData, ContainerKey, u8>,
     config: Array<MapData, u64>,
+}
+
+/// Most policies at once: one per cgroup of the agent's own and one per policed container.
+const MAX_POLICIES: usize = (maps::MAX_POLICED_CGROUPS + maps::MAX_CONTAINERS) as usize;
+/// `BPF_EXIST`: update an entry only if it is there (never makes one).
+const BPF_EXIST: u64 = 2;
+
+/// Where a policy's entry value goes: the owner's container entry and cgroups it names.
+struct Targets<'a> {
+    container: Option<&'a ContainerId>,
+    cgroups: &'a [CgroupId],
 }
 
 /// The loaded programs, the maps, and the policies the maps hold.
@@ -148,12 +162,33 @@ pub struct Enforcer {
     _ebpf: Ebpf,
     maps: Maps,
     events: Option<RingBuf<MapData>>,
-    /// Policy id -> policy.
+    /// Policy id -> its mode and the rules the maps hold under it.
     policies: BTreeMap<u32, Policy>,
+    /// Policy id -> the value its entries hold (flags, mode, notes).
+    values: BTreeMap<u32, CgroupPolicy>,
     /// Cgroups policed on their own (not as part of a container), with their policy id.
     cgroup_owned: BTreeMap<CgroupId, u32>,
     /// Known containers: Some(policy id) if policed, None if known and unpoliced.
     containers: BTreeMap<ContainerId, Option<u32>>,
+    ids: PolicyIds,
+    /// Cgroup entries by policy id (those the agent wrote and those the tracepoint reported).
+    index: CgroupIndex,
+    /// The lost-event counter when the index was last known complete.
+    index_lost_mark: u64,
+    /// (owner, map) of the inserts that failed at the owner's last write, to tell a new
+    /// failure from one reported already.
+    failing: BTreeSet<(Owner, &'static str)>,
+    /// Policed containers `EG_CONTAINERS` had no room for, with their policy ids.
+    unregistered: BTreeMap<ContainerId, u32>,
+    /// `--unclassified deny` (the setting; see [`Enforcer::set_unclassified_deny`]).
+    unclassified_deny: bool,
+    /// What the config map holds, once written.
+    config_deny: Option<bool>,
+    /// The cgroup v2 mount, to find a cgroup's directory by id.
+    cgroup_mount: Option<PathBuf>,
+    /// Container cgroups that had no room for their entry, frozen, with their processes killed
+    /// at every retry until the cgroup is gone.
+    failed_cgroups: BTreeMap<CgroupId, PathBuf>,
     /// Links of an earlier run with an incompatible layout, still enforcing its policies.
     previous_links: Vec<PathBuf>,
     pin: PinDir,
@@ -250,6 +285,7 @@ impl Enforcer {
             cidr6: take(&mut ebpf, maps::CIDR_V6)?,
             stats: take(&mut ebpf, maps::STATS)?,
             containers: take(&mut ebpf, maps::CONTAINERS)?,
+            unpoliced: take(&mut ebpf, maps::UNPOLICED)?,
             config: take(&mut ebpf, maps::CONFIG)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, maps::EVENTS)?;
@@ -271,8 +307,18 @@ impl Enforcer {
             maps,
             events: Some(events),
             policies: BTreeMap::new(),
+            values: BTreeMap::new(),
             cgroup_owned: BTreeMap::new(),
             containers: BTreeMap::new(),
+            ids: PolicyIds::new(MAX_POLICIES),
+            index: CgroupIndex::default(),
+            index_lost_mark: 0,
+            failing: BTreeSet::new(),
+            unregistered: BTreeMap::new(),
+            unclassified_deny: true,
+            config_deny: None,
+            cgroup_mount: mounts::cgroup2_mount().ok(),
+            failed_cgroups: BTreeMap::new(),
             previous_links,
             pin,
         };
@@ -326,20 +372,28 @@ impl Enforcer {
 
     /// Rebuilds the bookkeeping from the maps and removes rules nobody refers to.
     fn recover(&mut self) -> Result<(usize, usize)> {
-        let view = state::read(
-            &self.maps.cgroups,
-            &self.maps.allow4,
-            &self.maps.allow6,
-            &self.maps.cidr4,
-            &self.maps.cidr6,
-            &self.maps.containers,
-        );
+        let view = state::read(&state::MapRefs {
+            cgroups: &self.maps.cgroups,
+            allow4: &self.maps.allow4,
+            allow6: &self.maps.allow6,
+            cidr4: &self.maps.cidr4,
+            cidr6: &self.maps.cidr6,
+            containers: &self.maps.containers,
+            unpoliced: &self.maps.unpoliced,
+        });
         let mut orphans = 0;
         for (policy_id, rules) in &view.orphans {
+            let mut left = BTreeSet::new();
             for rule in rules {
-                self.remove_rule(0, *policy_id, rule)?;
-                orphans += 1;
+                match self.remove_rule(*policy_id, rule) {
+                    Ok(()) => orphans += 1,
+                    Err(_) => {
+                        left.insert(Leftover::Rule(*rule));
+                    }
+                }
             }
+            // Never hand the id out while its rules are there.
+            self.ids.release(*policy_id, left);
         }
         if orphans > 0 {
             warn!(
@@ -348,8 +402,20 @@ impl Enforcer {
             );
         }
         self.policies = view.policies;
+        self.values = view.values;
         self.cgroup_owned = view.cgroup_owned;
         self.containers = view.containers;
+        self.ids
+            .recover(self.policies.keys().copied(), view.highest_id);
+        self.index.rebuild(
+            view.cgroup_entries
+                .iter()
+                .filter(|(_, v)| {
+                    v.flags & FLAG_UNCLASSIFIED == 0 && v.policy_id != NO_RULES_POLICY_ID
+                })
+                .map(|(cg, v)| (*cg, v.policy_id)),
+        );
+        self.index_lost_mark = self.stats().map(|s| s.events_lost).unwrap_or(0);
         Ok((self.cgroup_owned.len() + self.containers.len(), orphans))
     }
 
@@ -387,8 +453,20 @@ impl Enforcer {
     }
 
     /// What new container cgroups get while their container is unknown to the agent: allow
-    /// (false) or deny (true, the default and the safe choice).
+    /// (false) or deny (true, the default and the safe choice). While a policed container could
+    /// not be registered (`EG_CONTAINERS` full) they are denied whatever this says.
     pub fn set_unclassified_deny(&mut self, deny: bool) -> Result<()> {
+        self.unclassified_deny = deny;
+        self.config_deny = None;
+        self.sync_unclassified()
+    }
+
+    /// Writes the unclassified default the setting and the unregistered containers call for.
+    fn sync_unclassified(&mut self) -> Result<()> {
+        let deny = self.unclassified_deny || !self.unregistered.is_empty();
+        if self.config_deny == Some(deny) {
+            return Ok(());
+        }
         let v = if deny {
             maps::UNCLASSIFIED_DENY
         } else {
@@ -397,93 +475,388 @@ impl Enforcer {
         self.maps
             .config
             .set(maps::CONFIG_UNCLASSIFIED, v, 0)
-            .map_err(map_err(maps::CONFIG))
-    }
-
-    fn alloc_policy_id(&self) -> Result<u32> {
-        let max = maps::MAX_POLICED_CGROUPS + maps::MAX_CONTAINERS;
-        (1..=max)
-            .find(|id| !self.policies.contains_key(id))
-            .ok_or(EnforcerError::NoPolicyId(self.policies.len()))
+            .map_err(map_err(maps::CONFIG))?;
+        if deny && !self.unclassified_deny {
+            warn!(
+                unregistered = self.unregistered.len(),
+                "new container cgroups of containers the agent does not know are denied while a policed container has no room in {}",
+                maps::CONTAINERS
+            );
+        } else if self.config_deny.is_some() && !deny {
+            info!(
+                "every policed container is registered again: --unclassified allow is back in force"
+            );
+        }
+        self.config_deny = Some(deny);
+        Ok(())
     }
 
     /// Writes `policy` under `policy_id`, replacing what was there: new rules are written
-    /// first, then `commit` points the cgroup/container entries at it, then stale rules go, so a
-    /// replacement never denies what both versions allow. On error the maps keep the old rules.
+    /// first, then the entry value goes to the targets and to every cgroup that carries the
+    /// policy, then stale rules go, so a replacement never denies what both versions allow.
+    ///
+    /// If a rule does not fit, the rules this call added are rolled back and the entries deny
+    /// everything ([`CgroupPolicy::failed_closed`]) until a later write succeeds in full; the
+    /// same if a stale rule will not go. Entry failures are handled by
+    /// [`Enforcer::write_entries`]. Returns the first failure.
     fn write_policy(
         &mut self,
-        owner: CgroupId,
+        owner: Owner,
         policy_id: u32,
         policy: &Policy,
-        commit: impl FnOnce(&mut Maps, CgroupPolicy) -> Result<()>,
+        targets: &Targets<'_>,
     ) -> Result<()> {
-        let old_rules = self
+        let before: BTreeSet<&'static str> = self
+            .failing
+            .iter()
+            .filter(|(o, _)| *o == owner)
+            .map(|(_, m)| *m)
+            .collect();
+        let mut failed: Vec<(String, &'static str, MapError, String)> = Vec::new();
+        let deny_all = format!(
+            "the {} is denied all egress until its policy fits (reason policy_not_written)",
+            match owner {
+                Owner::Container(_) => "container",
+                Owner::Cgroup(_) => "cgroup",
+            }
+        );
+        let old = self
             .policies
             .get(&policy_id)
             .map(|p| p.rules.clone())
             .unwrap_or_default();
-        let added: Vec<Rule> = policy.rules.difference(&old_rules).copied().collect();
-        for (i, rule) in added.iter().enumerate() {
-            if let Err(e) = self.insert_rule(owner, policy_id, rule) {
-                for r in &added[..i] {
-                    let _ = self.remove_rule(owner, policy_id, r);
+        let added: Vec<Rule> = policy.rules.difference(&old).copied().collect();
+        let mut in_maps = old.clone();
+        for rule in &added {
+            match self.insert_rule(policy_id, rule) {
+                Ok(()) => {
+                    in_maps.insert(*rule);
                 }
-                return Err(e);
+                Err((map, source)) => {
+                    self.count_insert_failure(map);
+                    failed.push((format!("rule {rule}"), map, source, deny_all.clone()));
+                    break;
+                }
             }
         }
-        if let Err(e) = commit(&mut self.maps, cgroup_value(policy_id, policy)) {
-            for r in &added {
-                let _ = self.remove_rule(owner, policy_id, r);
+        if !failed.is_empty() {
+            // Free the room again: the owner is denied everything anyway.
+            for rule in &added {
+                if in_maps.contains(rule) && self.remove_rule(policy_id, rule).is_ok() {
+                    in_maps.remove(rule);
+                }
             }
-            return Err(e);
         }
-        for rule in old_rules.difference(&policy.rules) {
-            self.remove_rule(owner, policy_id, rule)?;
+        // The caller's notes, and what the enforcer noted itself (a killed cgroup).
+        let killed = self
+            .values
+            .get(&policy_id)
+            .map_or(0, |v| v.notes & NOTE_KILLED);
+        let mut value = cgroup_value(policy_id, policy);
+        value.notes |= killed;
+        if !failed.is_empty() {
+            value = value.failed_closed();
         }
-        self.policies.insert(policy_id, policy.clone());
-        Ok(())
+        self.policies.insert(
+            policy_id,
+            Policy::new(policy.mode, in_maps.iter().copied())
+                .with_loopback(policy.loopback)
+                .with_notes(policy.notes),
+        );
+        let mut errors = self.write_entries(owner, policy_id, value, targets);
+        if failed.is_empty() {
+            let mut stuck = None;
+            for rule in old.difference(&policy.rules) {
+                match self.remove_rule(policy_id, rule) {
+                    Ok(()) => {
+                        in_maps.remove(rule);
+                    }
+                    Err(source) => {
+                        let map = encode(policy_id, rule).map();
+                        stuck.get_or_insert((format!("removing rule {rule}"), map, source));
+                    }
+                }
+            }
+            if let Some((what, map, source)) = stuck {
+                // A rule the new policy drops is still there: deny everything rather than
+                // allow it.
+                failed.push((what, map, source, deny_all));
+                errors.extend(self.write_entries(owner, policy_id, value.failed_closed(), targets));
+            }
+            if let Some(p) = self.policies.get_mut(&policy_id) {
+                p.rules = in_maps;
+            }
+        }
+        let mut all: Vec<EnforcerError> = failed
+            .into_iter()
+            .map(|(what, map, source, outcome)| {
+                self.failed_closed(owner, what, map, source, outcome, &before)
+            })
+            .collect();
+        all.extend(errors.into_iter().map(|e| match e {
+            EntryError::Failed {
+                what,
+                map,
+                source,
+                outcome,
+            } => self.failed_closed(owner, what, map, source, outcome, &before),
+            EntryError::Other(e) => e,
+        }));
+        let now: BTreeSet<&'static str> = all
+            .iter()
+            .filter_map(|e| match e {
+                EnforcerError::FailedClosed(f) => Some(f.map),
+                _ => None,
+            })
+            .collect();
+        self.failing.retain(|(o, _)| *o != owner);
+        self.failing.extend(now.iter().map(|m| (owner, *m)));
+        if now.is_empty() && !before.is_empty() {
+            info!(%owner, maps = ?before, "the policy fits again and is written in full");
+        }
+        // A new failure first: the caller logs what is not repeated.
+        let first = all.iter().position(|e| !e.is_repeated()).unwrap_or(0);
+        if all.is_empty() {
+            Ok(())
+        } else {
+            Err(all.swap_remove(first))
+        }
     }
 
-    /// Removes every rule of `policy_id` and forgets it.
-    fn drop_policy(&mut self, owner: CgroupId, policy_id: u32) -> Result<()> {
-        if let Some(p) = self.policies.remove(&policy_id) {
-            for rule in &p.rules {
-                self.remove_rule(owner, policy_id, rule)?;
+    /// One [`FailedClosed`] error; `before` are the maps that failed at the owner's last write.
+    fn failed_closed(
+        &self,
+        owner: Owner,
+        what: String,
+        map: &'static str,
+        source: MapError,
+        outcome: String,
+        before: &BTreeSet<&'static str>,
+    ) -> EnforcerError {
+        EnforcerError::FailedClosed(Box::new(FailedClosed {
+            owner,
+            what,
+            map,
+            capacity: maps::capacity(map).unwrap_or_default(),
+            source,
+            outcome,
+            repeated: before.contains(map),
+        }))
+    }
+
+    /// Writes `value` (the entry of `policy_id`) into the targets, and into every other cgroup
+    /// that carries the policy if the value changed. A container entry that does not fit leaves
+    /// the container unregistered (see the module docs); a cgroup entry that does not fit has
+    /// the cgroup's processes killed.
+    fn write_entries(
+        &mut self,
+        owner: Owner,
+        policy_id: u32,
+        mut value: CgroupPolicy,
+        targets: &Targets<'_>,
+    ) -> Vec<EntryError> {
+        let mut errors = Vec::new();
+        if let Some(c) = targets.container {
+            match self.maps.containers.insert(c.key(), value, 0) {
+                Ok(()) => {
+                    if self.unregistered.remove(c).is_some()
+                        && let Err(e) = self.sync_unclassified()
+                    {
+                        errors.push(EntryError::Other(e));
+                    }
+                }
+                Err(source) => {
+                    self.count_insert_failure(maps::CONTAINERS);
+                    self.unregistered.insert(*c, policy_id);
+                    if let Err(e) = self.sync_unclassified() {
+                        errors.push(EntryError::Other(e));
+                    }
+                    errors.push(EntryError::Failed {
+                        what: "its entry".into(),
+                        map: maps::CONTAINERS,
+                        source,
+                        outcome: "it cannot be registered for the cgroup_mkdir tracepoint, so until it fits the cgroups of containers the agent does not know are denied (as with --unclassified deny), and its cgroups get their entries from the agent".into(),
+                    });
+                }
             }
         }
-        Ok(())
+        let mut killed = false;
+        for cg in targets.cgroups {
+            match self.maps.cgroups.insert(*cg, value, 0) {
+                Ok(()) => self.index.set(*cg, policy_id),
+                Err(source) => {
+                    self.count_insert_failure(maps::CGROUP_POLICY);
+                    let outcome = self.kill_cgroup(owner, *cg);
+                    killed |= outcome.is_ok();
+                    errors.push(EntryError::Failed {
+                        what: format!("the entry of cgroup {cg}"),
+                        map: maps::CGROUP_POLICY,
+                        source,
+                        outcome: outcome.unwrap_or_else(|e| e),
+                    });
+                }
+            }
+        }
+        if killed {
+            value.notes |= NOTE_KILLED;
+            if let Some(c) = targets.container {
+                let _ = self.maps.containers.insert(c.key(), value, BPF_EXIST);
+            }
+        }
+        if self.values.get(&policy_id) != Some(&value) {
+            self.refresh_index();
+            for cg in self.index.cgroups_of(policy_id) {
+                if targets.cgroups.contains(&cg) {
+                    continue;
+                }
+                match self.maps.cgroups.insert(cg, value, BPF_EXIST) {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => self.index.remove_cgroup(cg),
+                    Err(source) => errors.push(EntryError::Other(EnforcerError::Write {
+                        cgroup: cg,
+                        what: format!("updating the entry of policy {policy_id}"),
+                        source,
+                    })),
+                }
+            }
+        }
+        self.values.insert(policy_id, value);
+        errors
+    }
+
+    /// Rebuilds the index from the cgroup map if a notice may have been lost since it was last
+    /// known complete.
+    fn refresh_index(&mut self) {
+        let lost = match self.stats() {
+            Ok(s) => s.events_lost,
+            Err(e) => {
+                warn!("reading the lost-event counter: {e}; rebuilding the cgroup index");
+                u64::MAX
+            }
+        };
+        if lost == self.index_lost_mark {
+            return;
+        }
+        let entries: Vec<(CgroupId, u32)> = self
+            .maps
+            .cgroups
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.flags & FLAG_UNCLASSIFIED == 0 && v.policy_id != NO_RULES_POLICY_ID)
+            .map(|(cg, v)| (cg, v.policy_id))
+            .collect();
+        debug!(
+            entries = entries.len(),
+            "events were lost: rebuilt the index of cgroup entries from the map"
+        );
+        self.index.rebuild(entries);
+        if lost != u64::MAX {
+            self.index_lost_mark = lost;
+        }
+    }
+
+    /// Fails `cgroup` closed: it should be policed but has no entry, so it is frozen and its
+    /// processes are killed (again at every retry while it exists). Ok: what was done; Err: why
+    /// nothing could be done. Both end up in the one log line of the failure.
+    fn kill_cgroup(&mut self, owner: Owner, cgroup: CgroupId) -> Result<String, String> {
+        let Owner::Container(container) = owner else {
+            return Err(
+                "a cgroup of the agent's own (--policy) is not killed: it is NOT policed".into(),
+            );
+        };
+        let Some(mount) = self.cgroup_mount.clone() else {
+            return Err("no cgroup v2 mount to find it in: it is NOT policed".into());
+        };
+        let Some(path) = cgroup::find_by_id(&mount, cgroup) else {
+            return Ok("the cgroup is gone".into());
+        };
+        match cgroup_kill::freeze_and_kill(&mount, &path, container.as_str()) {
+            Ok(()) => {
+                let done = format!(
+                    "froze {} and killed its processes (cgroup.freeze, cgroup.kill; also any that join it later) so that nothing in it runs unpoliced",
+                    path.display()
+                );
+                self.failed_cgroups.insert(cgroup, path);
+                Ok(done)
+            }
+            Err(e) => Err(format!("{e}: it is NOT policed")),
+        }
+    }
+
+    /// Removes every rule of `policy_id`, forgets it and releases the id; the id is quarantined
+    /// with whatever could not be deleted (`left` and the rules that stay).
+    fn drop_policy(&mut self, policy_id: u32, mut left: BTreeSet<Leftover>) {
+        if let Some(p) = self.policies.remove(&policy_id) {
+            for rule in &p.rules {
+                if self.remove_rule(policy_id, rule).is_err() {
+                    left.insert(Leftover::Rule(*rule));
+                }
+            }
+        }
+        self.values.remove(&policy_id);
+        if !left.is_empty() {
+            warn!(
+                policy_id,
+                leftovers = left.len(),
+                "entries of a removed policy could not be deleted; its id is not used again until they are (retried)"
+            );
+        }
+        self.ids.release(policy_id, left);
+    }
+
+    /// Removes the entries of `listed` cgroups and of every cgroup that carries `policy_id`;
+    /// returns those that would not go.
+    fn remove_entries_of(&mut self, policy_id: u32, listed: &[CgroupId]) -> BTreeSet<Leftover> {
+        self.refresh_index();
+        let mut all: BTreeSet<CgroupId> = listed.iter().copied().collect();
+        all.extend(self.index.cgroups_of(policy_id));
+        let mut left = BTreeSet::new();
+        for cg in all {
+            match remove_cgroup_entry(&mut self.maps, cg) {
+                Ok(()) => self.index.remove_cgroup(cg),
+                Err(e) => {
+                    warn!("{e}");
+                    left.insert(Leftover::Cgroup(cg));
+                }
+            }
+        }
+        left
     }
 
     /// Sets or replaces the policy of one cgroup (not part of a container). New rules are
-    /// written before the cgroup entry and stale ones removed after it. On a write error the
-    /// maps keep the old policy.
+    /// written before the cgroup entry and stale ones removed after it. On a failed insert the
+    /// cgroup is failed closed (see the module docs) and the error says how.
     pub fn set_policy(&mut self, cgroup: CgroupId, policy: &Policy) -> Result<()> {
         let policy_id = match self.cgroup_owned.get(&cgroup) {
             Some(id) => *id,
-            None => self.alloc_policy_id()?,
+            None => {
+                if self.cgroup_owned.len() >= maps::MAX_POLICED_CGROUPS as usize {
+                    return Err(EnforcerError::CgroupShareFull {
+                        cgroup,
+                        limit: maps::MAX_POLICED_CGROUPS,
+                    });
+                }
+                let id = self.ids.alloc()?;
+                self.cgroup_owned.insert(cgroup, id);
+                id
+            }
         };
-        self.write_policy(cgroup, policy_id, policy, |maps, value| {
-            maps.cgroups
-                .insert(cgroup, value, 0)
-                .map_err(|source| EnforcerError::Write {
-                    cgroup,
-                    what: "the cgroup's policy entry".into(),
-                    source,
-                })
-        })?;
-        self.cgroup_owned.insert(cgroup, policy_id);
-        Ok(())
+        let targets = Targets {
+            container: None,
+            cgroups: &[cgroup],
+        };
+        self.write_policy(Owner::Cgroup(cgroup), policy_id, policy, &targets)
     }
 
     /// Removes the policy of `cgroup`: it is unpoliced again at once. Returns false if it had
     /// none.
     pub fn remove_policy(&mut self, cgroup: CgroupId) -> Result<bool> {
-        let Some(policy_id) = self.cgroup_owned.get(&cgroup).copied() else {
+        let Some(policy_id) = self.cgroup_owned.remove(&cgroup) else {
             return Ok(false);
         };
-        remove_cgroup_entry(&mut self.maps, cgroup)?;
-        self.cgroup_owned.remove(&cgroup);
-        self.drop_policy(cgroup, policy_id)?;
+        let left = self.remove_entries_of(policy_id, &[cgroup]);
+        self.failing.retain(|(o, _)| *o != Owner::Cgroup(cgroup));
+        self.drop_policy(policy_id, left);
         Ok(true)
     }
 
@@ -493,7 +866,8 @@ impl Enforcer {
     /// cgroups when runc makes them, so calling this at Docker's `create` event polices the
     /// container from its first instruction. `cgroups` are the container's cgroups that exist
     /// already (its own and those below it); their entries are updated too (for a container
-    /// that started before the agent knew it, or whose policy changes).
+    /// that started before the agent knew it, or whose policy changes), and so are the entries
+    /// of every other cgroup that carries the policy when its flags or mode change.
     pub fn set_container(
         &mut self,
         container: &ContainerId,
@@ -501,62 +875,77 @@ impl Enforcer {
         cgroups: &[CgroupId],
     ) -> Result<()> {
         let key = container.key();
-        let previous = self.containers.get(container).copied().flatten();
+        let owner = Owner::Container(*container);
+        let previous = self.containers.get(container).copied();
         match policy {
             Some(policy) => {
-                let policy_id = match previous {
+                let policy_id = match previous.flatten() {
                     Some(id) => id,
-                    None => self.alloc_policy_id()?,
+                    None => self.ids.alloc()?,
                 };
-                let first = cgroups.first().copied().unwrap_or(0);
-                self.write_policy(first, policy_id, policy, |maps, value| {
-                    maps.containers.insert(key, value, 0).map_err(|source| {
-                        EnforcerError::Write {
-                            cgroup: first,
-                            what: format!("the entry of container {}", container.short()),
-                            source,
-                        }
-                    })?;
-                    for cg in cgroups {
-                        maps.cgroups.insert(*cg, value, 0).map_err(|source| {
-                            EnforcerError::Write {
-                                cgroup: *cg,
-                                what: format!(
-                                    "the cgroup entry of container {}",
-                                    container.short()
-                                ),
-                                source,
-                            }
-                        })?;
-                    }
-                    Ok(())
-                })?;
                 self.containers.insert(*container, Some(policy_id));
+                let targets = Targets {
+                    container: Some(container),
+                    cgroups,
+                };
+                let written = self.write_policy(owner, policy_id, policy, &targets);
+                if previous == Some(None) {
+                    // The tracepoint prefers the container entry written above.
+                    if let Err(e) = remove_key(&mut self.maps.unpoliced, &key) {
+                        warn!(%owner, "removing its {} entry: {e}", maps::UNPOLICED);
+                    }
+                }
+                return written;
             }
             None => {
-                let unpoliced = CgroupPolicy::new(0, crate::policy::Mode::Enforce, FLAG_UNPOLICED);
-                self.maps
-                    .containers
-                    .insert(key, unpoliced, 0)
-                    .map_err(|source| EnforcerError::Write {
-                        cgroup: 0,
-                        what: format!("the entry of container {}", container.short()),
-                        source,
-                    })?;
-                for cg in cgroups {
-                    remove_cgroup_entry(&mut self.maps, *cg)?;
-                }
+                let registered = match self.maps.unpoliced.insert(key, UNPOLICED_MARK, 0) {
+                    Ok(()) => {
+                        self.failing.remove(&(owner, maps::UNPOLICED));
+                        Ok(())
+                    }
+                    Err(source) => {
+                        self.count_insert_failure(maps::UNPOLICED);
+                        let before = if self.failing.contains(&(owner, maps::UNPOLICED)) {
+                            BTreeSet::from([maps::UNPOLICED])
+                        } else {
+                            BTreeSet::new()
+                        };
+                        self.failing.insert((owner, maps::UNPOLICED));
+                        Err(self.failed_closed(
+                            owner,
+                            "its entry (not policed)".into(),
+                            maps::UNPOLICED,
+                            source,
+                            "cgroups runc makes for it get the --unclassified default (deny: denied) until the agent sees them and removes their entries".into(),
+                            &before,
+                        ))
+                    }
+                };
                 self.containers.insert(*container, None);
-                if let Some(id) = previous {
-                    self.remove_entries_of(id)?;
-                    self.drop_policy(0, id)?;
+                if let Some(Some(id)) = previous {
+                    let mut left = BTreeSet::new();
+                    if remove_key(&mut self.maps.containers, &key).is_err() {
+                        left.insert(Leftover::Container(*container));
+                    }
+                    self.unregistered.remove(container);
+                    left.extend(self.remove_entries_of(id, cgroups));
+                    self.failing
+                        .retain(|(o, m)| *o != owner || *m == maps::UNPOLICED);
+                    self.drop_policy(id, left);
+                    self.sync_unclassified()?;
+                } else {
+                    for cg in cgroups {
+                        remove_cgroup_entry(&mut self.maps, *cg)?;
+                    }
                 }
+                registered?;
             }
         }
         Ok(())
     }
 
-    /// Forgets a container: its entry, the entries of its cgroups and its rules.
+    /// Forgets a container: its entry, the entries of its cgroups and its rules. Deletes that
+    /// fail are retried later; the policy id stays out of use until they succeed.
     pub fn remove_container(
         &mut self,
         container: &ContainerId,
@@ -565,23 +954,34 @@ impl Enforcer {
         let Some(previous) = self.containers.remove(container) else {
             return Ok(false);
         };
-        match self.maps.containers.remove(&container.key()) {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(source) => {
-                return Err(EnforcerError::Write {
-                    cgroup: 0,
-                    what: format!("removing the entry of container {}", container.short()),
-                    source,
-                });
+        let key = container.key();
+        let owner = Owner::Container(*container);
+        self.failing.retain(|(o, _)| *o != owner);
+        match previous {
+            Some(id) => {
+                let mut left = BTreeSet::new();
+                if let Err(e) = remove_key(&mut self.maps.containers, &key) {
+                    warn!(%owner, "removing its entry: {e}");
+                    left.insert(Leftover::Container(*container));
+                }
+                if self.unregistered.remove(container).is_some() {
+                    self.sync_unclassified()?;
+                }
+                left.extend(self.remove_entries_of(id, cgroups));
+                self.drop_policy(id, left);
             }
-        }
-        for cg in cgroups {
-            remove_cgroup_entry(&mut self.maps, *cg)?;
-        }
-        if let Some(id) = previous {
-            self.remove_entries_of(id)?;
-            self.drop_policy(0, id)?;
+            None => {
+                remove_key(&mut self.maps.unpoliced, &key).map_err(|source| {
+                    EnforcerError::Write {
+                        cgroup: 0,
+                        what: format!("removing the {} entry of {owner}", maps::UNPOLICED),
+                        source,
+                    }
+                })?;
+                for cg in cgroups {
+                    remove_cgroup_entry(&mut self.maps, *cg)?;
+                }
+            }
         }
         Ok(true)
     }
@@ -608,21 +1008,79 @@ impl Enforcer {
         Ok((ids.len(), unclassified.len()))
     }
 
-    /// Removes every cgroup entry that points at `policy_id` (cgroups the tracepoint gave a
-    /// container's policy that the caller did not list).
-    fn remove_entries_of(&mut self, policy_id: u32) -> Result<()> {
-        let stale: Vec<u64> = self
-            .maps
-            .cgroups
-            .iter()
-            .flatten()
-            .filter(|(_, v)| v.policy_id == policy_id)
-            .map(|(k, _)| k)
-            .collect();
-        for cg in stale {
-            remove_cgroup_entry(&mut self.maps, cg)?;
+    /// True while something waits for a retry ([`Enforcer::retry_pending`]).
+    pub fn has_pending(&self) -> bool {
+        !self.ids.quarantined().is_empty()
+            || !self.unregistered.is_empty()
+            || !self.failed_cgroups.is_empty()
+    }
+
+    /// Retries what failed before: the deletes of quarantined policy ids and the entries of
+    /// containers `EG_CONTAINERS` had no room for; and kills what joined a failed cgroup.
+    pub fn retry_pending(&mut self) {
+        for (cg, path) in self.failed_cgroups.clone() {
+            match cgroup_kill::kill_members(&path) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.failed_cgroups.remove(&cg);
+                }
+                Err(e) => {
+                    debug!(cgroup = %path.display(), "killing what joined a failed cgroup: {e}")
+                }
+            }
         }
-        Ok(())
+        for (id, left) in self.ids.quarantined().clone() {
+            for l in left {
+                if self.delete_leftover(id, &l) {
+                    self.ids.cleared(id, &l);
+                }
+            }
+            if !self.ids.quarantined().contains_key(&id) {
+                info!(
+                    policy_id = id,
+                    "the leftovers of a removed policy are gone; its id is free"
+                );
+            }
+        }
+        for (c, id) in self.unregistered.clone() {
+            let Some(v) = self.values.get(&id).copied() else {
+                self.unregistered.remove(&c);
+                continue;
+            };
+            if self.maps.containers.insert(c.key(), v, 0).is_ok() {
+                self.unregistered.remove(&c);
+                self.failing
+                    .remove(&(Owner::Container(c), maps::CONTAINERS));
+                info!(
+                    container = c.short(),
+                    "registered in {} after all",
+                    maps::CONTAINERS
+                );
+            }
+        }
+        if let Err(e) = self.sync_unclassified() {
+            error!("{e}");
+        }
+    }
+
+    /// Deletes one leftover of quarantined `policy_id`; true once it is gone.
+    fn delete_leftover(&mut self, policy_id: u32, l: &Leftover) -> bool {
+        match l {
+            Leftover::Rule(rule) => self.remove_rule(policy_id, rule).is_ok(),
+            Leftover::Cgroup(cg) => match self.maps.cgroups.get(cg, 0) {
+                Ok(v) if v.policy_id == policy_id => {
+                    remove_cgroup_entry(&mut self.maps, *cg).is_ok()
+                }
+                // Gone, or somebody else's by now.
+                _ => true,
+            },
+            Leftover::Container(c) => match self.maps.containers.get(&c.key(), 0) {
+                Ok(v) if v.policy_id == policy_id => {
+                    remove_key(&mut self.maps.containers, &c.key()).is_ok()
+                }
+                _ => true,
+            },
+        }
     }
 
     /// Every cgroup entry in the kernel map (own, container and unclassified ones).
@@ -630,22 +1088,21 @@ impl Enforcer {
         self.maps.cgroups.iter().flatten().collect()
     }
 
-    fn insert_rule(&mut self, cgroup: CgroupId, policy_id: u32, rule: &Rule) -> Result<()> {
+    /// Inserts one rule; the map's name with the error if it fails.
+    fn insert_rule(&mut self, policy_id: u32, rule: &Rule) -> Result<(), (&'static str, MapError)> {
         let v = RuleValue { tag: 0 };
-        let r = match encode(policy_id, rule) {
+        let key = encode(policy_id, rule);
+        let r = match key {
             RuleKey::V4(k) => self.maps.allow4.insert(k, v, 0),
             RuleKey::V6(k) => self.maps.allow6.insert(k, v, 0),
             RuleKey::Cidr4(l, d) => self.maps.cidr4.insert(&lpm(l, d), v, 0),
             RuleKey::Cidr6(l, d) => self.maps.cidr6.insert(&lpm(l, d), v, 0),
         };
-        r.map_err(|source| EnforcerError::Write {
-            cgroup,
-            what: format!("rule {rule}"),
-            source,
-        })
+        r.map_err(|e| (key.map(), e))
     }
 
-    fn remove_rule(&mut self, cgroup: CgroupId, policy_id: u32, rule: &Rule) -> Result<()> {
+    /// Deletes one rule; one that is not there is fine (and logged).
+    fn remove_rule(&mut self, policy_id: u32, rule: &Rule) -> Result<(), MapError> {
         let r = match encode(policy_id, rule) {
             RuleKey::V4(k) => self.maps.allow4.remove(&k),
             RuleKey::V6(k) => self.maps.allow6.remove(&k),
@@ -653,16 +1110,35 @@ impl Enforcer {
             RuleKey::Cidr6(l, d) => self.maps.cidr6.remove(&lpm(l, d)),
         };
         match r {
-            Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => {
-                warn!(cgroup, %rule, "rule to remove was not in the map");
+                warn!(policy_id, %rule, "rule to remove was not in the map");
                 Ok(())
             }
-            Err(source) => Err(EnforcerError::Write {
-                cgroup,
-                what: format!("removing rule {rule}"),
-                source,
-            }),
+            r => r,
+        }
+    }
+
+    /// Adds one to the agent's insert-failure counter of `map` (on the first CPU's copy: only
+    /// the agent writes these slots).
+    fn count_insert_failure(&mut self, map: &'static str) {
+        let Some(slot) = stats::insert_failed_slot(map) else {
+            return;
+        };
+        let bumped = self.maps.stats.get(&slot, 0).and_then(|values| {
+            let mut v: Vec<u64> = values.iter().copied().collect();
+            if let Some(first) = v.first_mut() {
+                *first += 1;
+            }
+            let values = PerCpuValues::try_from(v).map_err(|e| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "per-CPU values",
+                    io_error: e,
+                })
+            })?;
+            self.maps.stats.set(slot, values, 0)
+        });
+        if let Err(e) = bumped {
+            error!(map, "counting a failed insert: {e}");
         }
     }
 
@@ -672,14 +1148,25 @@ impl Enforcer {
     }
 }
 
-/// A delete of a key that is not there (aya reports ENOENT from the syscall as it is).
-fn is_not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
-            io_error.raw_os_error() == Some(libc::ENOENT)
-        }
-        _ => false,
+/// A failure of [`Enforcer::write_entries`], before it is told as a [`FailedClosed`].
+enum EntryError {
+    Failed {
+        what: String,
+        map: &'static str,
+        source: MapError,
+        outcome: String,
+    },
+    Other(EnforcerError),
+}
+
+/// Deletes `key` from a hash map; a key that is not there is fine.
+fn remove_key<V: aya::Pod>(
+    map: &mut HashMap<MapData, ContainerKey, V>,
+    key: &ContainerKey,
+) -> Result<(), MapError> {
+    match map.remove(key) {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
     }
 }
 

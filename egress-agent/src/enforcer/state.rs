@@ -10,7 +10,8 @@ use aya::maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
     container::ContainerKey,
     event::{Reason, Verdict},
-    policy::{CgroupPolicy, FLAG_LOOPBACK, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
+    maps,
+    policy::{CgroupPolicy, FLAG_LOOPBACK, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
 };
@@ -18,7 +19,7 @@ use egress_common::{
 use super::{Applied, keys};
 use crate::{
     container::ContainerId,
-    policy::{Policy, Rule},
+    policy::{Mode, Policy, Rule},
     sys::cgroup::CgroupId,
 };
 
@@ -35,6 +36,12 @@ pub struct PinnedView {
     pub cgroup_entries: BTreeMap<CgroupId, CgroupPolicy>,
     /// Rules whose policy id nobody owns, by policy id.
     pub orphans: BTreeMap<u32, Vec<Rule>>,
+    /// The entry value of each owned policy id (from its container's or cgroup's entry).
+    pub values: BTreeMap<u32, CgroupPolicy>,
+    /// Rules per map, for `status`.
+    pub rule_counts: BTreeMap<&'static str, usize>,
+    /// The highest policy id found anywhere (owned or orphaned), 0 if none.
+    pub highest_id: u32,
 }
 
 impl PinnedView {
@@ -55,61 +62,80 @@ impl PinnedView {
     }
 }
 
+/// Typed handles on the maps [`read`] reads.
+pub struct MapRefs<'a, T: Borrow<MapData>> {
+    pub cgroups: &'a HashMap<T, u64, CgroupPolicy>,
+    pub allow4: &'a HashMap<T, Ip4RuleKey, RuleValue>,
+    pub allow6: &'a HashMap<T, Ip6RuleKey, RuleValue>,
+    pub cidr4: &'a LpmTrie<T, Cidr4Data, RuleValue>,
+    pub cidr6: &'a LpmTrie<T, Cidr6Data, RuleValue>,
+    pub containers: &'a HashMap<T, ContainerKey, CgroupPolicy>,
+    pub unpoliced: &'a HashMap<T, ContainerKey, u8>,
+}
+
 /// Reads every policy and rule.
-pub fn read<T: Borrow<MapData>>(
-    cgroups: &HashMap<T, u64, CgroupPolicy>,
-    allow4: &HashMap<T, Ip4RuleKey, RuleValue>,
-    allow6: &HashMap<T, Ip6RuleKey, RuleValue>,
-    cidr4: &LpmTrie<T, Cidr4Data, RuleValue>,
-    cidr6: &LpmTrie<T, Cidr6Data, RuleValue>,
-    containers: &HashMap<T, ContainerKey, CgroupPolicy>,
-) -> PinnedView {
+pub fn read<T: Borrow<MapData>>(m: &MapRefs<'_, T>) -> PinnedView {
     let mut rules: BTreeMap<u32, BTreeSet<Rule>> = BTreeMap::new();
-    let mut add = |decoded: Option<(u32, Rule)>| {
+    let mut view = PinnedView::default();
+    let mut add = |map: &'static str, decoded: Option<(u32, Rule)>| {
+        *view.rule_counts.entry(map).or_default() += 1;
         if let Some((id, r)) = decoded {
             rules.entry(id).or_default().insert(r);
         }
     };
-    for k in allow4.keys().flatten() {
-        add(keys::decode_v4(&k));
+    for k in m.allow4.keys().flatten() {
+        add(maps::ALLOW_V4, keys::decode_v4(&k));
     }
-    for k in allow6.keys().flatten() {
-        add(keys::decode_v6(&k));
+    for k in m.allow6.keys().flatten() {
+        add(maps::ALLOW_V6, keys::decode_v6(&k));
     }
-    for k in cidr4.keys().flatten() {
-        add(keys::decode_cidr4(k.prefix_len(), &k.data()));
+    for k in m.cidr4.keys().flatten() {
+        add(maps::CIDR_V4, keys::decode_cidr4(k.prefix_len(), &k.data()));
     }
-    for k in cidr6.keys().flatten() {
-        add(keys::decode_cidr6(k.prefix_len(), &k.data()));
+    for k in m.cidr6.keys().flatten() {
+        add(maps::CIDR_V6, keys::decode_cidr6(k.prefix_len(), &k.data()));
     }
-    let mut view = PinnedView::default();
-    // policy id -> its entry (mode, flags, notes), from whichever entry names it.
-    let mut modes: BTreeMap<u32, CgroupPolicy> = BTreeMap::new();
-    for (k, v) in containers.iter().flatten() {
+    // policy id -> mode, from whichever entry names it.
+    let mut modes: BTreeMap<u32, Mode> = BTreeMap::new();
+    for k in m.unpoliced.keys().flatten() {
+        if let Some(id) = ContainerId::from_key(&k) {
+            view.containers.insert(id, None);
+        }
+    }
+    for (k, v) in m.containers.iter().flatten() {
         let Some(id) = ContainerId::from_key(&k) else {
             continue;
         };
-        if v.flags & FLAG_UNPOLICED != 0 {
-            view.containers.insert(id, None);
-        } else {
-            view.containers.insert(id, Some(v.policy_id));
-            modes.insert(v.policy_id, v);
-        }
+        view.containers.insert(id, Some(v.policy_id));
+        modes.insert(v.policy_id, v.mode());
+        view.values.insert(v.policy_id, v);
     }
     let container_ids: BTreeSet<u32> = view.containers.values().flatten().copied().collect();
-    for (cg, v) in cgroups.iter().flatten() {
+    for (cg, v) in m.cgroups.iter().flatten() {
         view.cgroup_entries.insert(cg, v);
-        if v.flags & FLAG_UNCLASSIFIED != 0 || container_ids.contains(&v.policy_id) {
+        if v.flags & FLAG_UNCLASSIFIED != 0
+            || v.policy_id == NO_RULES_POLICY_ID
+            || container_ids.contains(&v.policy_id)
+        {
             continue;
         }
         view.cgroup_owned.insert(cg, v.policy_id);
-        modes.insert(v.policy_id, v);
+        modes.insert(v.policy_id, v.mode());
+        view.values.insert(v.policy_id, v);
     }
-    for (id, entry) in modes {
+    view.highest_id = rules
+        .keys()
+        .chain(modes.keys())
+        .chain(view.cgroup_entries.values().map(|v| &v.policy_id))
+        .copied()
+        .max()
+        .unwrap_or(0);
+    for (id, mode) in modes {
         let own = rules.remove(&id).unwrap_or_default();
-        let policy = Policy::new(entry.mode(), own)
-            .with_loopback(entry.flags & FLAG_LOOPBACK != 0)
-            .with_notes(entry.notes);
+        let entry = view.values.get(&id);
+        let policy = Policy::new(mode, own)
+            .with_loopback(entry.is_some_and(|v| v.flags & FLAG_LOOPBACK != 0))
+            .with_notes(entry.map(|v| v.notes).unwrap_or(0));
         view.policies.insert(id, policy);
     }
     view.orphans = rules
@@ -130,6 +156,10 @@ pub struct Stats {
     pub audited: BTreeMap<&'static str, u64>,
     /// Events dropped because the ring buffer was full.
     pub events_lost: u64,
+    /// Inserts of the `cgroup_mkdir` tracepoint that found `EG_CGRP_POLICY` full.
+    pub cgroup_mkdir_insert_failures: u64,
+    /// The agent's failed inserts, by map (every map it writes, zero or not).
+    pub insert_failures: BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -140,6 +170,11 @@ impl Stats {
     pub fn audited_total(&self) -> u64 {
         self.audited.values().sum()
     }
+
+    /// Every failed insert, the tracepoint's and the agent's.
+    pub fn insert_failures_total(&self) -> u64 {
+        self.cgroup_mkdir_insert_failures + self.insert_failures.values().sum::<u64>()
+    }
 }
 
 /// The name of a reason as logs and status show it.
@@ -147,10 +182,15 @@ pub fn reason_name(r: Reason) -> &'static str {
     match r {
         Reason::NoMatchingRule => "no_matching_rule",
         Reason::Unclassified => "unclassified_container",
+        Reason::PolicyNotWritten => "policy_not_written",
     }
 }
 
-const REASONS: [Reason; 2] = [Reason::NoMatchingRule, Reason::Unclassified];
+const REASONS: [Reason; 3] = [
+    Reason::NoMatchingRule,
+    Reason::Unclassified,
+    Reason::PolicyNotWritten,
+];
 
 /// Reads the per-CPU counters.
 pub fn read_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Result<Stats, MapError> {
@@ -158,8 +198,13 @@ pub fn read_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Result<Stats, 
     let mut s = Stats {
         allowed: sum(stats::ALLOWED)?,
         events_lost: sum(stats::EVENTS_LOST)?,
+        cgroup_mkdir_insert_failures: sum(stats::CGROUP_MKDIR_INSERT_FAILED)?,
         ..Default::default()
     };
+    for (i, map) in stats::INSERT_FAILED_MAPS.into_iter().enumerate() {
+        s.insert_failures
+            .insert(map, sum(stats::INSERT_FAILED_BASE + i as u32)?);
+    }
     for r in REASONS {
         s.denied
             .insert(reason_name(r), sum(stats::slot(Verdict::Denied, r))?);

@@ -322,14 +322,25 @@ impl Reconciler {
             return Ok(());
         }
         let name = t.info.name.clone();
-        self.enforcer
+        match self
+            .enforcer
             .set_container(*id, policy.clone(), cgroups.clone())
             .await
-            .map_err(|source| ReconcileError::Enforcer {
-                name,
-                id: id.short().to_owned(),
-                source,
-            })?;
+        {
+            Ok(()) => {}
+            // Logged when it first failed; `written` stays unset, so the next write retries.
+            Err(crate::owner::CommandError::Enforcer(e)) if e.is_repeated() => {
+                debug!(container = %name, "still failed closed: {e}");
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(ReconcileError::Enforcer {
+                    name,
+                    id: id.short().to_owned(),
+                    source,
+                });
+            }
+        }
         if with_cgroups {
             self.index.set_cgroups(*id, &cgroups);
         }

@@ -73,3 +73,45 @@ pub fn paths_by_id(root: &Path) -> HashMap<CgroupId, PathBuf> {
     }
     out
 }
+
+/// The path of the cgroup with id `id` under `root` (a walk that stops at the first match), if
+/// it exists there.
+pub fn find_by_id(root: &Path, id: CgroupId) -> Option<PathBuf> {
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        if let Ok(rd) = fs::read_dir(&dir) {
+            stack.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+/// The cgroup v2 path of process `pid` (`0::/...` of `/proc/<pid>/cgroup`), under `mount`.
+pub fn of_pid(mount: &Path, pid: u32) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim().trim_start_matches('/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_cgroup_by_its_id() {
+        // Any directory tree will do: the walk only compares inode numbers.
+        let root = std::env::temp_dir().join(format!("egress-find-by-id-{}", std::process::id()));
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        let id = fs::metadata(root.join("a/b")).unwrap().ino();
+        assert_eq!(find_by_id(&root, id), Some(root.join("a/b")));
+        assert_eq!(find_by_id(&root, u64::MAX - 3), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

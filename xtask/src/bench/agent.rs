@@ -42,7 +42,7 @@ use egress_agent::{
 use egress_common::{
     container::ContainerKey,
     maps,
-    policy::{CgroupPolicy, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
+    policy::{CgroupPolicy, FLAG_UNCLASSIFIED},
     rule::{Ip4RuleKey, RuleValue},
 };
 use serde_json::json;
@@ -535,9 +535,9 @@ fn time_to_policy(b: &mut Bench, maps: &Maps, n: usize) -> Result<PolicyTiming> 
                 continue;
             }
             let st = seen.entry(*k).or_default();
+            // Only policed containers have an entry in EG_CONTAINERS.
             if st.policy.is_none()
                 && let Some(p) = maps.container(&id)
-                && p.flags & FLAG_UNPOLICED == 0
             {
                 st.policy = Some(p);
                 st.entry = Some(now);
