@@ -23,9 +23,18 @@ pub const META: &str = "EG_META";
 pub const CONTAINERS: &str = "EG_CONTAINERS";
 /// Array of u64 settings the programs read (see `CONFIG_*`).
 pub const CONFIG: &str = "EG_CONFIG";
+/// [`crate::cgroup_path::PathKey`] -> [`crate::policy::CgroupPolicy`]: the policy of a
+/// `--policy` cgroup by its path. The `cgroup_mkdir` tracepoint gives it to a new cgroup at that
+/// path (a removed and re-made cgroup) and to every new cgroup below it, the deepest such path
+/// winning, before any process runs in them.
+pub const PATH_POLICY: &str = "EG_PATH_POLICY";
+/// [`crate::cgroup_path::PathKey`] -> u32 (`cgroup_path::PARENT_*` bits): this dockerd's cgroup
+/// parents. A cgroup that looks like a container of no known container gets the unclassified
+/// default only when its parent is one of them.
+pub const CONTAINER_PARENTS: &str = "EG_CT_PARENTS";
 
 /// All maps, in the order `status` shows them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     CGROUP_POLICY,
     ALLOW_V4,
     ALLOW_V6,
@@ -36,6 +45,8 @@ pub const ALL: [&str; 10] = [
     META,
     CONTAINERS,
     CONFIG,
+    PATH_POLICY,
+    CONTAINER_PARENTS,
 ];
 
 /// How many cgroups can be policed at once.
@@ -52,6 +63,10 @@ pub const META_LAYOUT_SLOT: u32 = 0;
 pub const META_SLOTS: u32 = 4;
 /// Containers the agent can know at once.
 pub const MAX_CONTAINERS: u32 = 16_384;
+/// `--policy` cgroup paths.
+pub const MAX_POLICY_PATHS: u32 = 1024;
+/// Docker cgroup parents (the driver's default, every `--cgroup-parent` seen).
+pub const MAX_CONTAINER_PARENTS: u32 = 1024;
 /// [`CONFIG`] slot: what a new container cgroup gets when the agent has not classified its
 /// container: [`UNCLASSIFIED_ALLOW`] or [`UNCLASSIFIED_DENY`] (the default, 0, denies).
 pub const CONFIG_UNCLASSIFIED: u32 = 0;
