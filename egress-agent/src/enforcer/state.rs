@@ -8,6 +8,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
+    cgroup_path::PathKey,
     container::ContainerKey,
     event::{Reason, Verdict},
     policy::{CgroupPolicy, FLAG_UNCLASSIFIED, FLAG_UNPOLICED},
@@ -29,6 +30,8 @@ pub struct PinnedView {
     pub policies: BTreeMap<u32, Policy>,
     /// Cgroups policed on their own, with their policy id.
     pub cgroup_owned: BTreeMap<CgroupId, u32>,
+    /// Cgroup paths policed with everything below them, with their policy id.
+    pub path_owned: BTreeMap<PathKey, u32>,
     /// Known containers: Some(policy id) if policed.
     pub containers: BTreeMap<ContainerId, Option<u32>>,
     /// Every cgroup entry (own, container and unclassified ones).
@@ -38,9 +41,24 @@ pub struct PinnedView {
 }
 
 impl PinnedView {
-    /// Policies of cgroups policed on their own, by cgroup.
+    /// Cgroups whose entry comes from a policed path (theirs or an ancestor's), with the
+    /// path's policy id.
+    pub fn path_cgroups(&self) -> BTreeMap<CgroupId, u32> {
+        let ids: BTreeSet<u32> = self.path_owned.values().copied().collect();
+        self.cgroup_entries
+            .iter()
+            .filter(|(_, v)| v.flags & FLAG_UNCLASSIFIED == 0 && ids.contains(&v.policy_id))
+            .map(|(cg, v)| (*cg, v.policy_id))
+            .collect()
+    }
+
+    /// Policies of cgroups policed on their own or by a policed path, by cgroup.
     pub fn cgroup_policies(&self) -> BTreeMap<CgroupId, Applied> {
         self.cgroup_owned
+            .iter()
+            .map(|(cg, id)| (*cg, *id))
+            .chain(self.path_cgroups())
+            .collect::<BTreeMap<_, _>>()
             .iter()
             .filter_map(|(cg, id)| {
                 Some((
@@ -63,6 +81,7 @@ pub fn read<T: Borrow<MapData>>(
     cidr4: &LpmTrie<T, Cidr4Data, RuleValue>,
     cidr6: &LpmTrie<T, Cidr6Data, RuleValue>,
     containers: &HashMap<T, ContainerKey, CgroupPolicy>,
+    path_policy: &HashMap<T, PathKey, CgroupPolicy>,
 ) -> PinnedView {
     let mut rules: BTreeMap<u32, BTreeSet<Rule>> = BTreeMap::new();
     let mut add = |decoded: Option<(u32, Rule)>| {
@@ -96,10 +115,20 @@ pub fn read<T: Borrow<MapData>>(
             modes.insert(v.policy_id, v.mode());
         }
     }
-    let container_ids: BTreeSet<u32> = view.containers.values().flatten().copied().collect();
+    for (k, v) in path_policy.iter().flatten() {
+        view.path_owned.insert(k, v.policy_id);
+        modes.insert(v.policy_id, v.mode());
+    }
+    let shared_ids: BTreeSet<u32> = view
+        .containers
+        .values()
+        .flatten()
+        .chain(view.path_owned.values())
+        .copied()
+        .collect();
     for (cg, v) in cgroups.iter().flatten() {
         view.cgroup_entries.insert(cg, v);
-        if v.flags & FLAG_UNCLASSIFIED != 0 || container_ids.contains(&v.policy_id) {
+        if v.flags & FLAG_UNCLASSIFIED != 0 || shared_ids.contains(&v.policy_id) {
             continue;
         }
         view.cgroup_owned.insert(cg, v.policy_id);
