@@ -28,6 +28,9 @@ pub const LAYOUT_META: u8 = 122;
 pub const LAYOUT_POLICY_MAP: u8 = 123;
 pub const LAYOUT_VERSION: u8 = 124;
 pub const PORT_RULE_REPLACE: u8 = 125;
+pub const PATH_POLICY_REMADE: u8 = 142;
+pub const PATH_POLICY_NESTED: u8 = 143;
+pub const PATH_VERIFIER: u8 = 144;
 
 #[cfg(test)]
 mod tests {
@@ -60,6 +63,9 @@ mod tests {
             super::LAYOUT_META,
             super::LAYOUT_POLICY_MAP,
             super::LAYOUT_VERSION,
+            super::PATH_POLICY_REMADE,
+            super::PATH_POLICY_NESTED,
+            super::PATH_VERIFIER,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");
