@@ -12,12 +12,14 @@ use tokio::{
 };
 use tracing::{error, warn};
 
+use std::path::PathBuf;
+
 use crate::{
     container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerError, Stats},
     events::{EgressEvent, Record},
     policy::Policy,
-    sys::cgroup::CgroupId,
+    sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
 
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
@@ -39,6 +41,21 @@ enum Command {
     },
     Policies {
         reply: oneshot::Sender<Vec<(CgroupId, Applied)>>,
+    },
+    SetPathPolicy {
+        path: KernelPath,
+        dir: PathBuf,
+        policy: Policy,
+        reply: oneshot::Sender<Result<usize, EnforcerError>>,
+    },
+    ContainerParent {
+        path: KernelPath,
+        bits: u32,
+        add: bool,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    ClearContainerParents {
+        reply: oneshot::Sender<Result<usize, EnforcerError>>,
     },
     SetContainer {
         container: ContainerId,
@@ -141,6 +158,65 @@ impl EnforcerHandle {
     /// The policies in force.
     pub async fn policies(&self) -> Result<Vec<(CgroupId, Applied)>, OwnerGone> {
         self.ask(|reply| Command::Policies { reply }).await
+    }
+
+    /// Polices a cgroup path and everything below it (see [`Enforcer::set_path_policy`]);
+    /// returns how many existing cgroups got the policy.
+    pub async fn set_path_policy(
+        &self,
+        path: KernelPath,
+        dir: PathBuf,
+        policy: Policy,
+    ) -> Result<usize, CommandError> {
+        Ok(self
+            .ask(|reply| Command::SetPathPolicy {
+                path,
+                dir,
+                policy,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Adds `bits` to a cgroup parent of this dockerd (see
+    /// [`Enforcer::add_container_parent`]); true if anything changed.
+    pub async fn add_container_parent(
+        &self,
+        path: KernelPath,
+        bits: u32,
+    ) -> Result<bool, CommandError> {
+        Ok(self
+            .ask(|reply| Command::ContainerParent {
+                path,
+                bits,
+                add: true,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Takes `bits` off a cgroup parent (see [`Enforcer::remove_container_parent`]); true if
+    /// anything changed.
+    pub async fn remove_container_parent(
+        &self,
+        path: KernelPath,
+        bits: u32,
+    ) -> Result<bool, CommandError> {
+        Ok(self
+            .ask(|reply| Command::ContainerParent {
+                path,
+                bits,
+                add: false,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Forgets every cgroup parent (see [`Enforcer::clear_container_parents`]).
+    pub async fn clear_container_parents(&self) -> Result<usize, CommandError> {
+        Ok(self
+            .ask(|reply| Command::ClearContainerParents { reply })
+            .await??)
     }
 
     /// Registers a container (see [`Enforcer::set_container`]).
@@ -290,6 +366,29 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
                     .map(|(k, v)| (*k, v.clone()))
                     .collect(),
             );
+        }
+        Command::SetPathPolicy {
+            path,
+            dir,
+            policy,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_path_policy(&path, &dir, &policy));
+        }
+        Command::ContainerParent {
+            path,
+            bits,
+            add,
+            reply,
+        } => {
+            let _ = reply.send(if add {
+                enforcer.add_container_parent(&path, bits)
+            } else {
+                enforcer.remove_container_parent(&path, bits)
+            });
+        }
+        Command::ClearContainerParents { reply } => {
+            let _ = reply.send(enforcer.clear_container_parents());
         }
         Command::SetContainer {
             container,

@@ -5,6 +5,7 @@ use std::{fs::File, path::Path};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
+    cgroup_path::{PARENT_CONFIGURED, PARENT_DEFAULT, PARENT_DRIVER, PARENT_SEEN, PathKey},
     maps,
     policy::{CgroupPolicy, FLAG_DENY_ALL, NOTE_ESCAPABLE, NOTE_KILLED, NOTE_OUTSIDE_ATTACH},
 };
@@ -19,7 +20,9 @@ use crate::{
     policy::mode_name,
     sys::{
         bpf::{CgroupAttachType, attached_programs},
-        cgroup, mounts,
+        cgroup,
+        kernel_path::KernelPath,
+        mounts,
     },
 };
 
@@ -29,8 +32,13 @@ pub struct Status {
     /// `empty`, `compatible` or `incompatible: <reason>`.
     pub pinned_state: String,
     pub links: Vec<LinkStatus>,
-    /// Cgroups policed on their own.
+    /// Cgroups policed on their own or by a policed path.
     pub policies: Vec<PolicyStatus>,
+    /// Cgroup paths policed with every cgroup made at or below them (`--policy`).
+    pub policy_paths: Vec<PathPolicyStatus>,
+    /// This dockerd's cgroup parents: only there does a cgroup that looks like an unknown
+    /// container get the unclassified default.
+    pub container_parents: Vec<ParentStatus>,
     /// Containers the agent registered.
     pub containers: Vec<ContainerStatus>,
     /// Container cgroups denied everything because their container was not classified yet.
@@ -66,10 +74,34 @@ pub struct PolicyStatus {
     /// judges it).
     pub enforceable: bool,
     pub policy_id: u32,
+    /// True if the policy is a policed path's (this cgroup's or an ancestor's).
+    pub by_path: bool,
     pub mode: &'static str,
     pub allow: Vec<String>,
     /// Its policy did not fit in the maps: everything is denied until it does.
     pub denied_all: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathPolicyStatus {
+    /// The path relative to the cgroup v2 root, when a cgroup by that path exists (the maps
+    /// hold only its hash).
+    pub path: Option<String>,
+    /// The FNV-1a hash and the length the maps know it by.
+    pub key: String,
+    pub policy_id: u32,
+    pub mode: &'static str,
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParentStatus {
+    /// As [`PathPolicyStatus::path`].
+    pub path: Option<String>,
+    pub key: String,
+    /// Why it is registered: `default` (of either driver, until the daemon's is known),
+    /// `driver` (the daemon's driver's default), `cgroup-parent`, `seen`.
+    pub sources: Vec<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,9 +215,29 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         // A cgroup that is gone judges nothing either way.
         None => true,
     };
+    let mut fill = Vec::new();
+    // The maps know paths by hash: name the ones that exist (and the drivers' defaults).
+    let mut names: std::collections::HashMap<PathKey, String> = std::collections::HashMap::new();
+    if let Some(root) = cg_root.as_deref() {
+        for dir in paths.values() {
+            if let Ok(p) = KernelPath::of_dir(root, dir) {
+                names.insert(p.key(), p.to_string());
+            }
+        }
+    }
+    for d in [
+        crate::docker::cgroup_path::CgroupDriver::Cgroupfs,
+        crate::docker::cgroup_path::CgroupDriver::Systemd,
+    ] {
+        let p = crate::docker::cgroup_path::default_parent(d);
+        names.insert(p.key(), p.to_string());
+    }
+    let key_text = |k: &PathKey| format!("{:016x}/{}", k.hash, k.len);
+
     let mut containers = Vec::new();
     let mut unclassified_cgroups = Vec::new();
-    let mut fill = Vec::new();
+    let mut policy_paths = Vec::new();
+    let mut container_parents = Vec::new();
     let (pinned_state, policies, orphan_rules, counters) = match state {
         PinnedState::Empty => ("empty".to_owned(), vec![], 0, None),
         PinnedState::Incompatible(why) => (format!("incompatible: {why}"), vec![], 0, None),
@@ -198,6 +250,9 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             let st: PerCpuArray<MapData, u64> = open(&pin, maps::STATS, Map::PerCpuArray)?;
             let ct: HashMap<MapData, _, _> = open(&pin, maps::CONTAINERS, Map::HashMap)?;
             let up: HashMap<MapData, _, _> = open(&pin, maps::UNPOLICED, Map::HashMap)?;
+            let pp: HashMap<MapData, _, _> = open(&pin, maps::PATH_POLICY, Map::HashMap)?;
+            let parents: HashMap<MapData, PathKey, u32> =
+                open(&pin, maps::CONTAINER_PARENTS, Map::HashMap)?;
             let view = read_view(&MapRefs {
                 cgroups: &cgroups,
                 allow4: &a4,
@@ -206,6 +261,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                 cidr6: &c6,
                 containers: &ct,
                 unpoliced: &up,
+                path_policy: &pp,
             });
             let value_of = |id: u32| view.values.get(&id).copied();
             let denied = |v: Option<CgroupPolicy>| v.is_some_and(|v| v.flags & FLAG_DENY_ALL != 0);
@@ -226,6 +282,37 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                     capacity: maps::capacity(name).unwrap_or_default(),
                 });
             }
+            for (key, policy_id) in &view.path_owned {
+                let policy = view.policies.get(policy_id);
+                policy_paths.push(PathPolicyStatus {
+                    path: names.get(key).cloned(),
+                    key: key_text(key),
+                    policy_id: *policy_id,
+                    mode: policy.map(|p| mode_name(p.mode)).unwrap_or("enforce"),
+                    allow: policy
+                        .map(|p| p.rules.iter().map(|r| r.to_string()).collect())
+                        .unwrap_or_default(),
+                });
+            }
+            for (key, bits) in parents.iter().flatten() {
+                let sources = [
+                    (PARENT_DEFAULT, "default"),
+                    (PARENT_DRIVER, "driver"),
+                    (PARENT_CONFIGURED, "cgroup-parent"),
+                    (PARENT_SEEN, "seen"),
+                ]
+                .into_iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| n)
+                .collect();
+                container_parents.push(ParentStatus {
+                    path: names.get(&key).cloned(),
+                    key: key_text(&key),
+                    sources,
+                });
+            }
+            container_parents.sort_by(|a, b| a.path.cmp(&b.path));
+            let by_path = view.path_cgroups();
             let cgref = |id: u64| CgroupRef {
                 cgroup_id: id,
                 cgroup: path_of(id),
@@ -291,6 +378,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                     cgroup: path_of(*id),
                     enforceable: judged(path_of(*id).as_deref()),
                     policy_id: a.policy_id,
+                    by_path: by_path.contains_key(id),
                     mode: mode_name(a.policy.mode),
                     allow: a.policy.rules.iter().map(|r| r.to_string()).collect(),
                     denied_all: denied(value_of(a.policy_id)),
@@ -317,6 +405,8 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         pinned_state,
         links,
         policies,
+        policy_paths,
+        container_parents,
         containers,
         unclassified_cgroups,
         orphan_rules,
@@ -356,7 +446,7 @@ impl std::fmt::Display for Status {
         for p in &self.policies {
             writeln!(
                 f,
-                "  {} (id {}){}: {}, policy {}, {} allow rule(s)",
+                "  {} (id {}){}: {}, policy {}{}, {} allow rule(s)",
                 p.cgroup.as_deref().unwrap_or("<cgroup gone>"),
                 p.cgroup_id,
                 if p.enforceable {
@@ -366,11 +456,46 @@ impl std::fmt::Display for Status {
                 },
                 if p.denied_all { DENIED_ALL } else { p.mode },
                 p.policy_id,
+                if p.by_path { " (by path)" } else { "" },
                 p.allow.len()
             )?;
             for r in &p.allow {
                 writeln!(f, "      allow {r}")?;
             }
+        }
+        if !self.policy_paths.is_empty() {
+            writeln!(
+                f,
+                "policed cgroup paths (the cgroup and every cgroup made below it): {}",
+                self.policy_paths.len()
+            )?;
+            for p in &self.policy_paths {
+                writeln!(
+                    f,
+                    "  {}: {}, policy {}, {} allow rule(s)",
+                    p.path
+                        .clone()
+                        .unwrap_or_else(|| format!("<no such cgroup now, key {}>", p.key)),
+                    p.mode,
+                    p.policy_id,
+                    p.allow.len()
+                )?;
+            }
+        }
+        if !self.container_parents.is_empty() {
+            writeln!(
+                f,
+                "docker cgroup parents (unknown containers below them are unclassified): {}",
+                self.container_parents
+                    .iter()
+                    .map(|p| format!(
+                        "{} ({})",
+                        p.path.clone().unwrap_or_else(|| format!("key {}", p.key)),
+                        p.sources.join(", ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )?;
         }
         writeln!(f, "containers: {}", self.containers.len())?;
         for c in &self.containers {

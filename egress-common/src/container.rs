@@ -11,12 +11,19 @@
 //! container cannot make them (Docker mounts its cgroupfs read-only), and a privileged one
 //! holds CAP_SYS_ADMIN and is beyond any cgroup policy (see the README's limits).
 //!
+//! Looking like a container is not enough to be denied as unclassified: other runtimes name
+//! their cgroups the same way (Docker in Docker, rootless Docker, containerd). The tracepoint
+//! applies the unclassified default only when the cgroup's parent is one of this dockerd's
+//! cgroup parents ([`crate::maps::CONTAINER_PARENTS`], keyed by [`crate::cgroup_path::PathKey`]).
+//!
 //! Written for the eBPF verifier: fixed-size buffers, bounded loops, no panicking index.
+
+use crate::cgroup_path::byte;
 
 /// Length of a full container id.
 pub const CONTAINER_ID_LEN: usize = 64;
-/// Bytes of a cgroup path the tracepoint reads and scans.
-pub const PATH_SCAN: usize = 256;
+/// Bytes of a cgroup path the tracepoint reads and scans: the whole path of the record.
+pub const PATH_SCAN: usize = crate::cgroup_path::PATH_BUF;
 
 const SCOPE_PREFIX: &[u8; 7] = b"docker-";
 const SCOPE_SUFFIX: &[u8; 6] = b".scope";
@@ -33,16 +40,6 @@ crate::user_pod!(ContainerKey);
 
 /// The value of every [`crate::maps::UNPOLICED`] entry (only the key's presence counts).
 pub const UNPOLICED_MARK: u8 = 1;
-
-/// `path[i]`, with the index masked into the buffer (PATH_SCAN is a power of two) so that the
-/// verifier sees every access in bounds whatever order the compiler puts the checks in.
-/// Callers only pass in-range indices; the mask never changes a meaningful result.
-#[inline(always)]
-fn byte(path: &[u8; PATH_SCAN], i: usize) -> u8 {
-    path[i & (PATH_SCAN - 1)]
-}
-
-const _: () = assert!(PATH_SCAN.is_power_of_two());
 
 #[inline(always)]
 fn hex_run(path: &[u8; PATH_SCAN], at: usize) -> bool {
@@ -78,7 +75,7 @@ fn scope_at(path: &[u8; PATH_SCAN], at: usize) -> bool {
 }
 
 /// Offset of the container id in `path[..len]` if the path's last component names a
-/// container. `path` holds the path (or its last `PATH_SCAN` bytes), `len` its length.
+/// container. `path` holds the path, `len` its length.
 #[inline(always)]
 pub fn find_container_id(path: &[u8; PATH_SCAN], len: usize) -> Option<usize> {
     if len > PATH_SCAN {

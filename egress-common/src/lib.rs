@@ -6,6 +6,7 @@
 //! an agent can tell a compatible pinned state from an incompatible one.
 #![no_std]
 
+pub mod cgroup_path;
 pub mod container;
 pub mod event;
 pub mod maps;

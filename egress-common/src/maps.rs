@@ -30,9 +30,18 @@ pub const CONTAINERS: &str = "EG_CONTAINERS";
 pub const UNPOLICED: &str = "EG_UNPOLICED";
 /// Array of u64 settings the programs read (see `CONFIG_*`).
 pub const CONFIG: &str = "EG_CONFIG";
+/// [`crate::cgroup_path::PathKey`] -> [`crate::policy::CgroupPolicy`]: the policy of a
+/// `--policy` cgroup by its path. The `cgroup_mkdir` tracepoint gives it to a new cgroup at that
+/// path (a removed and re-made cgroup) and to every new cgroup below it, the deepest such path
+/// winning, before any process runs in them.
+pub const PATH_POLICY: &str = "EG_PATH_POLICY";
+/// [`crate::cgroup_path::PathKey`] -> u32 (`cgroup_path::PARENT_*` bits): this dockerd's cgroup
+/// parents. A cgroup that looks like a container of no known container gets the unclassified
+/// default only when its parent is one of them.
+pub const CONTAINER_PARENTS: &str = "EG_CT_PARENTS";
 
 /// All maps, in the order `status` shows them.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
     CGROUP_POLICY,
     ALLOW_V4,
     ALLOW_V6,
@@ -44,6 +53,8 @@ pub const ALL: [&str; 11] = [
     CONTAINERS,
     CONFIG,
     UNPOLICED,
+    PATH_POLICY,
+    CONTAINER_PARENTS,
 ];
 
 /// How many cgroups the agent polices on its own (`--policy`) at most: its share of
@@ -72,6 +83,10 @@ pub const META_SLOTS: u32 = 4;
 pub const MAX_CONTAINERS: u32 = 16_384;
 /// Unpoliced containers the agent can know at once ([`UNPOLICED`]).
 pub const MAX_UNPOLICED: u32 = 16_384;
+/// `--policy` cgroup paths.
+pub const MAX_POLICY_PATHS: u32 = 1024;
+/// Docker cgroup parents (the driver's default, every `--cgroup-parent` seen).
+pub const MAX_CONTAINER_PARENTS: u32 = 1024;
 /// [`CONFIG`] slot: what a new container cgroup gets when the agent has not classified its
 /// container: [`UNCLASSIFIED_ALLOW`] or [`UNCLASSIFIED_DENY`] (the default, 0, denies).
 pub const CONFIG_UNCLASSIFIED: u32 = 0;
@@ -93,6 +108,8 @@ pub fn capacity(name: &str) -> Option<u32> {
         CONTAINERS => MAX_CONTAINERS,
         CONFIG => CONFIG_SLOTS,
         UNPOLICED => MAX_UNPOLICED,
+        PATH_POLICY => MAX_POLICY_PATHS,
+        CONTAINER_PARENTS => MAX_CONTAINER_PARENTS,
         _ => return None,
     })
 }

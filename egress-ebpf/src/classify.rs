@@ -1,7 +1,16 @@
-//! `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir`: police a container's cgroup the moment runc
-//! makes it, before any process runs in it, and forget a cgroup when it is removed.
+//! `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir`: police a new cgroup the moment it is made,
+//! before any process runs in it, and forget a cgroup when it is removed.
 //!
-//! Every container cgroup that gets its registered container's policy, and every one whose
+//! A new cgroup gets, in this order:
+//! 1. if its last component names a container (`<id>`, `docker-<id>.scope`) that the agent
+//!    knows: that container's policy, or nothing for an unpoliced container;
+//! 2. if it names an unknown container and its parent is one of this dockerd's cgroup parents
+//!    (`EG_CT_PARENTS`): the unclassified default (`--unclassified deny` denies everything);
+//!    a look-alike anywhere else (another runtime's container) is not a container of ours;
+//! 3. the policy of the deepest `--policy` path (`EG_PATH_POLICY`) that is the cgroup's own
+//!    path or one of its ancestors: a re-made `--policy` cgroup and every cgroup below one.
+//!
+//! Every container cgroup that gets its registered container's policy, and every cgroup whose
 //! entry does not fit in `EG_CGRP_POLICY`, is reported to the agent as a notice in the event
 //! ring buffer (`egress_common::event::NOTICE`): the first lets the agent keep the entry in step
 //! with later changes of the policy, the second lets it fail the cgroup closed (the tracepoint
@@ -14,14 +23,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use egress_common::{
-    container::{PATH_SCAN, find_container_id, key_at},
+    cgroup_path::{MAX_ANCESTORS, PATH_BUF, walk},
+    container::{find_container_id, key_at},
     event::{Event, NOTICE, Notice},
     maps::{CONFIG_UNCLASSIFIED, UNCLASSIFIED_ALLOW},
     policy::CgroupPolicy,
     stats,
 };
 
-use crate::maps::{CGROUP_POLICY, CONFIG, CONTAINERS, EVENTS, PATH_SCRATCH, STATS, UNPOLICED};
+use crate::maps::{
+    CGROUP_POLICY, CONFIG, CONTAINER_PARENTS, CONTAINERS, EVENTS, MKDIR_SCAN, MkdirScan,
+    PATH_POLICY, PATH_SCRATCH, STATS, UNPOLICED,
+};
 
 // Offsets in the tracepoint record (tracefs events/cgroup/cgroup_mkdir/format, stable since
 // 5.x): int root @8, int level @12, u64 id @16, __data_loc char[] path @24.
@@ -41,7 +54,7 @@ fn v2_cgroup_id(ctx: &TracePointContext) -> Option<u64> {
     unsafe { ctx.read_at(ID_OFF) }.ok()
 }
 
-/// Gives a new container cgroup its container's policy (or the unclassified default).
+/// Gives a new cgroup its policy (see the module docs), if it gets one.
 #[inline(always)]
 pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
     let Some(cgroup_id) = v2_cgroup_id(ctx) else {
@@ -51,58 +64,66 @@ pub fn on_mkdir(ctx: &TracePointContext) -> u32 {
     let Ok(loc) = (unsafe { ctx.read_at::<u32>(PATH_LOC_OFF) }) else {
         return 0;
     };
-    let Some(buf) = PATH_SCRATCH.get_ptr_mut(0) else {
+    let (Some(buf), Some(scan)) = (PATH_SCRATCH.get_ptr_mut(0), MKDIR_SCAN.get_ptr_mut(0)) else {
         return 0;
     };
-    // SAFETY: a per-CPU slot nothing else uses during this program run.
-    let buf = unsafe { &mut *buf };
-    // __data_loc: length (with the NUL) in the high half, offset in the low half. Read the
-    // last PATH_SCAN - 1 bytes: the container id is the last component.
-    let path_len = ((loc >> 16) as usize).saturating_sub(1);
-    let skip = path_len.saturating_sub(PATH_SCAN - 1);
+    // SAFETY: per-CPU slots nothing else uses during this program run.
+    let (buf, scan) = unsafe { (&mut *buf, &mut *scan) };
+    // The whole path: the kernel made it in a buffer of the same size (a longer path is cut
+    // to its first bytes, which still name its ancestors).
     // SAFETY: an offset within the tracepoint record; the helper bounds the read.
-    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize + skip) };
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     let len = match unsafe { bpf_probe_read_kernel_str_bytes(src, buf) } {
         Ok(s) => s.len(),
         Err(_) => return 0,
     };
-    let Some(at) = find_container_id(buf, len) else {
+    scan.len = len as u32;
+    if !scan_path(buf, scan) {
         return 0;
-    };
-    let key = key_at(buf, at);
-    // SAFETY: values are copied out at once.
-    let (policy, registered) = match unsafe { CONTAINERS.get(key) } {
-        Some(p) => (*p, true),
-        None => {
-            // SAFETY: only presence is tested.
-            if unsafe { UNPOLICED.get(key) }.is_some() {
+    }
+    if let Some(at) = find_container_id(buf, len) {
+        let key = key_at(buf, at);
+        // SAFETY: values are copied out at once.
+        match unsafe { CONTAINERS.get(key) } {
+            Some(p) => {
+                let policy = *p;
+                insert(cgroup_id, &policy, true);
                 return 0;
             }
-            let unclassified = CONFIG.get(CONFIG_UNCLASSIFIED).copied().unwrap_or(0);
-            if unclassified == UNCLASSIFIED_ALLOW {
-                return 0;
+            None => {
+                // SAFETY: only the presence is read, here and below.
+                if unsafe { UNPOLICED.get(key) }.is_some() {
+                    return 0;
+                }
+                let parent = scan.walk.parent;
+                let ours = unsafe { CONTAINER_PARENTS.get(&parent) }.is_some();
+                let unclassified = CONFIG.get(CONFIG_UNCLASSIFIED).copied().unwrap_or(0);
+                if ours && unclassified != UNCLASSIFIED_ALLOW {
+                    insert(cgroup_id, &CgroupPolicy::unclassified(), false);
+                    return 0;
+                }
             }
-            (CgroupPolicy::unclassified(), false)
         }
-    };
-    match CGROUP_POLICY.insert(cgroup_id, policy, 0) {
-        Ok(()) if registered => notify(cgroup_id, &policy, Notice::Classified),
-        Ok(()) => {}
-        Err(_) => {
-            count(stats::CGROUP_MKDIR_INSERT_FAILED);
-            notify(cgroup_id, &policy, Notice::CgroupMapFull);
-        }
+    }
+    if scan.found != 0 {
+        let policy = scan.policy;
+        insert(cgroup_id, &policy, false);
     }
     0
 }
 
-/// Drops the policy entry of a removed cgroup so that dead containers leave nothing behind.
+/// Writes the entry of a new cgroup; tells the agent of a registered container's cgroup
+/// (`registered`), and of an entry that found no room (counted too).
 #[inline(always)]
-pub fn on_rmdir(ctx: &TracePointContext) -> u32 {
-    if let Some(cgroup_id) = v2_cgroup_id(ctx) {
-        let _ = CGROUP_POLICY.remove(cgroup_id);
+fn insert(cgroup_id: u64, policy: &CgroupPolicy, registered: bool) {
+    match CGROUP_POLICY.insert(cgroup_id, *policy, 0) {
+        Ok(()) if registered => notify(cgroup_id, policy, Notice::Classified),
+        Ok(()) => {}
+        Err(_) => {
+            count(stats::CGROUP_MKDIR_INSERT_FAILED);
+            notify(cgroup_id, policy, Notice::CgroupMapFull);
+        }
     }
-    0
 }
 
 #[inline(always)]
@@ -133,4 +154,48 @@ fn notify(cgroup_id: u64, policy: &CgroupPolicy, notice: Notice) {
     }
     entry.write(ev);
     entry.submit(0);
+}
+
+/// Walks the path in `buf[..scan.len]` once (`scan.walk`), then looks its ancestors and
+/// itself up among the `--policy` paths: the deepest one's policy goes into `scan.policy`
+/// (`scan.found`). False for a path that is no absolute path.
+///
+/// A function of its own (not inlined): the loops end at every possible length, each exit with
+/// other bounds on its registers; after the call only the caller's registers are left, so the
+/// verifier checks the rest of `on_mkdir` once instead of once per length.
+#[inline(never)]
+fn scan_path(buf: &[u8; PATH_BUF], scan: &mut MkdirScan) -> bool {
+    scan.found = 0;
+    if !walk(buf, scan.len as usize, &mut scan.walk) {
+        return false;
+    }
+    // SAFETY: a field of the per-CPU slot; read as the map holds it (see `walk`).
+    let n = unsafe { core::ptr::read_volatile(&scan.walk.count) } as usize;
+    let mut j = 0;
+    // Outermost first: a deeper path's policy replaces an outer one's.
+    while j < n && j < MAX_ANCESTORS {
+        let key = scan.walk.ancestors[j & (MAX_ANCESTORS - 1)];
+        // SAFETY: the value is copied out at once.
+        if let Some(p) = unsafe { PATH_POLICY.get(&key) } {
+            scan.policy = *p;
+            scan.found = 1;
+        }
+        j += 1;
+    }
+    let whole = scan.walk.whole;
+    // SAFETY: as above.
+    if let Some(p) = unsafe { PATH_POLICY.get(&whole) } {
+        scan.policy = *p;
+        scan.found = 1;
+    }
+    true
+}
+
+/// Drops the policy entry of a removed cgroup so that dead containers leave nothing behind.
+#[inline(always)]
+pub fn on_rmdir(ctx: &TracePointContext) -> u32 {
+    if let Some(cgroup_id) = v2_cgroup_id(ctx) {
+        let _ = CGROUP_POLICY.remove(cgroup_id);
+    }
+    0
 }

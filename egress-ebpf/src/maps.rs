@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    container::{ContainerKey, PATH_SCAN},
+    cgroup_path::{PATH_BUF, PathKey, PathWalk},
+    container::ContainerKey,
     maps::{
         CGROUP_POLICY_ENTRIES, CONFIG_SLOTS, EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES,
-        MAX_CONTAINERS, MAX_UNPOLICED, META_SLOTS,
+        MAX_CONTAINER_PARENTS, MAX_CONTAINERS, MAX_POLICY_PATHS, MAX_UNPOLICED, META_SLOTS,
     },
     policy::CgroupPolicy,
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
@@ -51,6 +52,28 @@ pub static UNPOLICED: HashMap<ContainerKey, u8> = HashMap::pinned(MAX_UNPOLICED,
 #[map(name = "EG_CONFIG")]
 pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);
 
+#[map(name = "EG_PATH_POLICY")]
+pub static PATH_POLICY: HashMap<PathKey, CgroupPolicy> = HashMap::pinned(MAX_POLICY_PATHS, 0);
+
+#[map(name = "EG_CT_PARENTS")]
+pub static CONTAINER_PARENTS: HashMap<PathKey, u32> = HashMap::pinned(MAX_CONTAINER_PARENTS, 0);
+
 /// Per-CPU scratch space for the cgroup path a tracepoint reads (too big for the stack).
 #[map(name = "EG_PATH_SCRATCH")]
-pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_SCAN]> = PerCpuArray::with_max_entries(1, 0);
+pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_BUF]> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `cgroup_mkdir` found in the new cgroup's path (in a map: too big for the stack, and
+/// the verifier does not track what a map holds).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MkdirScan {
+    pub walk: PathWalk,
+    /// The policy of the deepest `--policy` path at or above the new cgroup, if `found`.
+    pub policy: CgroupPolicy,
+    pub found: u32,
+    /// The length of the path to walk.
+    pub len: u32,
+}
+
+#[map(name = "EG_MKDIR_SCAN")]
+pub static MKDIR_SCAN: PerCpuArray<MkdirScan> = PerCpuArray::with_max_entries(1, 0);

@@ -139,8 +139,8 @@ impl Drop for CgroupTree {
 }
 
 /// Removes a cgroup directory and everything below it, deepest first, moving processes that are
-/// still in it to the parent cgroup.
-fn remove_tree(dir: &Path) {
+/// still in it to the parent cgroup. A directory that does not exist is fine.
+pub fn remove_tree(dir: &Path) {
     let children: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -47,6 +47,9 @@ pub const MAPS_LEFTOVERS: u8 = 138;
 pub const MAPS_AGENT_CGROUP_FULL: u8 = 139;
 pub const MAPS_KILL: u8 = 140;
 pub const MAPS_LEFTOVERS_RESTART: u8 = 141;
+pub const PATH_POLICY_REMADE: u8 = 142;
+pub const PATH_POLICY_NESTED: u8 = 143;
+pub const PATH_VERIFIER: u8 = 144;
 
 #[cfg(test)]
 mod tests {
@@ -95,6 +98,9 @@ mod tests {
             super::MAPS_AGENT_CGROUP_FULL,
             super::MAPS_KILL,
             super::MAPS_LEFTOVERS_RESTART,
+            super::PATH_POLICY_REMADE,
+            super::PATH_POLICY_NESTED,
+            super::PATH_VERIFIER,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");

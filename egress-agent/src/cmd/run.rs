@@ -1,7 +1,11 @@
 //! `egress-agent run`: load and attach, apply `--policy` cgroups, follow Docker and police
 //! labelled containers, log denials, until told to stop.
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use egress_common::event::Verdict;
@@ -24,7 +28,7 @@ use crate::{
     policy_file::PolicyFile,
     reconcile::{ReconcileConfig, Reconciler, index::SharedIndex, resolvers},
     resolver::{DnsClient, RefreshConfig, ResolverService, ServiceConfig, parse_dns_server},
-    sys::{cgroup, mounts},
+    sys::{cgroup, kernel_path::KernelPath, mounts},
 };
 
 /// Most domain updates taken together in one reconciliation.
@@ -78,6 +82,25 @@ pub fn parse_policy_spec(spec: &str) -> Result<PolicySpec, SpecError> {
         cgroup: PathBuf::from(cg.trim()),
         policy: Policy::new(mode, rules),
     })
+}
+
+/// The directory a `--policy` names and whether it exists: as [`cgroup::resolve`] takes it, but
+/// a cgroup that does not exist yet is taken below the cgroup v2 mount (policed once made).
+fn policy_dir(mount: &Path, cg: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    match cgroup::resolve(cg) {
+        Ok(dir) => Ok((dir, true)),
+        Err(e) => {
+            let dir = if cg.starts_with(mount) {
+                cg.to_owned()
+            } else {
+                mount.join(cg.strip_prefix("/").unwrap_or(cg))
+            };
+            if dir.exists() {
+                return Err(e.into());
+            }
+            Ok((dir, false))
+        }
+    }
 }
 
 /// Runs the daemon until `shutdown` completes; `hup` (SIGHUP) reloads the policy file.
@@ -146,15 +169,23 @@ pub async fn run(
 
     let index = SharedIndex::default();
     for spec in specs {
-        let path = cgroup::resolve(&spec.cgroup)
+        // By path: the cgroup and every cgroup below it are policed now and whenever they are
+        // made again (a restarted service), before any process runs in them.
+        let (dir, exists) = policy_dir(&cgroup_mount, &spec.cgroup)
             .with_context(|| format!("--policy for cgroup {}", spec.cgroup.display()))?;
-        let id = cgroup::id_of(&path)?;
-        handle
-            .set_policy(id, spec.policy.clone())
+        let path = KernelPath::of_dir(&cgroup_mount, &dir)
+            .with_context(|| format!("--policy for cgroup {}", spec.cgroup.display()))?;
+        let existing = handle
+            .set_path_policy(path.clone(), dir.clone(), spec.policy.clone())
             .await
-            .with_context(|| format!("applying the policy of cgroup {}", path.display()))?;
-        info!(cgroup = %path.display(), cgroup_id = id, mode = crate::policy::mode_name(spec.policy.mode),
-            rules = spec.policy.rules.len(), "policy applied");
+            .with_context(|| format!("applying the policy of cgroup {}", dir.display()))?;
+        if !exists {
+            warn!(cgroup = %dir.display(), path = %path,
+                "--policy cgroup does not exist yet; it is policed from the moment it is made");
+        }
+        info!(cgroup = %dir.display(), path = %path, mode = crate::policy::mode_name(spec.policy.mode),
+            rules = spec.policy.rules.len(), existing_cgroups = existing,
+            "policy applied to the cgroup and every cgroup below it, also when they are made again");
     }
 
     let logger = tokio::spawn(log_events(
@@ -190,6 +221,7 @@ pub async fn run(
             policy_file,
             index.clone(),
         );
+        reconciler.register_default_parents().await;
         let docker = match args.docker {
             DockerMode::On => match wait_for_docker(&docker_host, &mut shutdown).await {
                 Some(d) => d,
@@ -248,6 +280,19 @@ pub async fn run(
         info!(
             "not following Docker; only --policy cgroups are policed, Docker containers are neither policed nor denied"
         );
+        // No dockerd to classify containers: no cgroup is an unclassified container.
+        match handle.clear_container_parents().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                parents = n,
+                map = egress_common::maps::CONTAINER_PARENTS,
+                "forgot the Docker cgroup parents of an earlier run: look-alike cgroups are not denied as unclassified"
+            ),
+            Err(e) => error!(
+                map = egress_common::maps::CONTAINER_PARENTS,
+                "forgetting the Docker cgroup parents: {e}"
+            ),
+        }
         log_ready(&cfg, &report, &handle).await;
         loop {
             tokio::select! {

@@ -34,7 +34,10 @@ use std::{
 
 use crate::{
     container::ContainerId,
-    sys::cgroup::{self, CgroupId},
+    sys::{
+        cgroup::{self, CgroupId},
+        kernel_path::KernelPath,
+    },
 };
 
 /// How dockerd names its containers' cgroups (`docker info`'s `CgroupDriver`).
@@ -86,32 +89,57 @@ pub fn parse_proc_cgroup(text: &str) -> Option<String> {
 }
 
 /// Where the container's cgroup v2 directory should be for this driver and cgroup parent, most
-/// likely first. `mount` is the cgroup v2 mount point.
+/// likely first. `mount` is the cgroup v2 mount.
 pub fn candidates(
     mount: &Path,
     id: &ContainerId,
     cgroup_parent: Option<&str>,
     driver: CgroupDriver,
 ) -> Vec<PathBuf> {
+    let name = match driver {
+        CgroupDriver::Cgroupfs => id.to_string(),
+        CgroupDriver::Systemd => format!("docker-{id}.scope"),
+    };
+    vec![parent_dir(mount, cgroup_parent, driver).join(name)]
+}
+
+/// The directory dockerd makes a container's cgroup in, for this driver and
+/// `--cgroup-parent` (None or empty: the driver's default, `/docker` or `/system.slice`).
+/// `mount` is the cgroup v2 mount.
+pub fn parent_dir(mount: &Path, cgroup_parent: Option<&str>, driver: CgroupDriver) -> PathBuf {
     let parent = cgroup_parent.map(str::trim).filter(|p| !p.is_empty());
     match driver {
-        CgroupDriver::Cgroupfs => {
-            let parent = parent.unwrap_or("/docker");
-            vec![under(mount, parent).join(id.as_str())]
-        }
+        CgroupDriver::Cgroupfs => under(mount, parent.unwrap_or("/docker")),
         CgroupDriver::Systemd => {
-            let scope = format!("docker-{id}.scope");
             let parent = parent.unwrap_or("system.slice");
-            let dir = match parent.strip_suffix(".slice") {
+            match parent.strip_suffix(".slice") {
                 // `a-b.slice` lives at `a.slice/a-b.slice` (systemd.slice(5)); `-.slice` is the
                 // root.
                 Some(_) if !parent.contains('/') => mount.join(expand_slice(parent)),
                 // Docker refuses other parents with the systemd driver; take them as a path.
                 _ => under(mount, parent),
-            };
-            vec![dir.join(scope)]
+            }
         }
     }
+}
+
+/// This dockerd's cgroup parents as the kernel names them (see
+/// [`egress_common::maps::CONTAINER_PARENTS`]): the default parent of `driver`.
+pub fn default_parent(driver: CgroupDriver) -> KernelPath {
+    parent_path(None, driver).unwrap_or_else(KernelPath::root)
+}
+
+/// The parent a container's cgroup is made in for its `--cgroup-parent`, as the kernel names
+/// it; None for a parent that is no path below the root (`..`).
+pub fn parent_path(cgroup_parent: Option<&str>, driver: CgroupDriver) -> Option<KernelPath> {
+    let root = Path::new("/");
+    KernelPath::of_dir(root, &parent_dir(root, cgroup_parent, driver)).ok()
+}
+
+/// The parent of a container's cgroup directory `dir` (below the cgroup v2 mount `mount`), as
+/// the kernel names it.
+pub fn parent_of_dir(mount: &Path, dir: &Path) -> Option<KernelPath> {
+    KernelPath::of_dir(mount, dir).ok()?.parent()
 }
 
 /// `parent` (absolute or relative) below the cgroup v2 mount.
@@ -206,26 +234,7 @@ fn container_dir<'a>(path: &'a str, id: &ContainerId) -> Option<&'a str> {
 /// The cgroup ids of `dir` and of every cgroup below it (`dir` first); empty if `dir` does not
 /// exist. Cgroups removed during the walk are left out.
 pub fn subtree_ids(dir: &Path) -> Vec<CgroupId> {
-    let mut out = Vec::new();
-    if !dir.is_dir() {
-        return out;
-    }
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(id) = cgroup::id_of(&d) else { continue };
-        out.push(id);
-        if let Ok(rd) = fs::read_dir(&d) {
-            let mut children: Vec<PathBuf> = rd
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect();
-            // Depth first, in name order.
-            children.sort_unstable_by(|a, b| b.cmp(a));
-            stack.extend(children);
-        }
-    }
-    out
+    cgroup::subtree(dir).into_iter().map(|(_, id)| id).collect()
 }
 
 #[cfg(test)]
@@ -587,6 +596,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kernel_sees(V2, &dir).as_deref(), Some(ID));
+    }
+
+    /// The parent registered for a container's cgroup is where the container's cgroup is made,
+    /// whatever the driver and `--cgroup-parent`.
+    #[test]
+    fn parents_are_where_the_candidates_are() {
+        let layouts: [(Option<&str>, CgroupDriver, &str); 8] = [
+            (None, CgroupDriver::Cgroupfs, "/docker"),
+            (None, CgroupDriver::Systemd, "/system.slice"),
+            (Some("/x/y"), CgroupDriver::Cgroupfs, "/x/y"),
+            (Some("x/y/"), CgroupDriver::Cgroupfs, "/x/y"),
+            (Some("/"), CgroupDriver::Cgroupfs, "/"),
+            (
+                Some("a-b.slice"),
+                CgroupDriver::Systemd,
+                "/a.slice/a-b.slice",
+            ),
+            (Some("-.slice"), CgroupDriver::Systemd, "/"),
+            (Some(""), CgroupDriver::Systemd, "/system.slice"),
+        ];
+        for mount in [V2, HYBRID] {
+            for (parent, driver, want) in layouts {
+                let got = parent_path(parent, driver).unwrap();
+                assert_eq!(got.to_string(), want, "{parent:?} {driver}");
+                let dir = &cands(mount, parent, driver)[0];
+                assert_eq!(
+                    parent_of_dir(Path::new(mount), dir),
+                    Some(got),
+                    "{}",
+                    dir.display()
+                );
+            }
+        }
+        assert_eq!(
+            default_parent(CgroupDriver::Cgroupfs).to_string(),
+            "/docker"
+        );
+        assert_eq!(
+            default_parent(CgroupDriver::Systemd).to_string(),
+            "/system.slice"
+        );
+        assert_eq!(parent_path(Some("/a/../b"), CgroupDriver::Cgroupfs), None);
+        assert_eq!(
+            parent_of_dir(Path::new(V2), Path::new("/elsewhere/x")),
+            None
+        );
     }
 
     #[test]

@@ -61,6 +61,32 @@ pub enum EnforcerError {
     /// An insert failed and the owner was failed closed; see [`FailedClosed`].
     #[error(transparent)]
     FailedClosed(Box<FailedClosed>),
+    #[error("map {map}: writing the entry of cgroup path {path}: {source} (map full?)")]
+    PathWrite {
+        map: &'static str,
+        path: String,
+        source: MapError,
+    },
+    #[error(
+        "cgroup path {path} is {len} bytes long: the cgroup_mkdir tracepoint names paths of at most {max} bytes exactly, so a re-made cgroup there could not be recognised"
+    )]
+    PathTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "cgroup path {path} is {depth} levels deep: the cgroup_mkdir tracepoint recognises the cgroups below a policed path only down to {max} levels"
+    )]
+    PathTooDeep {
+        path: String,
+        depth: usize,
+        max: usize,
+    },
+    #[error(
+        "a policy on the cgroup v2 root would police every cgroup of the host; name a cgroup below it"
+    )]
+    RootPath,
 }
 
 impl EnforcerError {

@@ -16,6 +16,7 @@ use std::{
 
 use aya::maps::{MapInfo, MapType, lpm_trie::Key};
 use egress_common::{
+    cgroup_path::PathKey,
     container::ContainerKey,
     maps,
     policy::CgroupPolicy,
@@ -43,7 +44,7 @@ const fn sz<T>() -> u32 {
 }
 
 /// The shapes the current eBPF object declares (kept beside the shared types they come from).
-pub fn expected_shapes() -> [MapShape; 11] {
+pub fn expected_shapes() -> [MapShape; 13] {
     [
         MapShape {
             name: maps::CGROUP_POLICY,
@@ -121,6 +122,20 @@ pub fn expected_shapes() -> [MapShape; 11] {
             key_size: sz::<ContainerKey>(),
             value_size: sz::<u8>(),
             max_entries: maps::MAX_UNPOLICED,
+        },
+        MapShape {
+            name: maps::PATH_POLICY,
+            map_type: MapType::Hash,
+            key_size: sz::<PathKey>(),
+            value_size: sz::<CgroupPolicy>(),
+            max_entries: maps::MAX_POLICY_PATHS,
+        },
+        MapShape {
+            name: maps::CONTAINER_PARENTS,
+            map_type: MapType::Hash,
+            key_size: sz::<PathKey>(),
+            value_size: sz::<u32>(),
+            max_entries: maps::MAX_CONTAINER_PARENTS,
         },
     ]
 }
@@ -383,5 +398,7 @@ mod tests {
         assert_eq!(s[3].key_size, 16, "LPM key is prefix_len + 12 data bytes");
         assert_eq!(s[4].key_size, 28);
         assert!(s.iter().all(|m| maps::ALL.contains(&m.name)));
+        assert!(maps::ALL.iter().all(|n| s.iter().any(|m| m.name == *n)));
+        assert_eq!(s[10].key_size, 16, "path key: hash, length, padding");
     }
 }

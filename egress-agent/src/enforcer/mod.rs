@@ -56,6 +56,7 @@ use aya::{
     },
 };
 use egress_common::{
+    cgroup_path::PathKey,
     container::{ContainerKey, UNPOLICED_MARK},
     maps,
     policy::{
@@ -83,7 +84,9 @@ use crate::{
     policy::{Policy, Rule},
     sys::{
         cgroup::{self, CgroupId},
-        cgroup_kill, mounts,
+        cgroup_kill,
+        kernel_path::KernelPath,
+        mounts,
     },
 };
 
@@ -139,6 +142,8 @@ struct Maps {
     containers: HashMap<MapData, ContainerKey, CgroupPolicy>,
     unpoliced: HashMap<MapData, ContainerKey, u8>,
     config: Array<MapData, u64>,
+    path_policy: HashMap<MapData, PathKey, CgroupPolicy>,
+    parents: HashMap<MapData, PathKey, u32>,
 }
 
 /// Most policies at once: one per cgroup of the agent's own and one per policed container.
@@ -155,8 +160,9 @@ struct Targets<'a> {
 /// The loaded programs, the maps, and the policies the maps hold.
 ///
 /// A policy (mode and rules) is stored once under a policy id and owned either by one cgroup
-/// ([`Enforcer::set_policy`]) or by one container ([`Enforcer::set_container`]), whose cgroups
-/// (its own and any it makes below it) all point at the container's policy id.
+/// ([`Enforcer::set_policy`]), by one cgroup path and everything below it
+/// ([`Enforcer::set_path_policy`]) or by one container ([`Enforcer::set_container`]), whose
+/// cgroups (its own and any it makes below it) all point at the container's policy id.
 pub struct Enforcer {
     // Kept so that aya-log and later programs can find the object; links are pinned.
     _ebpf: Ebpf,
@@ -168,6 +174,8 @@ pub struct Enforcer {
     values: BTreeMap<u32, CgroupPolicy>,
     /// Cgroups policed on their own (not as part of a container), with their policy id.
     cgroup_owned: BTreeMap<CgroupId, u32>,
+    /// Cgroup paths policed with everything below them, with their policy id.
+    path_owned: BTreeMap<PathKey, u32>,
     /// Known containers: Some(policy id) if policed, None if known and unpoliced.
     containers: BTreeMap<ContainerId, Option<u32>>,
     ids: PolicyIds,
@@ -287,6 +295,8 @@ impl Enforcer {
             containers: take(&mut ebpf, maps::CONTAINERS)?,
             unpoliced: take(&mut ebpf, maps::UNPOLICED)?,
             config: take(&mut ebpf, maps::CONFIG)?,
+            path_policy: take(&mut ebpf, maps::PATH_POLICY)?,
+            parents: take(&mut ebpf, maps::CONTAINER_PARENTS)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, maps::EVENTS)?;
 
@@ -309,6 +319,7 @@ impl Enforcer {
             policies: BTreeMap::new(),
             values: BTreeMap::new(),
             cgroup_owned: BTreeMap::new(),
+            path_owned: BTreeMap::new(),
             containers: BTreeMap::new(),
             ids: PolicyIds::new(MAX_POLICIES),
             index: CgroupIndex::default(),
@@ -380,6 +391,7 @@ impl Enforcer {
             cidr6: &self.maps.cidr6,
             containers: &self.maps.containers,
             unpoliced: &self.maps.unpoliced,
+            path_policy: &self.maps.path_policy,
         });
         let mut orphans = 0;
         for (policy_id, rules) in &view.orphans {
@@ -404,6 +416,7 @@ impl Enforcer {
         self.policies = view.policies;
         self.values = view.values;
         self.cgroup_owned = view.cgroup_owned;
+        self.path_owned = view.path_owned;
         self.containers = view.containers;
         self.ids
             .recover(self.policies.keys().copied(), view.highest_id);
@@ -416,20 +429,50 @@ impl Enforcer {
                 .map(|(cg, v)| (*cg, v.policy_id)),
         );
         self.index_lost_mark = self.stats().map(|s| s.events_lost).unwrap_or(0);
-        Ok((self.cgroup_owned.len() + self.containers.len(), orphans))
+        Ok((
+            self.cgroup_owned.len() + self.path_owned.len() + self.containers.len(),
+            orphans,
+        ))
     }
 
-    /// Cgroups policed on their own (see [`Enforcer::set_policy`]), with their policies.
+    /// Cgroups policed on their own (see [`Enforcer::set_policy`]) or by their path or an
+    /// ancestor's (see [`Enforcer::set_path_policy`]), with their policies.
     pub fn policies(&self) -> BTreeMap<CgroupId, Applied> {
+        let path_ids: BTreeSet<u32> = self.path_owned.values().copied().collect();
+        let by_path = self
+            .maps
+            .cgroups
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.flags & FLAG_UNCLASSIFIED == 0 && path_ids.contains(&v.policy_id))
+            .map(|(cg, v)| (cg, v.policy_id));
         self.cgroup_owned
             .iter()
+            .map(|(cg, id)| (*cg, *id))
+            .chain(by_path)
             .filter_map(|(cg, id)| {
-                let policy = self.policies.get(id)?.clone();
+                let policy = self.policies.get(&id)?.clone();
                 Some((
-                    *cg,
+                    cg,
+                    Applied {
+                        policy_id: id,
+                        policy,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Cgroup paths policed with everything below them (see [`Enforcer::set_path_policy`]).
+    pub fn path_policies(&self) -> BTreeMap<PathKey, Applied> {
+        self.path_owned
+            .iter()
+            .filter_map(|(key, id)| {
+                Some((
+                    *key,
                     Applied {
                         policy_id: *id,
-                        policy,
+                        policy: self.policies.get(id)?.clone(),
                     },
                 ))
             })
@@ -860,6 +903,168 @@ impl Enforcer {
         Ok(true)
     }
 
+    /// Polices the cgroup at `path` (its directory is `dir`) and every cgroup below it, now and
+    /// whenever any of them is made again: the `cgroup_mkdir` tracepoint gives a new cgroup the
+    /// policy of the deepest policed path at or above it before any process runs in it.
+    /// Setting the same path again replaces its policy. Returns the number of existing cgroups
+    /// (`dir` and below) given the policy now; cgroups of containers and those below a deeper
+    /// policed path keep theirs.
+    ///
+    /// The path's entry is written before the existing cgroups are walked, so a cgroup made
+    /// meanwhile is policed by one or the other.
+    pub fn set_path_policy(
+        &mut self,
+        path: &KernelPath,
+        dir: &Path,
+        policy: &Policy,
+    ) -> Result<usize> {
+        if path.is_root() {
+            return Err(EnforcerError::RootPath);
+        }
+        if !path.fits_tracepoint() {
+            return Err(EnforcerError::PathTooLong {
+                path: path.to_string(),
+                len: path.as_bytes().len(),
+                max: egress_common::cgroup_path::MAX_REGISTERED_LEN,
+            });
+        }
+        if path.depth() > egress_common::cgroup_path::MAX_ANCESTORS {
+            return Err(EnforcerError::PathTooDeep {
+                path: path.to_string(),
+                depth: path.depth(),
+                max: egress_common::cgroup_path::MAX_ANCESTORS,
+            });
+        }
+        let key = path.key();
+        let policy_id = match self.path_owned.get(&key) {
+            Some(id) => *id,
+            None => self.ids.alloc()?,
+        };
+        // The rules first; a policy that does not fit is failed closed at the path too.
+        let owner = Owner::Cgroup(cgroup::id_of(dir).unwrap_or(0));
+        let no_entries = Targets {
+            container: None,
+            cgroups: &[],
+        };
+        let written = self.write_policy(owner, policy_id, policy, &no_entries);
+        let mut value = cgroup_value(policy_id, policy);
+        if written.is_err() {
+            value = value.failed_closed();
+        }
+        self.maps
+            .path_policy
+            .insert(key, value, 0)
+            .map_err(|source| EnforcerError::PathWrite {
+                map: maps::PATH_POLICY,
+                path: path.to_string(),
+                source,
+            })?;
+        self.path_owned.insert(key, policy_id);
+        written?;
+        let container_ids: BTreeSet<u32> = self.containers.values().flatten().copied().collect();
+        let mut policed = 0;
+        for (sub, cg) in cgroup::subtree(dir) {
+            let sub_path = path.join_rel(sub.strip_prefix(dir).unwrap_or(Path::new("")));
+            let deepest = sub_path
+                .self_and_ancestors()
+                .find_map(|p| self.path_owned.get(&p.key()).copied());
+            if deepest != Some(policy_id)
+                || self.cgroup_owned.contains_key(&cg)
+                || is_known_container(&sub_path, &self.containers)
+            {
+                continue;
+            }
+            match self.maps.cgroups.get(&cg, 0) {
+                Ok(v)
+                    if v.flags & FLAG_UNCLASSIFIED != 0 || container_ids.contains(&v.policy_id) =>
+                {
+                    continue;
+                }
+                _ => {}
+            }
+            self.maps
+                .cgroups
+                .insert(cg, value, 0)
+                .map_err(|source| EnforcerError::Write {
+                    cgroup: cg,
+                    what: format!("the policy entry of {sub_path} (below {path})"),
+                    source,
+                })?;
+            policed += 1;
+        }
+        Ok(policed)
+    }
+
+    /// Adds `bits` (`egress_common::cgroup_path::PARENT_*`) to `path`'s entry among this
+    /// dockerd's cgroup parents. Returns false if they were all there already.
+    pub fn add_container_parent(&mut self, path: &KernelPath, bits: u32) -> Result<bool> {
+        let key = path.key();
+        let had = self.maps.parents.get(&key, 0).unwrap_or(0);
+        if had & bits == bits {
+            return Ok(false);
+        }
+        self.maps
+            .parents
+            .insert(key, had | bits, 0)
+            .map_err(|source| EnforcerError::PathWrite {
+                map: maps::CONTAINER_PARENTS,
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(true)
+    }
+
+    /// Takes `bits` off `path`'s entry among the cgroup parents; the entry goes when no bit is
+    /// left. Returns false if it had none of them.
+    pub fn remove_container_parent(&mut self, path: &KernelPath, bits: u32) -> Result<bool> {
+        let key = path.key();
+        let Ok(had) = self.maps.parents.get(&key, 0) else {
+            return Ok(false);
+        };
+        if had & bits == 0 {
+            return Ok(false);
+        }
+        let left = had & !bits;
+        let r = if left == 0 {
+            match self.maps.parents.remove(&key) {
+                Err(e) if is_not_found(&e) => Ok(()),
+                r => r,
+            }
+        } else {
+            self.maps.parents.insert(key, left, 0)
+        };
+        r.map_err(|source| EnforcerError::PathWrite {
+            map: maps::CONTAINER_PARENTS,
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(true)
+    }
+
+    /// Forgets every cgroup parent (an agent that does not follow Docker classifies no
+    /// container). Returns how many there were.
+    pub fn clear_container_parents(&mut self) -> Result<usize> {
+        let keys: Vec<PathKey> = self.maps.parents.keys().flatten().collect();
+        for key in &keys {
+            match self.maps.parents.remove(key) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => {
+                    return Err(EnforcerError::Map {
+                        name: maps::CONTAINER_PARENTS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// The cgroup parents, with their `PARENT_*` bits.
+    pub fn container_parents(&self) -> BTreeMap<PathKey, u32> {
+        self.maps.parents.iter().flatten().collect()
+    }
+
     /// Registers a container: `Some(policy)` polices it, `None` marks it known and unpoliced.
     ///
     /// The container's entry is what the `cgroup_mkdir` tracepoint gives the container's
@@ -1146,6 +1351,21 @@ impl Enforcer {
     pub fn stats(&self) -> Result<Stats> {
         state::read_stats(&self.maps.stats).map_err(map_err(maps::STATS))
     }
+}
+
+/// True if the tracepoint takes the cgroup at `path` for a container the agent knows (it gives
+/// such a cgroup its container's policy, or none, whatever path it is below).
+fn is_known_container(path: &KernelPath, containers: &BTreeMap<ContainerId, Option<u32>>) -> bool {
+    use egress_common::container::{PATH_SCAN, find_container_id, key_at};
+    let bytes = path.as_bytes();
+    if bytes.len() >= PATH_SCAN {
+        return false;
+    }
+    let mut buf = [0u8; PATH_SCAN];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    find_container_id(&buf, bytes.len())
+        .and_then(|at| ContainerId::from_key(&key_at(&buf, at)))
+        .is_some_and(|id| containers.contains_key(&id))
 }
 
 /// A failure of [`Enforcer::write_entries`], before it is told as a [`FailedClosed`].

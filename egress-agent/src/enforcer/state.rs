@@ -8,6 +8,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie};
 use egress_common::{
+    cgroup_path::PathKey,
     container::ContainerKey,
     event::{Reason, Verdict},
     maps,
@@ -30,6 +31,8 @@ pub struct PinnedView {
     pub policies: BTreeMap<u32, Policy>,
     /// Cgroups policed on their own, with their policy id.
     pub cgroup_owned: BTreeMap<CgroupId, u32>,
+    /// Cgroup paths policed with everything below them, with their policy id.
+    pub path_owned: BTreeMap<PathKey, u32>,
     /// Known containers: Some(policy id) if policed.
     pub containers: BTreeMap<ContainerId, Option<u32>>,
     /// Every cgroup entry (own, container and unclassified ones).
@@ -45,9 +48,24 @@ pub struct PinnedView {
 }
 
 impl PinnedView {
-    /// Policies of cgroups policed on their own, by cgroup.
+    /// Cgroups whose entry comes from a policed path (theirs or an ancestor's), with the
+    /// path's policy id.
+    pub fn path_cgroups(&self) -> BTreeMap<CgroupId, u32> {
+        let ids: BTreeSet<u32> = self.path_owned.values().copied().collect();
+        self.cgroup_entries
+            .iter()
+            .filter(|(_, v)| v.flags & FLAG_UNCLASSIFIED == 0 && ids.contains(&v.policy_id))
+            .map(|(cg, v)| (*cg, v.policy_id))
+            .collect()
+    }
+
+    /// Policies of cgroups policed on their own or by a policed path, by cgroup.
     pub fn cgroup_policies(&self) -> BTreeMap<CgroupId, Applied> {
         self.cgroup_owned
+            .iter()
+            .map(|(cg, id)| (*cg, *id))
+            .chain(self.path_cgroups())
+            .collect::<BTreeMap<_, _>>()
             .iter()
             .filter_map(|(cg, id)| {
                 Some((
@@ -71,6 +89,7 @@ pub struct MapRefs<'a, T: Borrow<MapData>> {
     pub cidr6: &'a LpmTrie<T, Cidr6Data, RuleValue>,
     pub containers: &'a HashMap<T, ContainerKey, CgroupPolicy>,
     pub unpoliced: &'a HashMap<T, ContainerKey, u8>,
+    pub path_policy: &'a HashMap<T, PathKey, CgroupPolicy>,
 }
 
 /// Reads every policy and rule.
@@ -110,12 +129,23 @@ pub fn read<T: Borrow<MapData>>(m: &MapRefs<'_, T>) -> PinnedView {
         modes.insert(v.policy_id, v.mode());
         view.values.insert(v.policy_id, v);
     }
-    let container_ids: BTreeSet<u32> = view.containers.values().flatten().copied().collect();
+    for (k, v) in m.path_policy.iter().flatten() {
+        view.path_owned.insert(k, v.policy_id);
+        modes.insert(v.policy_id, v.mode());
+        view.values.insert(v.policy_id, v);
+    }
+    let shared_ids: BTreeSet<u32> = view
+        .containers
+        .values()
+        .flatten()
+        .chain(view.path_owned.values())
+        .copied()
+        .collect();
     for (cg, v) in m.cgroups.iter().flatten() {
         view.cgroup_entries.insert(cg, v);
         if v.flags & FLAG_UNCLASSIFIED != 0
             || v.policy_id == NO_RULES_POLICY_ID
-            || container_ids.contains(&v.policy_id)
+            || shared_ids.contains(&v.policy_id)
         {
             continue;
         }

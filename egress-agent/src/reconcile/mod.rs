@@ -10,6 +10,10 @@
 //! - A full sync (first start, and after every Docker reconnect) reconciles to exactly the
 //!   containers that exist: the kernel forgets the others.
 //! - Every DNS change of an allowed name is written into every container using it.
+//! - This dockerd's cgroup parents are registered (`EG_CT_PARENTS`): both drivers' defaults
+//!   until the daemon's driver is known, then its driver's default, every `--cgroup-parent`
+//!   and the parent of every container cgroup found. Only below them does a cgroup that looks
+//!   like an unknown container get the unclassified default.
 
 pub mod index;
 pub mod resolvers;
@@ -20,7 +24,12 @@ use std::{
     path::PathBuf,
 };
 
-use egress_common::policy::{NOTE_ESCAPABLE, NOTE_OUTSIDE_ATTACH};
+use egress_common::{
+    cgroup_path::{PARENT_CONFIGURED, PARENT_DEFAULT, PARENT_DRIVER, PARENT_SEEN},
+    maps::CONTAINER_PARENTS,
+    policy::{NOTE_ESCAPABLE, NOTE_OUTSIDE_ATTACH},
+};
+
 use tracing::{debug, error, info, warn};
 
 use self::index::{ContainerMeta, SharedIndex};
@@ -36,7 +45,7 @@ use crate::{
     policy::{Policy, Rule, mode_name},
     policy_file::PolicyFile,
     resolver::{DomainUpdate, FirstAnswer, ResolverHandle},
-    sys::cgroup::CgroupId,
+    sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
 
 /// Fixed inputs of the reconciler.
@@ -74,6 +83,8 @@ pub struct Reconciler {
     /// Effective IPs of every domain in use, from the resolver.
     domain_ips: HashMap<String, BTreeSet<IpAddr>>,
     index: SharedIndex,
+    /// Cgroup parents registered by this run, with their `PARENT_*` bits.
+    parents: HashMap<KernelPath, u32>,
 }
 
 /// Why a container could not be brought in line (logged; the caller goes on).
@@ -104,6 +115,56 @@ impl Reconciler {
             containers: HashMap::new(),
             domain_ips: HashMap::new(),
             index,
+            parents: HashMap::new(),
+        }
+    }
+
+    /// Registers both drivers' default cgroup parents (`/docker`, `/system.slice`) until the
+    /// first sync tells the daemon's driver: a container created before that without the
+    /// agent's knowledge is unclassified there.
+    pub async fn register_default_parents(&mut self) {
+        for driver in [CgroupDriver::Cgroupfs, CgroupDriver::Systemd] {
+            let parent = cgroup_path::default_parent(driver);
+            self.add_parent(parent, PARENT_DEFAULT, "default of a cgroup driver")
+                .await;
+        }
+    }
+
+    /// Adds `bits` to a cgroup parent (once per run).
+    async fn add_parent(&mut self, path: KernelPath, bits: u32, source: &str) {
+        if self.parents.get(&path).is_some_and(|b| b & bits == bits) {
+            return;
+        }
+        match self.enforcer.add_container_parent(path.clone(), bits).await {
+            Ok(changed) => {
+                if changed {
+                    info!(parent = %path, source,
+                        "Docker cgroup parent registered: a cgroup below it that looks like a container the agent does not know is unclassified");
+                }
+                *self.parents.entry(path).or_default() |= bits;
+            }
+            Err(e) => error!(parent = %path, source, map = CONTAINER_PARENTS,
+                "registering a Docker cgroup parent failed; an unknown container's cgroup below it is not denied as unclassified: {e}"),
+        }
+    }
+
+    /// Takes `bits` off a cgroup parent (whatever run registered them).
+    async fn remove_parent(&mut self, path: KernelPath, bits: u32) {
+        match self
+            .enforcer
+            .remove_container_parent(path.clone(), bits)
+            .await
+        {
+            Ok(changed) => {
+                if let Some(b) = self.parents.get_mut(&path) {
+                    *b &= !bits;
+                }
+                if changed {
+                    debug!(parent = %path, bits, "Docker cgroup parent bits removed");
+                }
+            }
+            Err(e) => error!(parent = %path, map = CONTAINER_PARENTS,
+                "removing a Docker cgroup parent failed (look-alike cgroups below it stay unclassified): {e}"),
         }
     }
 
@@ -177,6 +238,9 @@ impl Reconciler {
 
     async fn sync(&mut self, containers: Vec<ContainerInfo>, driver: CgroupDriver) {
         self.driver = driver;
+        let own_default = cgroup_path::default_parent(driver);
+        self.add_parent(own_default, PARENT_DRIVER, "the daemon's cgroup driver")
+            .await;
         let present: HashSet<ContainerId> = containers.iter().map(|c| c.id).collect();
         for info in containers {
             let running = info.running;
@@ -200,6 +264,17 @@ impl Reconciler {
         }
         for id in gone {
             self.forget(&id).await;
+        }
+        // The driver is known: the other driver's default is no parent of this daemon's
+        // (unless a container was seen there or names it).
+        for d in [CgroupDriver::Cgroupfs, CgroupDriver::Systemd] {
+            let bits = if d == driver {
+                PARENT_DEFAULT
+            } else {
+                PARENT_DEFAULT | PARENT_DRIVER
+            };
+            self.remove_parent(cgroup_path::default_parent(d), bits)
+                .await;
         }
         info!(containers = self.containers.len(), "synced with Docker");
     }
@@ -246,6 +321,14 @@ impl Reconciler {
                 mode: class_mode(&class).to_owned(),
             },
         );
+        if let Some(parent) = info
+            .cgroup_parent
+            .as_deref()
+            .and_then(|p| cgroup_path::parent_path(Some(p), self.driver))
+        {
+            self.add_parent(parent, PARENT_CONFIGURED, "a container's --cgroup-parent")
+                .await;
+        }
         let tracked = self.containers.entry(id).or_insert_with(|| Tracked {
             info: info.clone(),
             class: class.clone(),
@@ -313,10 +396,10 @@ impl Reconciler {
             return Ok(());
         };
         let policy = self.policy_of(id, t);
-        let cgroups = if with_cgroups && t.info.running {
+        let (cgroups, dir) = if with_cgroups && t.info.running {
             self.cgroups_of(&t.info)
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         if !with_cgroups && t.written.as_ref() == Some(&policy) {
             return Ok(());
@@ -346,6 +429,12 @@ impl Reconciler {
         }
         if let Some(t) = self.containers.get_mut(id) {
             t.written = Some(policy);
+        }
+        if let Some(parent) =
+            dir.and_then(|d| cgroup_path::parent_of_dir(&self.cfg.cgroup_mount, &d))
+        {
+            self.add_parent(parent, PARENT_SEEN, "the parent of a container's cgroup")
+                .await;
         }
         Ok(())
     }
@@ -522,7 +611,8 @@ impl Reconciler {
         (!dir.starts_with(&self.cfg.attach_cgroup)).then_some(dir)
     }
 
-    fn cgroups_of(&self, info: &ContainerInfo) -> Vec<CgroupId> {
+    /// The container's cgroups (its own first), and its own cgroup's directory.
+    fn cgroups_of(&self, info: &ContainerInfo) -> (Vec<CgroupId>, Option<PathBuf>) {
         match cgroup_path::find(
             &self.cfg.cgroup_mount,
             &info.id,
@@ -530,10 +620,10 @@ impl Reconciler {
             info.cgroup_parent.as_deref(),
             self.driver,
         ) {
-            Some(dir) => cgroup_path::subtree_ids(&dir),
+            Some(dir) => (cgroup_path::subtree_ids(&dir), Some(dir)),
             None => {
                 debug!(container = %info.name, "no cgroup found (not running yet?)");
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     }

@@ -74,6 +74,31 @@ pub fn paths_by_id(root: &Path) -> HashMap<CgroupId, PathBuf> {
     out
 }
 
+/// `dir` and every cgroup below it (`dir` first, then depth first in name order), with their
+/// ids; empty if `dir` does not exist. Cgroups removed during the walk are left out.
+pub fn subtree(dir: &Path) -> Vec<(PathBuf, CgroupId)> {
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return out;
+    }
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(id) = id_of(&d) else { continue };
+        if let Ok(rd) = fs::read_dir(&d) {
+            let mut children: Vec<PathBuf> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            // Depth first, in name order.
+            children.sort_unstable_by(|a, b| b.cmp(a));
+            stack.extend(children);
+        }
+        out.push((d, id));
+    }
+    out
+}
+
 /// The path of the cgroup with id `id` under `root` (a walk that stops at the first match), if
 /// it exists there.
 pub fn find_by_id(root: &Path, id: CgroupId) -> Option<PathBuf> {
