@@ -173,6 +173,21 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("containers(): {e}"))
     }
 
+    /// Registers `dir` as a cgroup parent of this dockerd (container look-alikes made below it
+    /// get the unclassified default).
+    #[track_caller]
+    pub fn add_container_parent(&self, dir: &Path) {
+        let mount = egress_agent::sys::mounts::cgroup2_mount().expect("a cgroup v2 mount");
+        let path = egress_agent::sys::kernel_path::KernelPath::of_dir(&mount, dir)
+            .unwrap_or_else(|e| panic!("kernel path of {}: {e}", dir.display()));
+        self.rt()
+            .block_on(
+                self.handle()
+                    .add_container_parent(path, egress_common::cgroup_path::PARENT_SEEN),
+            )
+            .unwrap_or_else(|e| panic!("add_container_parent({}): {e}", dir.display()));
+    }
+
     /// What new container cgroups of unknown containers get.
     #[track_caller]
     pub fn set_unclassified_deny(&self, deny: bool) {

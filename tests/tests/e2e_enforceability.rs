@@ -168,3 +168,51 @@ fn a_container_outside_the_attach_cgroup_is_not_called_policed() {
     drop(lab);
     drop(tree);
 }
+
+/// A `--policy` cgroup outside `--attach-cgroup` would be judged by no program: the agent
+/// refuses to start and says so, rather than report a policy that nothing enforces.
+#[test]
+fn a_policy_cgroup_outside_the_attach_cgroup_is_refused() {
+    let attach = CgroupTree::create("enf-policy-attach");
+    let outside = CgroupTree::create("enf-policy-outside");
+    let pins = egress_tests::e2e::PinDir::new("enf-policy-outside");
+    let mut child = std::process::Command::new(egress_tests::bins::agent())
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--docker",
+            "off",
+            "--pin-dir",
+        ])
+        .arg(&pins.path)
+        .arg("--attach-cgroup")
+        .arg(&attach.root.path)
+        .arg("--policy")
+        .arg(format!("{}=10.255.255.1", outside.root.path.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning the agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for the agent") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent runs with a --policy cgroup outside --attach-cgroup");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the agent ran: {err}");
+    assert!(
+        err.contains("outside --attach-cgroup")
+            && err.contains(&outside.root.path.display().to_string()),
+        "{err}"
+    );
+}

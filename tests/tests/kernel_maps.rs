@@ -261,6 +261,8 @@ fn a_container_cgroup_the_agent_cannot_write_is_frozen_and_its_processes_killed(
     assert!(child_gone, "the probe in {} was killed", sub.path.display());
     drop(running);
     let _ = fs::remove_file(&stop);
+    // Connections made before the kill may still wait in the listener's backlog.
+    std::thread::sleep(Duration::from_millis(200));
     let seen = forbidden.accepted();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(forbidden.accepted(), seen, "no connection after the kill");
@@ -359,6 +361,9 @@ fn a_container_that_does_not_fit_in_the_container_map_is_denied_not_unpoliced() 
     let lab = Lab::new("maps-containers-full", slots::MAPS_CONTAINERS_FULL);
     let e = lab.enforcer();
     e.set_unclassified_deny(false);
+    // The lab's parent stands for this dockerd's cgroup parent (the unclassified default
+    // applies only below one).
+    e.add_container_parent(&lab.parent().path);
     let allowed = TcpSink::bind(lab.ip(1));
     let other = TcpSink::bind(lab.ip(2));
     let map = PinnedMap::open(&lab.pins.map(maps::CONTAINERS));

@@ -175,6 +175,14 @@ pub async fn run(
             .with_context(|| format!("--policy for cgroup {}", spec.cgroup.display()))?;
         let path = KernelPath::of_dir(&cgroup_mount, &dir)
             .with_context(|| format!("--policy for cgroup {}", spec.cgroup.display()))?;
+        // A policy no program would judge is a configuration error, not a policy.
+        if !dir.starts_with(&report.attach_cgroup) {
+            anyhow::bail!(
+                "--policy for cgroup {}: it is outside --attach-cgroup {}, so no program would judge its egress",
+                dir.display(),
+                report.attach_cgroup.display()
+            );
+        }
         let existing = handle
             .set_path_policy(path.clone(), dir.clone(), spec.policy.clone())
             .await
