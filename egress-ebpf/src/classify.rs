@@ -18,22 +18,23 @@
 //! (`stats::CGROUP_MKDIR_INSERT_FAILED`).
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
-    programs::TracePointContext,
+    EbpfContext, helpers::bpf_probe_read_kernel_str_bytes, programs::TracePointContext,
 };
 use egress_common::{
     cgroup_path::{MAX_ANCESTORS, PATH_BUF, walk},
     container::{find_container_id, key_at},
-    event::{Event, NOTICE, Notice},
+    event::{NOTICE, Notice},
     maps::{CONFIG_UNCLASSIFIED, UNCLASSIFIED_ALLOW},
     policy::CgroupPolicy,
     stats,
 };
 
-use crate::maps::{
-    CGROUP_POLICY, CONFIG, CONTAINER_PARENTS, CONTAINERS, EVENTS, MKDIR_SCAN, MkdirScan,
-    PATH_POLICY, PATH_SCRATCH, STATS, UNPOLICED,
+use crate::{
+    maps::{
+        CGROUP_POLICY, CONFIG, CONTAINER_PARENTS, CONTAINERS, MKDIR_SCAN, MkdirScan, PATH_POLICY,
+        PATH_SCRATCH, UNPOLICED,
+    },
+    report::{count, send},
 };
 
 // Offsets in the tracepoint record (tracefs events/cgroup/cgroup_mkdir/format, stable since
@@ -126,34 +127,13 @@ fn insert(cgroup_id: u64, policy: &CgroupPolicy, registered: bool) {
     }
 }
 
-#[inline(always)]
-fn count(slot: u32) {
-    if let Some(p) = STATS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs a program concurrently.
-        unsafe { *p += 1 };
-    }
-}
-
 /// Sends a notice about `cgroup_id` to the agent (counted as lost if the ring buffer is full).
 #[inline(always)]
 fn notify(cgroup_id: u64, policy: &CgroupPolicy, notice: Notice) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(stats::EVENTS_LOST);
-        return;
-    };
-    let mut ev = Event::zeroed();
-    ev.cgroup_id = cgroup_id;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ev.pid = (pid_tgid >> 32) as u32;
-    ev.tid = pid_tgid as u32;
-    ev.policy_id = policy.policy_id;
-    ev.verdict = NOTICE;
-    ev.reason = notice as u8;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
-    entry.write(ev);
-    entry.submit(0);
+    send(cgroup_id, policy.policy_id, |ev| {
+        ev.verdict = NOTICE;
+        ev.reason = notice as u8;
+    });
 }
 
 /// Walks the path in `buf[..scan.len]` once (`scan.walk`), then looks its ancestors and

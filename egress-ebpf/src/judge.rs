@@ -1,13 +1,11 @@
 //! The verdict: unpoliced cgroups pass after one lookup; policed ones must match a rule.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    maps::lpm_trie::Key,
-    programs::SockAddrContext,
+    helpers::bpf_get_current_cgroup_id, maps::lpm_trie::Key, programs::SockAddrContext,
 };
 use egress_common::{
     AF_INET, AF_INET6,
-    event::{Event, Hook, Reason, Verdict},
+    event::{Hook, Reason, Verdict},
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
         FLAG_DENY_ALL, FLAG_LOOPBACK, FLAG_UNCLASSIFIED, Mode,
@@ -18,7 +16,8 @@ use egress_common::{
 
 use crate::{
     dest::{Addr, Dest},
-    maps::{ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CIDR_V4, CIDR_V6, EVENTS, STATS},
+    maps::{ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CIDR_V4, CIDR_V6},
+    report::{count, send},
 };
 
 const ALLOW: i32 = 1;
@@ -120,14 +119,6 @@ fn cidr6(data: Cidr6Data) -> bool {
 }
 
 #[inline(always)]
-fn count(slot: u32) {
-    if let Some(p) = STATS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs this program concurrently.
-        unsafe { *p += 1 };
-    }
-}
-
-#[inline(always)]
 fn report(
     ctx: &SockAddrContext,
     hook: Hook,
@@ -137,35 +128,22 @@ fn report(
     verdict: Verdict,
     reason: Reason,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(stats::EVENTS_LOST);
-        return;
-    };
-    let mut ev = Event::zeroed();
-    ev.cgroup_id = cgroup_id;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ev.pid = (pid_tgid >> 32) as u32;
-    ev.tid = pid_tgid as u32;
-    ev.policy_id = policy.policy_id;
-    ev.port = dest.port;
-    // SAFETY: a field of the valid context.
-    ev.protocol = unsafe { (*ctx.sock_addr).protocol } as u8;
-    ev.verdict = verdict as u8;
-    ev.reason = reason as u8;
-    ev.hook = hook as u8;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
-    match dest.addr {
-        Addr::V4(a) => {
-            ev.family = AF_INET;
-            ev.addr[..4].copy_from_slice(&a);
+    send(cgroup_id, policy.policy_id, |ev| {
+        ev.port = dest.port;
+        // SAFETY: a field of the valid context.
+        ev.protocol = unsafe { (*ctx.sock_addr).protocol } as u8;
+        ev.verdict = verdict as u8;
+        ev.reason = reason as u8;
+        ev.hook = hook as u8;
+        match dest.addr {
+            Addr::V4(a) => {
+                ev.family = AF_INET;
+                ev.addr[..4].copy_from_slice(&a);
+            }
+            Addr::V6(a) => {
+                ev.family = AF_INET6;
+                ev.addr = a;
+            }
         }
-        Addr::V6(a) => {
-            ev.family = AF_INET6;
-            ev.addr = a;
-        }
-    }
-    entry.write(ev);
-    entry.submit(0);
+    });
 }

@@ -12,6 +12,8 @@ mod dest;
 mod judge;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod report;
 
 #[cfg(target_arch = "bpf")]
 mod programs {

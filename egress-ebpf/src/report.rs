@@ -1,0 +1,37 @@
+//! What the programs tell user space: per-CPU counters and ring-buffer records.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
+use egress_common::{event::Event, stats};
+
+use crate::maps::{EVENTS, STATS};
+
+/// Adds one to the counter in `slot` (see `egress_common::stats`).
+#[inline(always)]
+pub fn count(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs a program concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Sends one record: the calling task's pid, tid and comm, `cgroup_id` and `policy_id`, and
+/// what `fill` adds. A full ring buffer is counted (`stats::EVENTS_LOST`), never waited on.
+#[inline(always)]
+pub fn send(cgroup_id: u64, policy_id: u32, fill: impl FnOnce(&mut Event)) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stats::EVENTS_LOST);
+        return;
+    };
+    let mut ev = Event::zeroed();
+    ev.cgroup_id = cgroup_id;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.policy_id = policy_id;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    fill(&mut ev);
+    entry.write(ev);
+    entry.submit(0);
+}
