@@ -1157,15 +1157,6 @@ mod tests {
             screened(&c, &img, false, false),
             (allows(Mode::Enforce, &["10.0.0.1"]), vec![])
         );
-        let img = image(&[("egress.allow", "10.0.0.1"), ("egress.mode", "audit")]);
-        let c = [("egress.allow", "10.0.0.1"), ("egress.mode", "audit")];
-        assert_eq!(
-            screened(&c, &img, false, false),
-            (
-                allows(Mode::Enforce, &["10.0.0.1"]),
-                vec![("egress.mode".into(), IgnoredWhy::Audit)]
-            )
-        );
     }
 
     #[test]

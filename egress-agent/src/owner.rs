@@ -178,35 +178,20 @@ impl EnforcerHandle {
             .await??)
     }
 
-    /// Adds `bits` to a cgroup parent of this dockerd (see
-    /// [`Enforcer::add_container_parent`]); true if anything changed.
-    pub async fn add_container_parent(
-        &self,
-        path: KernelPath,
-        bits: u32,
-    ) -> Result<bool, CommandError> {
-        Ok(self
-            .ask(|reply| Command::ContainerParent {
-                path,
-                bits,
-                add: true,
-                reply,
-            })
-            .await??)
-    }
-
-    /// Takes `bits` off a cgroup parent (see [`Enforcer::remove_container_parent`]); true if
+    /// Adds `bits` to (`add`) or takes them off a cgroup parent of this dockerd (see
+    /// [`Enforcer::add_container_parent`], [`Enforcer::remove_container_parent`]); true if
     /// anything changed.
-    pub async fn remove_container_parent(
+    pub async fn change_container_parent(
         &self,
         path: KernelPath,
         bits: u32,
+        add: bool,
     ) -> Result<bool, CommandError> {
         Ok(self
             .ask(|reply| Command::ContainerParent {
                 path,
                 bits,
-                add: false,
+                add,
                 reply,
             })
             .await??)

@@ -181,10 +181,11 @@ impl InProcess {
         let path = egress_agent::sys::kernel_path::KernelPath::of_dir(&mount, dir)
             .unwrap_or_else(|e| panic!("kernel path of {}: {e}", dir.display()));
         self.rt()
-            .block_on(
-                self.handle()
-                    .add_container_parent(path, egress_common::cgroup_path::PARENT_SEEN),
-            )
+            .block_on(self.handle().change_container_parent(
+                path,
+                egress_common::cgroup_path::PARENT_SEEN,
+                true,
+            ))
             .unwrap_or_else(|e| panic!("add_container_parent({}): {e}", dir.display()));
     }
 

@@ -135,7 +135,11 @@ impl Reconciler {
         if self.parents.get(&path).is_some_and(|b| b & bits == bits) {
             return;
         }
-        match self.enforcer.add_container_parent(path.clone(), bits).await {
+        match self
+            .enforcer
+            .change_container_parent(path.clone(), bits, true)
+            .await
+        {
             Ok(changed) => {
                 if changed {
                     info!(parent = %path, source,
@@ -152,7 +156,7 @@ impl Reconciler {
     async fn remove_parent(&mut self, path: KernelPath, bits: u32) {
         match self
             .enforcer
-            .remove_container_parent(path.clone(), bits)
+            .change_container_parent(path.clone(), bits, false)
             .await
         {
             Ok(changed) => {
