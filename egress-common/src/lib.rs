@@ -4,7 +4,11 @@
 //! padding so that the kernel and user space agree byte for byte. Map names and sizes live in
 //! [`maps`]; the layout version in [`LAYOUT_VERSION`] changes whenever any of them does, so that
 //! an agent can tell a compatible pinned state from an incompatible one.
-#![no_std]
+//!
+//! With the `user` feature (the agent's side, with `std`) each kernel type also carries its
+//! user-side encoding beside it: [`container::ContainerId`], the policy model's rules as map
+//! keys ([`rule::keys`]) and its policies as cgroup entries (`CgroupPolicy::of`).
+#![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod cgroup_path;
 pub mod container;
