@@ -42,6 +42,8 @@ pub mod index;
 pub mod layout;
 mod notices;
 mod state;
+#[cfg(test)]
+mod tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
