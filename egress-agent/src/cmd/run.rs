@@ -589,13 +589,7 @@ async fn container_of_policy(handle: &WeakEnforcerHandle, policy_id: u32) -> Opt
 /// The container a process belongs to, from its cgroup v2 path.
 fn container_of_pid(pid: u32) -> Option<ContainerId> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = cgroup_path::parse_proc_cgroup(&text)?;
-    let last = path.rsplit('/').next()?;
-    let id = last
-        .strip_prefix("docker-")
-        .and_then(|s| s.strip_suffix(".scope"))
-        .unwrap_or(last);
-    id.parse().ok()
+    ContainerId::of_cgroup_path(&cgroup_path::parse_proc_cgroup(&text)?)
 }
 
 /// The SIGHUP stream, installed at once (SIGHUP's default action would end the agent).

@@ -39,10 +39,11 @@ mod attach;
 mod error;
 pub mod ids;
 pub mod index;
-pub mod keys;
 pub mod layout;
 mod notices;
 mod state;
+#[cfg(test)]
+mod tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,10 +60,7 @@ use egress_common::{
     cgroup_path::PathKey,
     container::{ContainerKey, UNPOLICED_MARK},
     maps,
-    policy::{
-        CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED,
-    },
+    policy::{CgroupPolicy, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
 };
@@ -75,6 +73,8 @@ use self::{
     keys::{RuleKey, encode, lpm},
     layout::{PinDir, PinnedState},
 };
+pub use egress_common::rule::keys;
+
 pub use self::{
     error::{EnforcerError, FailedClosed, Owner},
     state::{MapRefs, PinnedView, Stats, read as read_view, read_stats, reason_name},
@@ -212,31 +212,6 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 ) -> Result<T> {
     let map = ebpf.take_map(name).ok_or(EnforcerError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
-}
-
-/// The cgroup entry of a policy: its id, mode and the flags that spare the programs lookups.
-/// Written after the rules it adds and before the rules it drops are removed, so a flag never
-/// hides a rule of the policy in force (see [`Enforcer::write_policy`]).
-fn cgroup_value(policy_id: u32, policy: &Policy) -> CgroupPolicy {
-    let mut flags = 0;
-    if !policy.has_v4_host_port() {
-        flags |= FLAG_ANY_PORT_ONLY4;
-    }
-    if !policy.has_v6_host_port() {
-        flags |= FLAG_ANY_PORT_ONLY6;
-    }
-    if policy.has_v4_cidr() {
-        flags |= FLAG_CIDR4;
-    }
-    if policy.has_v6_cidr() {
-        flags |= FLAG_CIDR6;
-    }
-    if policy.loopback {
-        flags |= FLAG_LOOPBACK;
-    }
-    let mut value = CgroupPolicy::new(policy_id, policy.mode, flags);
-    value.notes = policy.notes;
-    value
 }
 
 impl Enforcer {
@@ -595,7 +570,9 @@ impl Enforcer {
             .values
             .get(&policy_id)
             .map_or(0, |v| v.notes & NOTE_KILLED);
-        let mut value = cgroup_value(policy_id, policy);
+        // The cgroup entry is written after the rules it adds and before the rules it drops are
+        // removed, so a flag never hides a rule of the policy in force.
+        let mut value = CgroupPolicy::of(policy_id, policy);
         value.notes |= killed;
         if !failed.is_empty() {
             value = value.failed_closed();
@@ -947,7 +924,7 @@ impl Enforcer {
             cgroups: &[],
         };
         let written = self.write_policy(owner, policy_id, policy, &no_entries);
-        let mut value = cgroup_value(policy_id, policy);
+        let mut value = CgroupPolicy::of(policy_id, policy);
         if written.is_err() {
             value = value.failed_closed();
         }
