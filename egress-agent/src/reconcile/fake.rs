@@ -141,17 +141,20 @@ fn full_map(id: ContainerId, map: &'static str, repeated: bool) -> CommandError 
     })))
 }
 
+/// What a write of the fake returns.
+type Reply<T> = Result<T, CommandError>;
+
 impl MapWriter for FakeWriter {
     async fn set_container(
         &self,
-        container: ContainerId,
+        id: ContainerId,
         policy: Option<Policy>,
-        cgroups: Vec<CgroupId>,
-    ) -> Result<(), CommandError> {
+        cg: Vec<u64>,
+    ) -> Reply<()> {
         let mut k = self.kernel();
-        *k.writes.entry(container).or_default() += 1;
-        let full = k.full.get(&container).copied().filter(|_| policy.is_some());
-        let entry = k.containers.entry(container).or_insert(Entry {
+        *k.writes.entry(id).or_default() += 1;
+        let full = k.full.get(&id).copied().filter(|_| policy.is_some());
+        let entry = k.containers.entry(id).or_insert(Entry {
             policy: None,
             cgroups: BTreeSet::new(),
             failed_closed: false,
@@ -159,50 +162,41 @@ impl MapWriter for FakeWriter {
         });
         if policy.is_some() {
             // The policy's entry goes to the cgroups named and stays on those that had it.
-            entry.cgroups.extend(cgroups);
+            entry.cgroups.extend(cg);
         } else {
             entry.cgroups.clear();
         }
         entry.policy = policy;
         entry.failed_closed = full == Some(Full::Rules);
         entry.registered = full != Some(Full::Containers);
-        let repeated = k.failing.contains(&container);
+        let repeated = k.failing.contains(&id);
         match full {
             None => {
-                k.failing.remove(&container);
+                k.failing.remove(&id);
                 Ok(())
             }
             Some(map) => {
-                k.failing.insert(container);
+                k.failing.insert(id);
                 let name = match map {
                     Full::Rules => maps::ALLOW_V4,
                     Full::Containers => maps::CONTAINERS,
                 };
-                Err(full_map(container, name, repeated))
+                Err(full_map(id, name, repeated))
             }
         }
     }
 
-    async fn remove_container(
-        &self,
-        container: ContainerId,
-        _cgroups: Vec<CgroupId>,
-    ) -> Result<bool, CommandError> {
+    async fn remove_container(&self, id: ContainerId, _cgroups: Vec<u64>) -> Reply<bool> {
         let mut k = self.kernel();
-        k.failing.remove(&container);
-        Ok(k.containers.remove(&container).is_some())
+        k.failing.remove(&id);
+        Ok(k.containers.remove(&id).is_some())
     }
 
-    async fn containers(&self) -> Result<Vec<ContainerId>, CommandError> {
+    async fn containers(&self) -> Reply<Vec<ContainerId>> {
         Ok(self.ids().into_iter().collect())
     }
 
-    async fn change_container_parent(
-        &self,
-        path: KernelPath,
-        bits: u32,
-        add: bool,
-    ) -> Result<bool, CommandError> {
+    async fn change_container_parent(&self, path: KernelPath, bits: u32, add: bool) -> Reply<bool> {
         let mut k = self.kernel();
         let had = k.parents.get(&path).copied().unwrap_or(0);
         let now = if add { had | bits } else { had & !bits };
@@ -214,13 +208,9 @@ impl MapWriter for FakeWriter {
         Ok(now != had)
     }
 
-    async fn add_container_rules(
-        &self,
-        container: ContainerId,
-        rules: Vec<Rule>,
-    ) -> Result<bool, CommandError> {
+    async fn add_container_rules(&self, id: ContainerId, rules: Vec<Rule>) -> Reply<bool> {
         let mut k = self.kernel();
-        match k.containers.get_mut(&container) {
+        match k.containers.get_mut(&id) {
             Some(Entry {
                 policy: Some(policy),
                 failed_closed: false,
