@@ -1126,6 +1126,36 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Adds `rules` to the policy of a policed container at once, keeping the rest of it (mode,
+    /// rules, loopback, notes): only the new rules are written, and the entries only if their
+    /// flags change (see [`Enforcer::write_policy`]). Returns false, writing nothing, if the
+    /// container is not policed or is failed closed (its full policy has to fit first). The
+    /// next [`Enforcer::set_container`] replaces the policy as a whole.
+    pub fn add_container_rules(&mut self, container: &ContainerId, rules: &[Rule]) -> Result<bool> {
+        let Some(Some(policy_id)) = self.containers.get(container).copied() else {
+            return Ok(false);
+        };
+        let failed_closed = self
+            .values
+            .get(&policy_id)
+            .is_some_and(|v| v.flags & egress_common::policy::FLAG_DENY_ALL != 0);
+        let Some(current) = self.policies.get(&policy_id).filter(|_| !failed_closed) else {
+            return Ok(false);
+        };
+        if rules.iter().all(|r| current.rules.contains(r)) {
+            return Ok(true);
+        }
+        let policy = Policy::new(current.mode, current.rules.iter().chain(rules).copied())
+            .with_loopback(current.loopback)
+            .with_notes(current.notes);
+        let targets = Targets {
+            container: Some(container),
+            cgroups: &[],
+        };
+        self.write_policy(Owner::Container(*container), policy_id, &policy, &targets)?;
+        Ok(true)
+    }
+
     /// Forgets a container: its entry, the entries of its cgroups and its rules. Deletes that
     /// fail are retried later; the policy id stays out of use until they succeed.
     pub fn remove_container(
