@@ -2,8 +2,8 @@
 //!
 //! - [`enforcer`] loads the eBPF programs, pins and attaches them, and writes policies;
 //! - [`owner`] runs the one task that owns the enforcer (nothing else touches the maps);
-//! - [`policy`], [`labels`], [`policy_file`], [`image_ref`] are `egress_policy`'s (re-exported
-//!   under their old paths);
+//! - [`policy`], [`labels`], [`policy_file`], [`image_ref`] are `egress_policy`'s and
+//!   [`container`] is `egress_common`'s (re-exported under their old paths);
 //! - [`events`] decodes what the programs report; [`status`] reads the pinned state;
 //! - [`cli`] and [`cmd`] are the command line; [`sys`] wraps kernel interfaces.
 

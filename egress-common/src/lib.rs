@@ -7,8 +7,9 @@
 //! tell a compatible pinned state from an incompatible one.
 //!
 //! With the `user` feature (the agent's side, with `std`) each kernel type also carries its
-//! user-side encoding beside it: [`container::ContainerId`], the policy model's rules as map
-//! keys ([`rule::keys`]) and its policies as cgroup entries (`CgroupPolicy::of`).
+//! user-side encoding beside it: `container::ContainerId` (and the user side of the container
+//! recogniser), the policy model's rules as map keys (`rule::keys`), its policies as cgroup
+//! entries (`CgroupPolicy::of`) and its mode as theirs (`policy::Mode`'s `From`s).
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod cgroup_path;
