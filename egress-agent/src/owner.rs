@@ -84,6 +84,11 @@ enum Command {
     Stats {
         reply: oneshot::Sender<Result<Stats, EnforcerError>>,
     },
+    /// The observer attributes an event to a container by its policy id.
+    ContainerOfPolicy {
+        policy_id: u32,
+        reply: oneshot::Sender<Option<ContainerId>>,
+    },
 }
 
 /// The owner task stopped (it only stops when every handle is dropped or it panicked).
@@ -113,6 +118,21 @@ impl WeakEnforcerHandle {
         let tx = self.tx.upgrade().ok_or(OwnerGone)?;
         let (reply, rx) = oneshot::channel();
         tx.send(Command::Containers { reply })
+            .await
+            .map_err(|_| OwnerGone)?;
+        drop(tx);
+        rx.await.map_err(|_| OwnerGone)
+    }
+
+    /// The container that owns `policy_id` (see [`Enforcer::container_of_policy`]); `OwnerGone`
+    /// once the owner has stopped.
+    pub async fn container_of_policy(
+        &self,
+        policy_id: u32,
+    ) -> Result<Option<ContainerId>, OwnerGone> {
+        let tx = self.tx.upgrade().ok_or(OwnerGone)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Command::ContainerOfPolicy { policy_id, reply })
             .await
             .map_err(|_| OwnerGone)?;
         drop(tx);
@@ -404,6 +424,9 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
         }
         Command::Stats { reply } => {
             let _ = reply.send(enforcer.stats());
+        }
+        Command::ContainerOfPolicy { policy_id, reply } => {
+            let _ = reply.send(enforcer.container_of_policy(policy_id));
         }
     }
 }

@@ -134,10 +134,7 @@ impl Enforcer {
 
     /// The container that owns `policy_id`.
     fn container_of(&self, policy_id: u32) -> Option<ContainerId> {
-        self.containers
-            .iter()
-            .find(|(_, id)| **id == Some(policy_id))
-            .map(|(c, _)| *c)
+        self.containers.owner_of(policy_id)
     }
 
     /// The container a cgroup's path names (its last component), for an unregistered one.
