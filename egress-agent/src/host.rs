@@ -11,8 +11,11 @@
 //! too. With `/`, every path is the plain host path and the mount table is the agent's own
 //! (`/proc/self/mountinfo`).
 //!
-//! The names the agent uses inside bpffs (the default pin directory and its subdirectories) are
-//! in [`crate::paths`].
+//! Not host files, so not here: the names the agent uses inside bpffs (the default pin directory
+//! and its subdirectories, in [`crate::paths`]; `--pin-dir` must be on the host's bpffs), the
+//! bpffs and tracefs the agent mounts in its own mount namespace when they are missing
+//! ([`crate::sys::mounts`]), and the host paths a container's mounts are compared with
+//! (`crate::docker::privileges`: Docker reports mount sources as host paths).
 //!
 //! The daemon sets the process-wide root once at start ([`set`]); code that reads a host path
 //! asks [`get`] (the root `/` until set). Functions that take a [`Host`] can be tested on a
