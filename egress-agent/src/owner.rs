@@ -97,6 +97,11 @@ enum Command {
         rules: Vec<Rule>,
         reply: oneshot::Sender<Result<bool, EnforcerError>>,
     },
+    /// The observer attributes an event to a container by its policy id.
+    ContainerOfPolicy {
+        policy_id: u32,
+        reply: oneshot::Sender<Option<ContainerId>>,
+    },
 }
 
 /// The owner's two queues: incremental writes (`urgent`) and everything else (`bulk`).
@@ -139,11 +144,15 @@ pub struct WeakEnforcerHandle {
 }
 
 impl WeakEnforcerHandle {
-    /// Known containers and their policies; `OwnerGone` once the owner has stopped.
-    pub async fn containers(&self) -> Result<Vec<(ContainerId, Option<Applied>)>, OwnerGone> {
+    /// The container that owns `policy_id` (see [`Enforcer::container_of_policy`]); `OwnerGone`
+    /// once the owner has stopped.
+    pub async fn container_of_policy(
+        &self,
+        policy_id: u32,
+    ) -> Result<Option<ContainerId>, OwnerGone> {
         let tx = self.tx.upgrade().ok_or(OwnerGone)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Command::Containers { reply })
+        tx.send(Command::ContainerOfPolicy { policy_id, reply })
             .await
             .map_err(|_| OwnerGone)?;
         drop(tx);
@@ -464,6 +473,9 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
             reply,
         } => {
             let _ = reply.send(enforcer.add_container_rules(&container, &rules));
+        }
+        Command::ContainerOfPolicy { policy_id, reply } => {
+            let _ = reply.send(enforcer.container_of_policy(policy_id));
         }
     }
 }

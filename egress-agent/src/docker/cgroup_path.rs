@@ -181,7 +181,7 @@ pub fn find(
     cgroup_parent: Option<&str>,
     driver: CgroupDriver,
 ) -> Option<PathBuf> {
-    let proc_text = pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok());
+    let proc_text = pid.and_then(|p| fs::read_to_string(crate::host::get().proc_cgroup(p)).ok());
     choose(
         mount,
         id,

@@ -36,6 +36,7 @@
 //! owner.
 
 mod attach;
+pub mod containers;
 mod error;
 pub mod ids;
 pub mod index;
@@ -67,6 +68,7 @@ use egress_common::{
 use tracing::{debug, error, info, warn};
 
 use self::{
+    containers::ContainerTable,
     error::is_not_found,
     ids::{Leftover, PolicyIds},
     index::CgroupIndex,
@@ -177,7 +179,7 @@ pub struct Enforcer {
     /// Cgroup paths policed with everything below them, with their policy id.
     path_owned: BTreeMap<PathKey, u32>,
     /// Known containers: Some(policy id) if policed, None if known and unpoliced.
-    containers: BTreeMap<ContainerId, Option<u32>>,
+    containers: ContainerTable,
     ids: PolicyIds,
     /// Cgroup entries by policy id (those the agent wrote and those the tracepoint reported).
     index: CgroupIndex,
@@ -295,7 +297,7 @@ impl Enforcer {
             values: BTreeMap::new(),
             cgroup_owned: BTreeMap::new(),
             path_owned: BTreeMap::new(),
-            containers: BTreeMap::new(),
+            containers: ContainerTable::default(),
             ids: PolicyIds::new(MAX_POLICIES),
             index: CgroupIndex::default(),
             index_lost_mark: 0,
@@ -392,7 +394,7 @@ impl Enforcer {
         self.values = view.values;
         self.cgroup_owned = view.cgroup_owned;
         self.path_owned = view.path_owned;
-        self.containers = view.containers;
+        self.containers = view.containers.into();
         self.ids
             .recover(self.policies.keys().copied(), view.highest_id);
         self.index.rebuild(
@@ -468,6 +470,11 @@ impl Enforcer {
                 (*c, applied)
             })
             .collect()
+    }
+
+    /// The container that owns `policy_id` (an index lookup, no scan).
+    pub fn container_of_policy(&self, policy_id: u32) -> Option<ContainerId> {
+        self.containers.owner_of(policy_id)
     }
 
     /// What new container cgroups get while their container is unknown to the agent: allow
@@ -1362,7 +1369,7 @@ impl Enforcer {
 
 /// True if the tracepoint takes the cgroup at `path` for a container the agent knows (it gives
 /// such a cgroup its container's policy, or none, whatever path it is below).
-fn is_known_container(path: &KernelPath, containers: &BTreeMap<ContainerId, Option<u32>>) -> bool {
+fn is_known_container(path: &KernelPath, containers: &ContainerTable) -> bool {
     use egress_common::container::{PATH_SCAN, find_container_id, key_at};
     let bytes = path.as_bytes();
     if bytes.len() >= PATH_SCAN {
