@@ -19,6 +19,17 @@ pub const SOCK: &str = "/var/run/docker.sock";
 /// The image the Docker end-to-end tests run.
 pub const TEST_IMAGE: &str = "egress-test-busybox:latest";
 
+/// `cargo ARGS` that build and run `egress-lab`.
+const CARGO_RUN: [&str; 7] = [
+    "run",
+    "-q",
+    "-p",
+    "egress-tests",
+    "--bin",
+    "egress-lab",
+    "--",
+];
+
 /// How to run `egress-lab`.
 #[derive(Debug, Clone)]
 pub enum Lab {
@@ -34,15 +45,7 @@ impl Lab {
             Lab::Built(exe) => Command::new(exe),
             Lab::CargoRun => {
                 let mut c = cargo::cargo();
-                c.args([
-                    "run",
-                    "-q",
-                    "-p",
-                    "egress-tests",
-                    "--bin",
-                    "egress-lab",
-                    "--",
-                ]);
+                c.args(CARGO_RUN);
                 c
             }
         };
@@ -175,18 +178,7 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(
-            args[..8],
-            [
-                "run",
-                "-q",
-                "-p",
-                "egress-tests",
-                "--bin",
-                "egress-lab",
-                "--",
-                "dockerd-down"
-            ]
-        );
+        assert_eq!(args[..7], CARGO_RUN);
+        assert_eq!(args[7], "dockerd-down");
     }
 }
