@@ -9,8 +9,10 @@
 //! ([`docker`]) with a test DNS server ([`dns`]).
 //!
 //! Pieces: [`bins`] finds the binaries, [`bpf`] the kernel's view and raw map writes,
-//! [`netns`] network namespaces, [`dnsmasq`] a real dnsmasq, [`process`] child processes and
-//! daemons, [`wait`] the poll loop. The `egress-lab` binary (`src/bin/egress-lab.rs`) brings
+//! [`netns`] network namespaces, [`dnsmasq`] a real dnsmasq, [`command`] commands run with a
+//! deadline, [`daemon`] helper servers stopped on drop, [`process`] other processes (dockerd)
+//! and reaping, [`tools`] host tools, [`interrupt`] Ctrl-C for long runs, [`wait`] the poll
+//! loop. The `egress-lab` binary (`src/bin/egress-lab.rs`) brings
 //! the shared dockerd up and down for `cargo xtask test --with-docker`.
 
 use std::{
@@ -22,10 +24,13 @@ pub mod agent;
 pub mod bins;
 pub mod bpf;
 pub mod cgroup;
+pub mod command;
+pub mod daemon;
 pub mod dns;
 pub mod dnsmasq;
 pub mod docker;
 pub mod e2e;
+pub mod interrupt;
 pub mod lab;
 pub mod net;
 pub mod netns;
@@ -33,6 +38,7 @@ pub mod pins;
 pub mod probe;
 pub mod process;
 pub mod slots;
+pub mod tools;
 pub mod wait;
 
 /// Locks `m`, also after a panic of another holder (the tests' data stays usable).

@@ -1,187 +1,15 @@
-//! Child processes and other processes of the host: running a command to completion with a
-//! timeout, a long-running daemon stopped on drop, finding tools, and the `/proc` look-ups,
-//! signals and reaping that stopping a daemon needs.
+//! Other processes of the host: the `/proc` look-ups, signals and reaping that stopping a
+//! daemon the harness did not spawn itself (dockerd, containerd) needs. (Commands run to
+//! completion: [`crate::command`]; daemons of the harness's own: [`crate::daemon`].)
 
 use std::{
     fs,
-    io::{self, Read},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    thread::{self, JoinHandle},
+    path::Path,
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-
-/// `program arg arg ...`, for messages.
-pub fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// What a finished child printed.
-#[derive(Debug)]
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `cmd` to completion with captured output (stdin from /dev/null), killing it after
-/// `timeout`.
-pub fn run_captured(cmd: &mut Command, timeout: Duration) -> Result<Finished> {
-    let line = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running `{line}`"))?;
-    let out = reader(child.stdout.take());
-    let err = reader(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{line}` did not finish within {timeout:?}; killed it");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    Ok(Finished {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// Like [`run_captured`], failing (with its stderr) unless the exit status is 0.
-pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Finished> {
-    let line = describe(cmd);
-    let f = run_captured(cmd, timeout)?;
-    if !f.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}{}",
-            f.status,
-            f.stderr.trim(),
-            f.stdout.trim()
-        );
-    }
-    Ok(f)
-}
-
-fn reader(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// A long-running child (a server, a proxy) logging to a file: SIGTERM, then SIGKILL, on drop.
-/// It gets SIGTERM if this process dies without stopping it.
-pub struct Daemon {
-    pub name: String,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
-        let line = describe(cmd);
-        let f = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {name}: `{line}`"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child: Some(child),
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Fails if the process has exited already.
-    pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(c) = self.child.as_mut()
-            && let Some(st) = c.try_wait()?
-        {
-            bail!("{} exited early ({st})", self.name);
-        }
-        Ok(())
-    }
-
-    /// Stops it: SIGTERM, up to 10 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        if matches!(c.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        signal(c.id() as i32, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} ignored SIGTERM; killing it", self.name);
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `tool` on PATH or in the sbin directories (which a non-root PATH may lack).
-pub fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// [`find_tool`], failing with the Debian package to install.
-pub fn require_tool(tool: &str, package: &str, what: &str) -> Result<PathBuf> {
-    find_tool(tool).with_context(|| {
-        format!(
-            "`{tool}` is missing; {what} needs it: apt-get install -y --no-install-recommends {package}"
-        )
-    })
-}
+use anyhow::{Result, bail};
 
 /// The `comm` of a live (not zombie) process, or None.
 pub fn live_comm(pid: i32) -> Option<String> {
@@ -285,17 +113,5 @@ mod tests {
         assert!(live_comm(me).is_some());
         assert!(alive(me));
         assert_eq!(live_comm(i32::MAX), None);
-    }
-
-    #[test]
-    fn runs_with_a_timeout() {
-        let f = run_ok(
-            Command::new("sh").args(["-c", "echo hi"]),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(f.stdout.trim(), "hi");
-        let e = run_captured(Command::new("sleep").arg("5"), Duration::from_millis(50));
-        assert!(e.is_err());
     }
 }

@@ -92,8 +92,8 @@ pub fn up(target: &Path) -> Result<Up> {
     }
     // A run that was killed may have left a dead daemon's changes behind.
     down(target)?;
-    process::require_tool("dockerd", "docker.io", "the Docker tests")?;
-    process::require_tool("iptables", "iptables", "dockerd")?;
+    crate::tools::require("dockerd", "docker.io", "the Docker tests")?;
+    crate::tools::require("iptables", "iptables", "dockerd")?;
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let log_path = target.join("dockerd.log");
     let log =

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::process::{self, run_ok};
+use crate::{command::run_ok, process};
 
 /// What the host looked like before dockerd started, and the daemon that changed it.
 #[derive(Debug, Default, Serialize, Deserialize)]

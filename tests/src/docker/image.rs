@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{Docker, dockerd::say};
-use crate::process::run_ok;
+use crate::command::run_ok;
 
 /// A busybox-static `.deb` to use instead of `apt-get download busybox-static` (offline hosts).
 const BUSYBOX_DEB_ENV: &str = "EGRESS_BUSYBOX_DEB";

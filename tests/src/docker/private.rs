@@ -55,7 +55,7 @@ impl PrivateDockerd {
     /// Starts the daemon (again, after [`PrivateDockerd::kill`]) and waits until it answers.
     #[track_caller]
     pub fn spawn(&mut self) {
-        let dockerd = process::require_tool(
+        let dockerd = crate::tools::require(
             "dockerd",
             "docker.io",
             "the restart test (it runs a dockerd of its own)",
