@@ -1,32 +1,73 @@
-//! Running the `egress-agent` binary: `run` as a child process whose JSON log the test reads,
-//! and the one-shot `status` and `cleanup` commands.
+//! Running the `egress-agent` binary: `run` as a child process whose JSON log the test reads —
+//! on plain cgroups without Docker ([`Agent::start`], the kernel tests) or following a dockerd
+//! ([`Agent::start_docker`], the e2e tests) — and the one-shot `status` and `cleanup` commands.
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::bins;
+use serde_json::Value;
 
-/// How long an agent may take to load, attach and apply its policies.
+use crate::{bins, docker::shared_docker_host, lock};
+
+/// How long an agent without Docker may take to load, attach and apply its policies.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an agent following Docker may take to become ready.
+pub const DOCKER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running `egress-agent run`. Killed with SIGKILL if still running when dropped.
-pub struct Agent {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
+/// Options of [`Agent::start_docker`] beyond the fixed ones (`--log-format json`,
+/// `--ttl-floor 1`, the pin directory, the DNS server, the default attach cgroup).
+#[derive(Debug, Clone)]
+pub struct AgentOpts {
+    pub grace: u64,
+    pub deny_log_interval: u64,
+    /// `--unclassified allow` instead of the default `deny` (for an agent that follows a
+    /// private dockerd: the shared daemon's new containers are not its to classify).
+    pub unclassified_allow: bool,
+    /// The daemon the agent follows (`DOCKER_HOST`).
+    pub docker_host: String,
+    /// `--policy-file PATH` (none by default).
+    pub policy_file: Option<PathBuf>,
+    /// `--docker MODE` (`on` by default).
+    pub docker_mode: &'static str,
+    /// `--attach-cgroup PATH` (the cgroup v2 root by default).
+    pub attach_cgroup: Option<PathBuf>,
+    /// Wait for the `ready` line (true by default; an agent waiting for Docker is not ready).
+    pub wait_ready: bool,
 }
 
+impl Default for AgentOpts {
+    fn default() -> Self {
+        Self {
+            grace: 4,
+            deny_log_interval: 0,
+            unclassified_allow: false,
+            docker_host: shared_docker_host(),
+            policy_file: None,
+            docker_mode: "on",
+            attach_cgroup: None,
+            wait_ready: true,
+        }
+    }
+}
+
+/// `egress-agent --log-format json --log-level info`, without the caller's `RUST_LOG` and
+/// `EGRESS_*` variables (the test decides every option).
 fn agent_command() -> Command {
     let mut cmd = Command::new(bins::agent());
-    cmd.env_remove("RUST_LOG")
-        .env_remove("EGRESS_LOG")
-        .env_remove("EGRESS_ATTACH_CGROUP")
-        .args(["--log-format", "json", "--log-level", "info"]);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k == "RUST_LOG" || k.starts_with("EGRESS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["--log-format", "json", "--log-level", "info"]);
     cmd
 }
 
@@ -53,20 +94,25 @@ pub fn capture_log(
     (log, ready_rx)
 }
 
-fn lock(log: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
-    log.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The `message` of a JSON log line, and the whole line parsed.
-fn message(line: &str) -> Option<(String, serde_json::Value)> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+fn message(line: &str) -> Option<(String, Value)> {
+    let v: Value = serde_json::from_str(line).ok()?;
     let m = v.get("fields")?.get("message")?.as_str()?.to_owned();
     Some((m, v))
 }
 
+/// A running `egress-agent run`. Killed with SIGKILL if still running when dropped; its
+/// pinned state is not touched (see [`crate::pins::PinDir`]).
+pub struct Agent {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// How long it took to log `ready` (zero if not waited for).
+    pub ready_after: Duration,
+}
+
 impl Agent {
-    /// Starts `egress-agent run --pin-dir PIN --attach-cgroup ATTACH [--policy P]...` and waits
-    /// for its `ready` log line.
+    /// Starts `egress-agent run --docker off --pin-dir PIN --attach-cgroup ATTACH
+    /// [--policy P]...` and waits for its `ready` log line.
     #[track_caller]
     pub fn start(pin_dir: &Path, attach: &Path, policies: &[String]) -> Self {
         Self::start_with(pin_dir, attach, policies, &[])
@@ -87,6 +133,44 @@ impl Agent {
             cmd.args(["--policy", p]);
         }
         cmd.args(extra);
+        Self::spawn(cmd, Some(READY_TIMEOUT))
+    }
+
+    /// Starts `egress-agent run` following `opts.docker_host` with `dns` as its DNS server and
+    /// waits (at most [`DOCKER_READY_TIMEOUT`]) for its `ready` line unless told not to.
+    #[track_caller]
+    pub fn start_docker(pin_dir: &Path, dns: SocketAddr, opts: &AgentOpts) -> Self {
+        let mut cmd = agent_command();
+        cmd.env("DOCKER_HOST", &opts.docker_host)
+            .arg("run")
+            .args(["--docker", opts.docker_mode])
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(["--dns-server", &dns.to_string()])
+            .args(["--ttl-floor", "1"])
+            .args(["--grace", &opts.grace.to_string()])
+            .args(["--deny-log-interval", &opts.deny_log_interval.to_string()])
+            .args([
+                "--unclassified",
+                if opts.unclassified_allow {
+                    "allow"
+                } else {
+                    "deny"
+                },
+            ]);
+        if let Some(p) = &opts.policy_file {
+            cmd.arg("--policy-file").arg(p);
+        }
+        if let Some(p) = &opts.attach_cgroup {
+            cmd.arg("--attach-cgroup").arg(p);
+        }
+        Self::spawn(cmd, opts.wait_ready.then_some(DOCKER_READY_TIMEOUT))
+    }
+
+    /// Spawns `cmd` with its stderr captured; with a timeout, waits that long for `ready`.
+    #[track_caller]
+    fn spawn(mut cmd: Command, ready_within: Option<Duration>) -> Self {
+        let t0 = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -99,13 +183,17 @@ impl Agent {
         let mut agent = Self {
             child: Some(child),
             log,
+            ready_after: Duration::ZERO,
         };
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let Some(timeout) = ready_within else {
+            return agent;
+        };
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+                agent.ready_after = t0.elapsed();
                 return agent;
             }
-            if let Ok(Some(status)) = agent.child.as_mut().unwrap().try_wait() {
+            if let Ok(Some(status)) = agent.child.as_mut().expect("child").try_wait() {
                 // Let the reader thread collect the last lines.
                 thread::sleep(Duration::from_millis(100));
                 panic!(
@@ -113,16 +201,16 @@ impl Agent {
                     agent.log_text()
                 );
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "egress-agent run was not ready within {READY_TIMEOUT:?}; log:\n{}",
-                    agent.log_text()
-                );
-            }
+            assert!(
+                t0.elapsed() < timeout,
+                "egress-agent run was not ready within {timeout:?}; log:\n{}",
+                agent.log_text()
+            );
         }
     }
 
-    /// The agent's pid.
+    /// The agent's pid (while it has not been stopped).
+    #[track_caller]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()
     }
@@ -132,30 +220,86 @@ impl Agent {
         lock(&self.log).join("\n")
     }
 
-    /// The `fields` of the `ready` log line.
-    pub fn ready_fields(&self) -> serde_json::Value {
-        lock(&self.log)
-            .iter()
-            .filter_map(|l| message(l))
-            .find(|(m, _)| m == "ready")
-            .map(|(_, v)| v["fields"].clone())
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Log lines at `level` (`WARN`, `INFO`, ...), parsed.
-    pub fn log_at(&self, level: &str) -> Vec<serde_json::Value> {
+    /// Every parsed log line so far (`{"level", "fields": {"message", ...}, ...}`).
+    pub fn lines(&self) -> Vec<Value> {
         lock(&self.log)
             .iter()
             .filter_map(|l| message(l).map(|(_, v)| v))
+            .collect()
+    }
+
+    /// The `fields` of the log lines with this message.
+    pub fn messages(&self, message: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["fields"]["message"] == message)
+            .map(|v| v["fields"].clone())
+            .collect()
+    }
+
+    /// The `fields` of the `ready` log line.
+    pub fn ready_fields(&self) -> Value {
+        self.messages("ready")
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Log lines at `level` (`WARN`, `INFO`, ...), parsed.
+    pub fn log_at(&self, level: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
             .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some(level))
             .collect()
     }
 
+    /// Waits for a log line whose `fields` satisfy `pred`; returns its `fields`.
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        crate::wait::poll(timeout, Duration::from_millis(50), || {
+            self.lines()
+                .into_iter()
+                .map(|v| v["fields"].clone())
+                .find(|f| pred(f))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no agent log line {what} within {timeout:?}; log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends `sig` to the agent.
+    #[track_caller]
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, which we have not reaped yet.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Sends SIGHUP (reload the policy file) to the agent.
+    #[track_caller]
+    pub fn sighup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
     fn signal_and_wait(&mut self, sig: libc::c_int) -> ExitStatus {
+        self.signal(sig);
         let mut child = self.child.take().expect("agent running");
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", child.id());
         child.wait().expect("waiting for egress-agent")
     }
 
@@ -167,6 +311,31 @@ impl Agent {
     /// SIGTERM, the orderly stop; returns the exit status.
     pub fn sigterm(mut self) -> ExitStatus {
         self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// SIGTERM and wait; panics unless it exits successfully within 20 s.
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take().expect("agent running");
+        let st = crate::wait::poll(Duration::from_secs(20), Duration::from_millis(20), || {
+            c.try_wait().expect("waiting for egress-agent")
+        });
+        match st {
+            Some(st) => assert!(
+                st.success(),
+                "egress-agent exited with {st} on SIGTERM; log:\n{}",
+                self.log_text()
+            ),
+            None => {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "egress-agent did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+        }
     }
 }
 
@@ -191,7 +360,7 @@ pub fn cli(args: &[&str]) -> Output {
 
 /// `egress-agent status --json --pin-dir PIN`, parsed.
 #[track_caller]
-pub fn status_json(pin_dir: &Path) -> serde_json::Value {
+pub fn status_json(pin_dir: &Path) -> Value {
     let pin = pin_dir.to_str().expect("UTF-8 pin path");
     let out = cli(&["status", "--json", "--pin-dir", pin]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-/// `target/<profile>/`, from the test executable's path (`target/<profile>/deps/<test>-<hash>`).
-fn target_profile_dir() -> PathBuf {
+/// `target/<profile>/`, from the running executable's path (`target/<profile>/deps/<test>-<hash>`
+/// or `target/<profile>/<bin>`).
+pub fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let deps = exe.parent().expect("the test executable's directory");
     if deps.file_name().is_some_and(|n| n == "deps") {

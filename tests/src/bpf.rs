@@ -1,6 +1,6 @@
-//! The test's bpffs pin directory (removed on drop with the agent's own cleanup), the kernel's
-//! view of what is attached to a cgroup, and raw bpf(2) calls to fake pinned state of another
-//! layout.
+//! The kernel's view of what is attached to a cgroup, and raw bpf(2) calls to fake pinned
+//! state of another layout or fill maps from outside. (The pin directory guard is
+//! [`crate::pins::PinDir`].)
 
 use std::{
     ffi::CString,
@@ -11,50 +11,10 @@ use std::{
     process::Command,
 };
 
-use egress_agent::{
-    enforcer::layout::PinDir,
-    sys::bpf::{CgroupAttachType, attached_programs, obj_get},
-};
+use egress_agent::sys::bpf::{CgroupAttachType, attached_programs, obj_get};
 
-/// `/sys/fs/bpf/egress-test-<name>-<pid>`; everything under it is detached and unpinned on drop
-/// (through `egress_agent::status::cleanup`, the same code as `egress-agent cleanup`).
-#[derive(Debug)]
-pub struct PinGuard {
-    pub path: PathBuf,
-}
-
-impl PinGuard {
-    pub fn new(name: &str) -> Self {
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/egress-test-{name}-{}",
-            std::process::id()
-        ));
-        if path.exists() {
-            let _ = egress_agent::status::cleanup(&path);
-        }
-        Self { path }
-    }
-
-    pub fn dir(&self) -> PinDir {
-        PinDir::new(&self.path)
-    }
-
-    /// Path of a pinned map.
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.dir().map(name)
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if let Err(e) = egress_agent::status::cleanup(&self.path) {
-            eprintln!(
-                "warning: cleaning up pin directory {}: {e}",
-                self.path.display()
-            );
-        }
-    }
-}
+/// The test's pin directory guard, under its old name.
+pub use crate::pins::PinDir as PinGuard;
 
 /// The program ids the kernel reports attached directly to `cgroup`, per cgroup hook.
 #[track_caller]

@@ -28,7 +28,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     str::FromStr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     thread,
     time::Duration,
 };
@@ -46,6 +46,8 @@ use hickory_server::{
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponseBuilder,
 };
+
+use crate::lock;
 
 /// The only zone served.
 pub const ZONE: &str = "test.";
@@ -85,10 +87,6 @@ struct Shared {
     zone: Name,
     table: Mutex<Table>,
     queries: Mutex<HashMap<(Name, RecordType), usize>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running test DNS server; stops on drop.

@@ -18,9 +18,9 @@ use egress_agent::{
 use tokio::{runtime::Runtime, sync::broadcast};
 
 use crate::{
-    bpf::PinGuard,
     cgroup::{Cgroup, CgroupTree},
     net,
+    pins::PinDir,
     probe::{Outcome, Probe},
 };
 
@@ -287,7 +287,7 @@ pub struct Lab {
     /// Second octet of this test's IPv4 addresses (see [`crate::slots`]).
     pub slot: u8,
     enforcer: Option<InProcess>,
-    pub pins: PinGuard,
+    pub pins: PinDir,
     pub tree: CgroupTree,
 }
 
@@ -308,7 +308,7 @@ impl Lab {
             name: name.to_owned(),
             slot,
             enforcer: None,
-            pins: PinGuard::new(name),
+            pins: PinDir::new(name),
             tree: CgroupTree::create(name),
         }
     }

@@ -4,7 +4,7 @@
 //! ports the kernel picks, so tests never share a listener. Only loopback is ever used.
 
 use std::{
-    io::{self, ErrorKind},
+    io::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     os::fd::AsRawFd as _,
     sync::{
@@ -12,8 +12,11 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+/// Polls `cond` every millisecond until it holds or the timeout passes (see [`crate::wait`]).
+pub use crate::wait::holds_within as wait_until;
 
 /// Backlog of the TCP listeners: large, so that bursts of connects never wait for SYN retries.
 pub const BACKLOG: i32 = 4096;
@@ -32,12 +35,66 @@ pub fn v4(slot: u8, net: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, slot, net, host))
 }
 
-/// A TCP listener on `ip` with a large backlog and a thread that accepts and counts connections.
-pub struct TcpSink {
-    pub addr: SocketAddr,
+/// A thread that accepts connections on the listener `bind` makes (in that thread, so that it
+/// may enter a network namespace first), counts them and writes `answer` (if any) to each.
+/// Stops on drop.
+pub struct Acceptor {
     accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    pub fn spawn(
+        bind: impl FnOnce() -> io::Result<TcpListener> + Send + 'static,
+        answer: Option<Vec<u8>>,
+    ) -> Self {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            thread::spawn(move || {
+                let Ok(l) = bind() else { return };
+                l.set_nonblocking(true).expect("non-blocking listener");
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut conn, _)) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            if let Some(a) = &answer {
+                                let _ = conn.write_all(a);
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        };
+        Self {
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP listener on `ip` with a large backlog and a thread that accepts and counts connections.
+pub struct TcpSink {
+    pub addr: SocketAddr,
+    acceptor: Acceptor,
 }
 
 impl TcpSink {
@@ -54,38 +111,16 @@ impl TcpSink {
         // SAFETY: a listening socket we own; calling listen again only raises the backlog.
         let rc = unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
         assert_eq!(rc, 0, "listen({BACKLOG}): {}", io::Error::last_os_error());
-        l.set_nonblocking(true).expect("non-blocking listener");
         let addr = l.local_addr().expect("listener address");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, stop) = (accepted.clone(), stop.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((conn, _)) => {
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                            drop(conn);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(1))
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            })
-        };
         Self {
             addr,
-            accepted,
-            stop,
-            thread: Some(thread),
+            acceptor: Acceptor::spawn(move || Ok(l), None),
         }
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.acceptor.accepted()
     }
 
     /// Waits until at least `n` connections were accepted; false on timeout.
@@ -104,15 +139,6 @@ impl TcpSink {
             self.addr,
             self.accepted()
         );
-    }
-}
-
-impl Drop for TcpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -184,19 +210,5 @@ impl Drop for UdpSink {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Polls `cond` every millisecond until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
     }
 }

@@ -92,6 +92,18 @@ pub fn enter_on_exec(cmd: &mut Command, path: &Path) {
     }
 }
 
+/// Moves the calling thread into the network namespace of process `pid` (for good: call it on
+/// a thread of its own). Processes it spawns start there too.
+pub fn enter_netns_of(pid: u32) -> Result<(), String> {
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    // SAFETY: setns(2) on a namespace descriptor we hold; it changes this thread only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns: {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -11,7 +11,7 @@
 use std::{fs, os::unix::fs::symlink, path::PathBuf, time::Duration};
 
 use egress_tests::e2e::{
-    AgentOpts, Check, E2eAgent, Lab, PORT, probe_script, probes_of, shared_docker_host, wait_until,
+    Agent, AgentOpts, Check, Lab, PORT, probe_script, probes_of, shared_docker_host, wait_until,
 };
 use serde_json::Value;
 
@@ -79,7 +79,7 @@ fn docker_on_waits_for_the_socket_and_says_so() {
         std::process::id()
     )));
     let _ = fs::remove_file(&sock.0);
-    let agent = E2eAgent::start(
+    let agent = Agent::start_docker(
         &lab.pin.path,
         std::net::SocketAddr::new(lab.gateway, 53),
         &AgentOpts {
@@ -126,7 +126,7 @@ fn docker_auto_says_what_it_became() {
     let dns = std::net::SocketAddr::new(lab.gateway, 53);
     let missing =
         std::env::temp_dir().join(format!("egress-test-no-docker-{}.sock", std::process::id()));
-    let agent = E2eAgent::start(
+    let agent = Agent::start_docker(
         &lab.pin.path,
         dns,
         &AgentOpts {
@@ -144,7 +144,7 @@ fn docker_auto_says_what_it_became() {
         "{f}"
     );
     agent.stop();
-    let agent = E2eAgent::start(
+    let agent = Agent::start_docker(
         &lab.pin.path,
         dns,
         &AgentOpts {

@@ -29,7 +29,7 @@ use std::{
 use egress_tests::{
     dns::TestDns,
     e2e::{
-        AgentOpts, Check, Containers, Docker, E2eAgent, LAB_LABEL, PinDir, PrivateDockerd,
+        Agent, AgentOpts, Check, Containers, Docker, LAB_LABEL, PinDir, PrivateDockerd,
         SharedDockerdRestart, TcpTarget, exec_probes, image, loopback, ms, probe_script, probes_of,
         wait_until,
     },
@@ -97,7 +97,7 @@ fn dockerd_restart_keeps_policies_and_polices_new_containers() {
     dns.set_a("allowed.test", &[ip_a], 30);
     let mut pin = PinDir::new(TAG);
     let containers = Containers::new(&docker, &format!("egress-e2e-{TAG}"));
-    let mut agent = E2eAgent::start(
+    let mut agent = Agent::start_docker(
         &pin.path,
         dns.addr(),
         &AgentOpts {

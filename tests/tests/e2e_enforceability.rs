@@ -20,7 +20,7 @@ use serde_json::Value;
 
 const ALLOW: &str = "egress.allow";
 
-/// A field of a log line's `fields` (what `E2eAgent::wait_for` hands its predicate).
+/// A field of a log line's `fields` (what `Agent::wait_for` hands its predicate).
 fn field<'a>(fields: &'a Value, k: &str) -> &'a str {
     fields[k].as_str().unwrap_or_default()
 }

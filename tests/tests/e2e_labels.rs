@@ -38,7 +38,7 @@ use std::{
 };
 
 use egress_tests::e2e::{
-    AgentOpts, Check, Docker, E2eAgent, Lab, PORT, Probe, alive, image, probe_script, probes_of,
+    Agent, AgentOpts, Check, Docker, Lab, PORT, Probe, alive, image, probe_script, probes_of,
 };
 use serde_json::Value;
 
@@ -202,7 +202,7 @@ fn first_instructions(
 
 /// The warning about an image's label of this container.
 #[track_caller]
-fn image_warning(agent: &E2eAgent, container: &str, label: &str) -> Value {
+fn image_warning(agent: &Agent, container: &str, label: &str) -> Value {
     agent.wait_for(
         &format!("a warning about {label} of {container}'s image"),
         LOG_TIMEOUT,

@@ -36,7 +36,7 @@ use std::{
 use egress_tests::{
     bins,
     e2e::{
-        AgentOpts, Check, E2eAgent, LAB_LABEL, Lab, PORT, PinDir, Probe, Started, alive, image, ms,
+        Agent, AgentOpts, Check, LAB_LABEL, Lab, PORT, PinDir, Probe, Started, alive, image, ms,
         shared_docker_host,
     },
 };
@@ -85,7 +85,7 @@ fn write(path: &Path, text: &str) {
 }
 
 /// The log lines whose message starts with `prefix`, their `fields`.
-fn lines_starting(agent: &E2eAgent, prefix: &str) -> Vec<Value> {
+fn lines_starting(agent: &Agent, prefix: &str) -> Vec<Value> {
     agent
         .lines()
         .into_iter()
@@ -97,7 +97,7 @@ fn lines_starting(agent: &E2eAgent, prefix: &str) -> Vec<Value> {
 /// Sends SIGHUP and waits for the next log line whose message starts with `prefix`; returns
 /// its `fields` and how long it took.
 #[track_caller]
-fn hup_and_wait(agent: &E2eAgent, prefix: &str) -> (Value, Duration) {
+fn hup_and_wait(agent: &Agent, prefix: &str) -> (Value, Duration) {
     let before = lines_starting(agent, prefix).len();
     let t0 = Instant::now();
     agent.sighup();

@@ -1,4 +1,4 @@
-//! Host checks and small libc wrappers: root, kernel filesystems, signals, processes.
+//! Host checks and small libc wrappers: root, kernel filesystems, signals.
 
 use std::{
     ffi::CString,
@@ -6,8 +6,6 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -96,16 +94,6 @@ fn cgroup2_elsewhere() -> Option<PathBuf> {
     })
 }
 
-/// Unmounts `at` lazily (MNT_DETACH).
-pub fn umount_lazy(at: &Path) -> io::Result<()> {
-    let target = CString::new(at.as_os_str().as_bytes())?;
-    // SAFETY: target is a valid NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -139,53 +127,11 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// The `comm` of a live (not zombie) process, or None.
-pub fn live_comm(pid: i32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // PID (COMM) STATE ...; COMM may hold spaces and parentheses.
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_owned();
-    let state = stat.get(close + 1..)?.split_whitespace().next()?;
-    (state != "Z" && state != "X").then_some(comm)
-}
-
 pub fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, sig);
     }
-}
-
-/// Sends SIGTERM to `pid` if it is still the process named `comm`, waits up to `grace` for it
-/// to go, then SIGKILLs it. `reap` is called while waiting (to collect our own child).
-pub fn terminate(pid: i32, comm: &str, grace: Duration, reap: &mut dyn FnMut()) -> Result<()> {
-    let is_it = || live_comm(pid).is_some_and(|c| c == comm);
-    if !is_it() {
-        return Ok(());
-    }
-    signal(pid, libc::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        reap();
-        if !is_it() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    say(&format!(
-        "{comm} (pid {pid}) did not exit within {grace:?} of SIGTERM; sending SIGKILL"
-    ));
-    signal(pid, libc::SIGKILL);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        reap();
-        if !is_it() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{comm} (pid {pid}) survived SIGKILL")
 }
 
 #[cfg(test)]
@@ -200,12 +146,5 @@ mod tests {
         assert!(proc_fs.is_some());
         assert_ne!(proc_fs, Some(CGROUP2_SUPER_MAGIC));
         assert_ne!(proc_fs, Some(BPF_FS_MAGIC));
-    }
-
-    #[test]
-    fn reads_own_comm() {
-        let me = std::process::id() as i32;
-        assert!(live_comm(me).is_some());
-        assert_eq!(live_comm(i32::MAX), None);
     }
 }

@@ -87,9 +87,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
 
     let docker_guard = if args.with_docker {
-        let guard = docker::ensure_dockerd()?;
-        docker::ensure_busybox_image(docker::TEST_IMAGE)?;
-        Some(guard)
+        Some(docker::up(docker::Lab::Built(exe("egress-lab")?))?)
     } else {
         None
     };
@@ -111,10 +109,10 @@ pub fn run(args: TestArgs) -> Result<()> {
             "EGRESS_TEST_DOCKER",
             if args.with_docker { "1" } else { "0" },
         );
-    if args.with_docker {
+    if let Some(g) = &docker_guard {
         privileged
             .env("EGRESS_TEST_IMAGE", docker::TEST_IMAGE)
-            .env("DOCKER_HOST", format!("unix://{}", docker::SOCK));
+            .env("DOCKER_HOST", &g.host);
     }
     if !cargo::status(privileged)?.success() {
         failed.push("privileged tests".into());
