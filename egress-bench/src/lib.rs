@@ -53,8 +53,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use egress_tests::{interrupt, sweep};
 use serde_json::json;
 
-use report::Section;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask bench",
@@ -274,31 +272,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ));
     }
     let md = report::render(quick, rounds, &machine, &sections, &foreign, total);
-    write_report(
-        &md, &machine, quick, rounds, &sections, total, args.out, &dir,
-    )
-}
-
-/// Writes the markdown (also to stdout) and the raw runs next to it (`.json`).
-#[allow(clippy::too_many_arguments)]
-fn write_report(
-    md: &str,
-    machine: &serde_json::Value,
-    quick: bool,
-    rounds: usize,
-    sections: &[(Section, std::time::Duration)],
-    total: std::time::Duration,
-    out: Option<PathBuf>,
-    dir: &Path,
-) -> Result<()> {
-    let out = out.unwrap_or_else(|| {
-        dir.join(if quick {
-            "report-quick.md"
-        } else {
-            "report.md"
-        })
-    });
-    fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     let raw = json!({
         "quick": quick,
         "rounds": rounds,
@@ -310,10 +283,14 @@ fn write_report(
             "runs": s.raw,
         })).collect::<Vec<_>>(),
     });
-    let raw_path = out.with_extension("json");
-    fs::write(&raw_path, serde_json::to_string_pretty(&raw)?)
-        .with_context(|| format!("writing {}", raw_path.display()))?;
-    println!("{md}");
+    let out = args.out.unwrap_or_else(|| {
+        dir.join(if quick {
+            "report-quick.md"
+        } else {
+            "report.md"
+        })
+    });
+    let raw_path = write_report(&out, &md, &raw)?;
     note(&format!(
         "report: {} (raw runs: {}); {:.0} s in all",
         out.display(),
@@ -321,4 +298,15 @@ fn write_report(
         total.as_secs_f64()
     ));
     Ok(())
+}
+
+/// Writes the markdown (also to stdout) and the raw runs next to it; returns where those went
+/// (`.json`).
+fn write_report(out: &Path, md: &str, raw: &serde_json::Value) -> Result<PathBuf> {
+    fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+    let raw_path = out.with_extension("json");
+    fs::write(&raw_path, serde_json::to_string_pretty(raw)?)
+        .with_context(|| format!("writing {}", raw_path.display()))?;
+    println!("{md}");
+    Ok(raw_path)
 }

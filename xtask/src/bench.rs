@@ -1,7 +1,7 @@
-//! `cargo xtask bench [--quick] [--only PARTS] ...`: builds the agent (the debug build for
-//! `--quick`, the release build otherwise) and the `egress-bench` crate, makes sure dockerd
-//! runs and has the test image when the agent part is measured, then runs `egress-bench` with
-//! the same arguments. A dockerd this command started is stopped (and its host changes undone)
+//! `cargo xtask bench [--quick] [--only PARTS] ...`: builds the `egress-bench` crate and the
+//! agent (the debug build for `--quick`, the release build otherwise), checks the host tools
+//! (`egress-bench --preflight`), makes sure dockerd runs and has the test image when the agent
+//! part is measured, then runs `egress-bench` with the same arguments. A dockerd this command started is stopped (and its host changes undone)
 //! after the bench, also on Ctrl-C.
 
 use std::{ffi::OsString, process::Command};
@@ -63,7 +63,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     sys::catch_signals();
-    let bench = cargo::build_executables(&["-p", "egress-bench", "--bins"])?
+    // One build with the test binaries' packages, so that it shares their dependencies'
+    // features (and artifacts) instead of rebuilding them; the bench runs in the dev profile,
+    // as it did inside xtask, so that the load generator's figures stay comparable.
+    let mut built = cargo::build_executables(&[
+        "-p",
+        "egress-agent",
+        "-p",
+        "egress-tests",
+        "-p",
+        "egress-bench",
+        "--bins",
+    ])?;
+    let bench = built
         .remove("egress-bench")
         .context("cargo built no egress-bench")?;
     let bench_cmd = || {
@@ -75,20 +87,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if plan.help {
         return finish(bench_cmd());
     }
-    // A missing package fails here, before the agent's (release) build.
+    // A missing package fails here, before the agent's release build.
     let mut preflight = bench_cmd();
     preflight.arg("--preflight");
     finish(preflight)?;
-    let mut cmd = bench_cmd();
     sys::ensure_kernel_fs()?;
-    let agent_build: &[&str] = if plan.quick {
-        &["-p", "egress-agent", "--bins"]
+    let agent = if plan.quick {
+        built.remove("egress-agent")
     } else {
-        &["--release", "-p", "egress-agent", "--bins"]
-    };
-    let agent = cargo::build_executables(agent_build)?
-        .remove("egress-agent")
-        .context("cargo built no egress-agent")?;
+        cargo::build_executables(&["--release", "-p", "egress-agent", "--bins"])?
+            .remove("egress-agent")
+    }
+    .context("cargo built no egress-agent")?;
+    let mut cmd = bench_cmd();
     cmd.env("EGRESS_AGENT_BIN", &agent);
     if !plan.agent {
         return finish(cmd);
