@@ -56,6 +56,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask bench",
+    bin_name = "cargo xtask bench",
     about = "Measure what the enforcer costs, side by side with the alternatives (no program, an \
              nginx stream proxy, an nftables set, the agent with Docker), and print a markdown \
              table of medians and ratios (also written to `target/bench/report.md`). Needs root.",
