@@ -16,9 +16,25 @@ use anyhow::{Context, Result};
 
 pub struct UdpDrain {
     pub addr: SocketAddr,
-    count: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+}
+
+/// What the reading thread and the owner share.
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    done: AtomicBool,
+}
+
+/// The reading thread: counts datagrams until told to stop.
+fn drain(socket: &UdpSocket, shared: &Shared) {
+    let mut datagram = [0u8; 2048];
+    while !shared.done.load(Ordering::Relaxed) {
+        if socket.recv(&mut datagram).is_ok() {
+            shared.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl UdpDrain {
@@ -28,38 +44,29 @@ impl UdpDrain {
         // The reader looks at `done` at least this often.
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = socket.local_addr()?;
-        let count = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (count, done) = (count.clone(), done.clone());
-            thread::spawn(move || {
-                let mut datagram = [0u8; 2048];
-                while !done.load(Ordering::Relaxed) {
-                    if socket.recv(&mut datagram).is_ok() {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
+        let shared = Arc::<Shared>::default();
+        let reader = thread::spawn({
+            let shared = shared.clone();
+            move || drain(&socket, &shared)
+        });
         Ok(Self {
             addr,
-            count,
-            done,
+            shared,
             reader: Some(reader),
         })
     }
 
     /// Datagrams received so far.
     pub fn received(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.shared.received.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for UdpDrain {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.reader.take() {
-            let _ = t.join();
+        self.shared.done.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
     }
 }
