@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::paths::DEFAULT_PIN_DIR;
+use crate::{host::DEFAULT_ROOT, paths::DEFAULT_PIN_DIR};
 
 /// Egress enforcer for Docker hosts: eBPF programs on cgroups let a policed container reach
 /// only the destinations it is allowed, and deny everything else at once with EPERM.
@@ -120,6 +120,13 @@ pub struct RunArgs {
     /// how many were suppressed. 0 logs every one.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub deny_log_interval: u64,
+
+    /// Where the host's root directory is. The agent reads the host's files below it
+    /// (resolv.conf, /proc, the mount table, /run/systemd, Docker's default socket): `/` on the
+    /// host itself, e.g. `/host` when the agent runs in a container with the host's `/` mounted
+    /// there.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT, env = "EGRESS_HOST_ROOT")]
+    pub host_root: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,6 +180,7 @@ mod tests {
                 assert_eq!(r.policies, vec!["a=10.0.0.1", "b@audit="]);
                 assert_eq!(r.attach_cgroup, Some(PathBuf::from("/sys/fs/cgroup/x")));
                 assert_eq!(r.pin.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+                assert_eq!(r.host_root, PathBuf::from("/"));
             }
             other => panic!("{other:?}"),
         }

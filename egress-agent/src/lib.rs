@@ -1,27 +1,37 @@
 //! egress-agent: the privileged agent of the egress enforcer.
 //!
+//! - [`config`] is the validated configuration of `run`, [`daemon`] runs it;
 //! - [`enforcer`] loads the eBPF programs, pins and attaches them, and writes policies;
 //! - [`owner`] runs the one task that owns the enforcer (nothing else touches the maps);
-//! - [`policy`] is the user-side policy model and the address-entry grammar;
-//! - [`events`] decodes what the programs report; [`status`] reads the pinned state;
+//! - [`reconcile`] keeps the kernel's policies in line with Docker's containers, their labels,
+//!   the policy file and DNS; [`resolver`] resolves the allowed names; [`docker`] follows
+//!   dockerd;
+//! - [`observe`] is what the agent observes: decoded events, the denial log, the counters;
+//!   [`status`] reads the pinned state;
+//! - [`host`] knows where the host's files are (`--host-root`);
 //! - [`cli`] and [`cmd`] are the command line; [`sys`] wraps kernel interfaces.
+//!
+//! The policy model (labels, policy file, domain names) is the crate `egress_policy`; the
+//! kernel's types and their encodings are `egress_common`.
 
 pub mod cli;
 pub mod cmd;
-pub mod container;
-pub mod denial_log;
+pub mod config;
+pub mod daemon;
 pub mod docker;
 pub mod enforcer;
-pub mod events;
-pub mod image_ref;
-mod kernel_log;
-pub mod labels;
+pub mod host;
 pub mod logging;
+pub mod observe;
 pub mod owner;
 pub mod paths;
-pub mod policy;
-pub mod policy_file;
 pub mod reconcile;
 pub mod resolver;
 pub mod status;
 pub mod sys;
+
+pub use egress_common::container;
+pub use egress_policy::{image_ref, labels, policy, policy_file};
+// The observer's modules at their old paths, for code not moved over yet.
+pub(crate) use observe::kernel_log;
+pub use observe::{denials as denial_log, events};

@@ -1,5 +1,8 @@
 //! The one task that owns the [`Enforcer`]: it applies commands sent through an
 //! [`EnforcerHandle`] and drains the event ring buffer, so nothing else ever touches the maps.
+//! Commands come through two queues: small incremental writes
+//! ([`EnforcerHandle::add_container_rules`]) go ahead of everything else (bulk syncs, queries),
+//! so that an answer the DNS proxy lets through never waits behind a resync.
 //! Denials and audit hits go to subscribers; the `cgroup_mkdir` tracepoint's notices go to the
 //! enforcer itself ([`Enforcer::on_notice`]). While something waits for a retry (see
 //! [`Enforcer::retry_pending`]) it retries every [`RETRY_INTERVAL`].
@@ -18,13 +21,17 @@ use crate::{
     container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerError, Stats},
     events::{EgressEvent, Record},
-    policy::Policy,
+    policy::{Policy, Rule},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
 
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
 /// counted).
 const EVENT_BACKLOG: usize = 8192;
+/// Commands that may wait in the bulk queue (senders wait beyond that).
+const BULK_BACKLOG: usize = 256;
+/// Incremental writes that may wait in their queue, ahead of the bulk one.
+const URGENT_BACKLOG: usize = 64;
 /// How often failed deletes and registrations are retried, and processes that joined a
 /// failed cgroup killed, while there are any.
 pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -84,6 +91,35 @@ enum Command {
     Stats {
         reply: oneshot::Sender<Result<Stats, EnforcerError>>,
     },
+    /// Sent through the urgent queue only.
+    AddContainerRules {
+        container: ContainerId,
+        rules: Vec<Rule>,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    /// The observer attributes an event to a container by its policy id.
+    ContainerOfPolicy {
+        policy_id: u32,
+        reply: oneshot::Sender<Option<ContainerId>>,
+    },
+}
+
+/// The owner's two queues: incremental writes (`urgent`) and everything else (`bulk`).
+struct Queues<T> {
+    urgent: mpsc::Receiver<T>,
+    bulk: mpsc::Receiver<T>,
+}
+
+impl<T> Queues<T> {
+    /// The next command: an urgent one whenever one waits, else the oldest bulk one; None once
+    /// every sender is gone.
+    async fn next(&mut self) -> Option<T> {
+        tokio::select! {
+            biased;
+            Some(cmd) = self.urgent.recv() => Some(cmd),
+            cmd = self.bulk.recv() => cmd,
+        }
+    }
 }
 
 /// The owner task stopped (it only stops when every handle is dropped or it panicked).
@@ -108,11 +144,15 @@ pub struct WeakEnforcerHandle {
 }
 
 impl WeakEnforcerHandle {
-    /// Known containers and their policies; `OwnerGone` once the owner has stopped.
-    pub async fn containers(&self) -> Result<Vec<(ContainerId, Option<Applied>)>, OwnerGone> {
+    /// The container that owns `policy_id` (see [`Enforcer::container_of_policy`]); `OwnerGone`
+    /// once the owner has stopped.
+    pub async fn container_of_policy(
+        &self,
+        policy_id: u32,
+    ) -> Result<Option<ContainerId>, OwnerGone> {
         let tx = self.tx.upgrade().ok_or(OwnerGone)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Command::Containers { reply })
+        tx.send(Command::ContainerOfPolicy { policy_id, reply })
             .await
             .map_err(|_| OwnerGone)?;
         drop(tx);
@@ -124,6 +164,7 @@ impl WeakEnforcerHandle {
 #[derive(Clone)]
 pub struct EnforcerHandle {
     tx: mpsc::Sender<Command>,
+    urgent: mpsc::Sender<Command>,
     events: broadcast::Sender<EgressEvent>,
 }
 
@@ -241,6 +282,24 @@ impl EnforcerHandle {
         self.ask(|reply| Command::Containers { reply }).await
     }
 
+    /// Adds `rules` to a policed container's policy now, ahead of every command queued in the
+    /// bulk queue (see [`Enforcer::add_container_rules`]); false if the container is not
+    /// policed or is failed closed.
+    pub async fn add_container_rules(
+        &self,
+        container: ContainerId,
+        rules: Vec<Rule>,
+    ) -> Result<bool, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::AddContainerRules {
+            container,
+            rules,
+            reply,
+        };
+        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
+        Ok(rx.await.map_err(|_| OwnerGone)??)
+    }
+
     /// What cgroups of containers unknown to the agent get (see
     /// [`Enforcer::set_unclassified_deny`]).
     pub async fn set_unclassified_deny(&self, deny: bool) -> Result<(), CommandError> {
@@ -283,7 +342,9 @@ impl EnforcerHandle {
 
 /// Starts the owner task. It runs until every handle is dropped.
 pub fn spawn(mut enforcer: Enforcer) -> (EnforcerHandle, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Command>(256);
+    let (tx, bulk) = mpsc::channel::<Command>(BULK_BACKLOG);
+    let (urgent_tx, urgent) = mpsc::channel::<Command>(URGENT_BACKLOG);
+    let mut queues = Queues { urgent, bulk };
     let (events_tx, _) = broadcast::channel(EVENT_BACKLOG);
     // SAFETY: the RingBuf owns its descriptor for as long as the AsyncFd lives.
     let ring = enforcer
@@ -297,6 +358,7 @@ pub fn spawn(mut enforcer: Enforcer) -> (EnforcerHandle, JoinHandle<()>) {
         });
     let handle = EnforcerHandle {
         tx,
+        urgent: urgent_tx,
         events: events_tx.clone(),
     };
     let task = tokio::spawn(async move {
@@ -305,7 +367,7 @@ pub fn spawn(mut enforcer: Enforcer) -> (EnforcerHandle, JoinHandle<()>) {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                cmd = rx.recv() => match cmd {
+                cmd = queues.next() => match cmd {
                     Some(cmd) => {
                         // Notices first: a command may depend on what they tell.
                         if let Some(ring) = ring.as_mut() {
@@ -405,6 +467,16 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
         Command::Stats { reply } => {
             let _ = reply.send(enforcer.stats());
         }
+        Command::AddContainerRules {
+            container,
+            rules,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.add_container_rules(&container, &rules));
+        }
+        Command::ContainerOfPolicy { policy_id, reply } => {
+            let _ = reply.send(enforcer.container_of_policy(policy_id));
+        }
     }
 }
 
@@ -444,5 +516,45 @@ fn drain(
     }
     for n in &notices {
         enforcer.on_notice(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(bulk: usize) -> (mpsc::Sender<u32>, mpsc::Sender<u32>, Queues<u32>) {
+        let (urgent_tx, urgent) = mpsc::channel(URGENT_BACKLOG);
+        let (bulk_tx, bulk) = mpsc::channel(bulk);
+        (urgent_tx, bulk_tx, Queues { urgent, bulk })
+    }
+
+    #[tokio::test]
+    async fn an_incremental_write_goes_ahead_of_a_full_bulk_queue() {
+        let (urgent, bulk, mut q) = queues(4);
+        for n in 0..4 {
+            bulk.try_send(n).unwrap();
+        }
+        assert!(bulk.try_send(99).is_err(), "the bulk queue is full");
+        urgent.try_send(100).unwrap();
+        assert_eq!(q.next().await, Some(100), "the urgent one first");
+        assert_eq!(q.next().await, Some(0));
+        // One that arrives while bulk ones wait still goes next.
+        urgent.try_send(101).unwrap();
+        urgent.try_send(102).unwrap();
+        assert_eq!(q.next().await, Some(101));
+        assert_eq!(q.next().await, Some(102));
+        assert_eq!(q.next().await, Some(1), "bulk ones keep their order");
+    }
+
+    #[tokio::test]
+    async fn bulk_commands_run_while_no_incremental_write_waits_and_the_queues_end_together() {
+        let (urgent, bulk, mut q) = queues(4);
+        bulk.try_send(1).unwrap();
+        assert_eq!(q.next().await, Some(1));
+        urgent.try_send(2).unwrap();
+        drop((urgent, bulk));
+        assert_eq!(q.next().await, Some(2), "queued ones are still applied");
+        assert_eq!(q.next().await, None);
     }
 }

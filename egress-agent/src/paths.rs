@@ -1,4 +1,5 @@
-//! Every default path the agent uses, in one place.
+//! The agent's names in bpffs: the default pin directory and its subdirectories. The host's
+//! files the agent reads are in [`crate::host`].
 
 /// Where the agent pins its maps and links. Everything it leaves in the kernel hangs off this
 /// directory, so `cleanup` can find it all.

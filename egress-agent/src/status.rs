@@ -191,7 +191,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
         let kernel_attached_prog_ids = paths
             .get(&cgroup_id)
             .and_then(|dir| File::open(dir).ok())
-            .zip(CgroupAttachType::ALL.into_iter().find(|t| t.name() == hook))
+            .zip(CgroupAttachType::of_program(hook))
             .and_then(|(f, t)| attached_programs(&f, t).ok())
             .unwrap_or_default();
         links.push(LinkStatus {

@@ -18,6 +18,12 @@
 //!
 //! Written for the eBPF verifier: fixed-size buffers, bounded loops, no panicking index.
 
+#[cfg(feature = "user")]
+mod id;
+
+#[cfg(feature = "user")]
+pub use id::{BadContainerId, ContainerId};
+
 use crate::cgroup_path::byte;
 
 /// Length of a full container id.

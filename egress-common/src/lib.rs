@@ -1,16 +1,23 @@
 //! Types shared by the eBPF programs (`egress-ebpf`) and the agent (`egress-agent`).
 //!
 //! Every map key, map value and event record is defined here once, `#[repr(C)]` with explicit
-//! padding so that the kernel and user space agree byte for byte. Map names and sizes live in
-//! [`maps`]; the layout version in [`LAYOUT_VERSION`] changes whenever any of them does, so that
-//! an agent can tell a compatible pinned state from an incompatible one.
-#![no_std]
+//! padding so that the kernel and user space agree byte for byte. Map names and sizes, and the
+//! table of all maps, live in [`maps`]; the table of programs and their hooks in [`programs`].
+//! The layout version in [`LAYOUT_VERSION`] changes whenever a map does, so that an agent can
+//! tell a compatible pinned state from an incompatible one.
+//!
+//! With the `user` feature (the agent's side, with `std`) each kernel type also carries its
+//! user-side encoding beside it: `container::ContainerId` (and the user side of the container
+//! recogniser), the policy model's rules as map keys (`rule::keys`), its policies as cgroup
+//! entries (`CgroupPolicy::of`) and its mode as theirs (`policy::Mode`'s `From`s).
+#![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod cgroup_path;
 pub mod container;
 pub mod event;
 pub mod maps;
 pub mod policy;
+pub mod programs;
 pub mod rule;
 pub mod stats;
 

@@ -1,5 +1,6 @@
-//! Names and capacities of the maps (names stay under the kernel's 15-character limit). The eBPF side declares maps with these names; the agent
-//! opens them, pins them under its pin directory and checks pinned maps against these sizes.
+//! Names and capacities of the maps (names stay under the kernel's 15-character limit), and
+//! [`MAPS`], the one table of them. The eBPF side declares maps with these names and sizes; the
+//! agent opens them, pins them under its pin directory and checks pinned maps against the table.
 
 /// cgroup id (u64) -> [`crate::policy::CgroupPolicy`]. The only lookup an unpoliced cgroup pays.
 /// Holds [`CGROUP_POLICY_ENTRIES`]: see there for who may use how much of it.
@@ -40,23 +41,6 @@ pub const PATH_POLICY: &str = "EG_PATH_POLICY";
 /// default only when its parent is one of them.
 pub const CONTAINER_PARENTS: &str = "EG_CT_PARENTS";
 
-/// All maps, in the order `status` shows them.
-pub const ALL: [&str; 13] = [
-    CGROUP_POLICY,
-    ALLOW_V4,
-    ALLOW_V6,
-    CIDR_V4,
-    CIDR_V6,
-    EVENTS,
-    STATS,
-    META,
-    CONTAINERS,
-    CONFIG,
-    UNPOLICED,
-    PATH_POLICY,
-    CONTAINER_PARENTS,
-];
-
 /// How many cgroups the agent polices on its own (`--policy`) at most: its share of
 /// [`CGROUP_POLICY`]. It refuses more, so that they never take the room of container cgroups.
 pub const MAX_POLICED_CGROUPS: u32 = 16_384;
@@ -95,33 +79,166 @@ pub const CONFIG_SLOTS: u32 = 4;
 pub const UNCLASSIFIED_DENY: u64 = 0;
 pub const UNCLASSIFIED_ALLOW: u64 = 1;
 
+/// A map's type, by the kernel's `bpf_map_type` number.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuArray = 6,
+    LpmTrie = 11,
+    RingBuf = 27,
+}
+
+/// One pinned map: what the eBPF object declares and what a pinned map must look like to be
+/// reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn sz<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+/// The key size of an LPM trie whose key data is `T`: the prefix length (u32), then the data.
+const fn lpm_key<T>() -> u32 {
+    sz::<u32>() + sz::<T>()
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MapKind,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> MapSpec {
+    MapSpec {
+        name,
+        kind,
+        key_size,
+        value_size,
+        max_entries,
+    }
+}
+
+/// Every pinned map, in the order `status` shows them: the one table the loader's layout
+/// check, `status` and the tests read. A new map is a row here (with its name and size
+/// constants above) and its definition in `egress-ebpf/src/maps.rs`, which takes its size from
+/// the same constant.
+pub const MAPS: &[MapSpec] = {
+    use crate::{
+        cgroup_path::PathKey,
+        container::ContainerKey,
+        policy::CgroupPolicy,
+        rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
+    };
+    use MapKind::*;
+    let policy = sz::<CgroupPolicy>();
+    let rule = sz::<RuleValue>();
+    &[
+        spec(
+            CGROUP_POLICY,
+            Hash,
+            sz::<u64>(),
+            policy,
+            CGROUP_POLICY_ENTRIES,
+        ),
+        spec(ALLOW_V4, Hash, sz::<Ip4RuleKey>(), rule, MAX_ADDR_RULES),
+        spec(ALLOW_V6, Hash, sz::<Ip6RuleKey>(), rule, MAX_ADDR_RULES),
+        spec(
+            CIDR_V4,
+            LpmTrie,
+            lpm_key::<Cidr4Data>(),
+            rule,
+            MAX_CIDR_RULES,
+        ),
+        spec(
+            CIDR_V6,
+            LpmTrie,
+            lpm_key::<Cidr6Data>(),
+            rule,
+            MAX_CIDR_RULES,
+        ),
+        spec(EVENTS, RingBuf, 0, 0, EVENTS_BYTES),
+        spec(
+            STATS,
+            PerCpuArray,
+            sz::<u32>(),
+            sz::<u64>(),
+            crate::stats::SLOTS,
+        ),
+        spec(META, Array, sz::<u32>(), sz::<u64>(), META_SLOTS),
+        spec(
+            CONTAINERS,
+            Hash,
+            sz::<ContainerKey>(),
+            policy,
+            MAX_CONTAINERS,
+        ),
+        spec(CONFIG, Array, sz::<u32>(), sz::<u64>(), CONFIG_SLOTS),
+        spec(
+            UNPOLICED,
+            Hash,
+            sz::<ContainerKey>(),
+            sz::<u8>(),
+            MAX_UNPOLICED,
+        ),
+        spec(PATH_POLICY, Hash, sz::<PathKey>(), policy, MAX_POLICY_PATHS),
+        spec(
+            CONTAINER_PARENTS,
+            Hash,
+            sz::<PathKey>(),
+            sz::<u32>(),
+            MAX_CONTAINER_PARENTS,
+        ),
+    ]
+};
+
+/// The row of the map called `name`; None for a name that is not one of ours.
+pub fn spec_of(name: &str) -> Option<&'static MapSpec> {
+    MAPS.iter().find(|m| m.name == name)
+}
+
 /// The capacity (max_entries) of the map called `name`, for messages that say which map was full
 /// and how big it is. None for a name that is not one of ours.
 pub fn capacity(name: &str) -> Option<u32> {
-    Some(match name {
-        CGROUP_POLICY => CGROUP_POLICY_ENTRIES,
-        ALLOW_V4 | ALLOW_V6 => MAX_ADDR_RULES,
-        CIDR_V4 | CIDR_V6 => MAX_CIDR_RULES,
-        EVENTS => EVENTS_BYTES,
-        STATS => crate::stats::SLOTS,
-        META => META_SLOTS,
-        CONTAINERS => MAX_CONTAINERS,
-        CONFIG => CONFIG_SLOTS,
-        UNPOLICED => MAX_UNPOLICED,
-        PATH_POLICY => MAX_POLICY_PATHS,
-        CONTAINER_PARENTS => MAX_CONTAINER_PARENTS,
-        _ => return None,
-    })
+    spec_of(name).map(|m| m.max_entries)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_map_has_a_capacity() {
-        for name in super::ALL {
-            assert!(super::capacity(name).is_some_and(|c| c > 0), "{name}");
-            assert!(name.len() <= 15, "{name} is longer than the kernel allows");
+        for m in MAPS {
+            assert!(capacity(m.name).is_some_and(|c| c > 0), "{}", m.name);
+            assert!(
+                m.name.len() <= 15,
+                "{} is longer than the kernel allows",
+                m.name
+            );
         }
-        assert_eq!(super::capacity("EG_NOPE"), None);
+        assert_eq!(capacity("EG_NOPE"), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_sizes_match_the_shared_types() {
+        for (i, m) in MAPS.iter().enumerate() {
+            assert!(
+                MAPS[..i].iter().all(|o| o.name != m.name),
+                "{} twice",
+                m.name
+            );
+        }
+        let key = |n| spec_of(n).unwrap().key_size;
+        assert_eq!(key(CIDR_V4), 16, "LPM key is prefix_len + 12 data bytes");
+        assert_eq!(key(CIDR_V6), 28);
+        assert_eq!(key(PATH_POLICY), 16, "path key: hash, length, padding");
     }
 }

@@ -1,5 +1,8 @@
 //! The per-cgroup policy record.
 
+#[cfg(feature = "user")]
+mod encode;
+
 /// What a policed cgroup does with a destination that no rule allows.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

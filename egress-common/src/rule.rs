@@ -3,6 +3,9 @@
 //! The programs look a destination up with its real port first and then with port 0, in the
 //! exact-address hash maps and then (only if the policy has CIDR rules) in the LPM tries.
 
+#[cfg(feature = "user")]
+pub mod keys;
+
 /// Port value that matches every port.
 pub const ANY_PORT: u16 = 0;
 

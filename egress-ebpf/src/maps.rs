@@ -1,5 +1,7 @@
 //! The maps, pinned by name: the agent points aya at its pin directory so that a restarted
-//! agent reuses them (names and sizes from `egress_common::maps`).
+//! agent reuses them. Each pinned map is a row of `egress_common::maps::MAPS` and takes its
+//! size from that row's constant; the agent's unit tests check the object against the table
+//! (the `map` macro wants its name as a literal).
 
 use aya_ebpf::{
     macros::map,

@@ -1,6 +1,7 @@
 //! What the eBPF build needs, found or installed in one place.
 //!
-//! The eBPF crate is built by `aya-build` with the `nightly` toolchain, `-Z build-std=core`
+//! The eBPF crate is built by `aya-build` with the nightly toolchain pinned in [`NIGHTLY`] (a
+//! dated release: a floating `nightly` can break the build on the day it moves), `-Z build-std=core`
 //! (which needs the nightly's `rust-src`) and `bpf-linker`. No system LLVM of the right version
 //! exists on Debian 12 and prebuilt linkers cannot be downloaded, so `bpf-linker` is built from
 //! crates.io against the nightly toolchain's own `libLLVM` and installed into a cargo-owned
@@ -14,8 +15,8 @@
 //!
 //! It survives `cargo clean`, costs nothing the second time, and never touches a `bpf-linker`
 //! the user installed elsewhere. Both `egress-agent`'s build script and `cargo xtask build-ebpf`
-//! call [`ensure_rust_src`] and [`ensure_bpf_linker`], so a plain `cargo build` on a fresh
-//! machine installs them too (and says so).
+//! call [`ensure_nightly`], [`ensure_rust_src`] and [`ensure_bpf_linker`], so a plain
+//! `cargo build` on a fresh machine installs them too (and says so).
 
 use std::{
     env,
@@ -30,17 +31,26 @@ pub const EBPF_PACKAGE: &str = "egress-ebpf";
 /// Its binary: the object file aya-build leaves in OUT_DIR.
 pub const EBPF_BIN: &str = "egress";
 
-/// The toolchain aya-build runs (`rustup run nightly cargo ...`).
-pub const NIGHTLY: &str = "nightly";
+/// The toolchain aya-build runs (`rustup run nightly-YYYY-MM-DD cargo ...`): the one place the
+/// eBPF build's nightly is named. [`ensure_nightly`] installs it when missing.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+/// The commit of that release, as `rustc -vV` reports it. A toolchain under the name that is
+/// another build is refused; an installed toolchain of this commit under another name (the
+/// floating `nightly` on an offline host) is adopted instead of downloaded.
+pub const NIGHTLY_COMMIT: &str = "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a";
 /// The bpf-linker release built and used.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the `nightly` Rust toolchain is missing; the eBPF programs need it. Run: rustup toolchain install nightly --profile minimal --component rust-src"
+        "the pinned Rust toolchain {NIGHTLY} is missing; the eBPF programs need it. Run: rustup toolchain install {NIGHTLY} --profile minimal --component rust-src"
     )]
     NoNightly,
+    #[error(
+        "the toolchain installed as {NIGHTLY} is commit {found}, not the pinned {NIGHTLY_COMMIT}; remove it (`rustup toolchain uninstall {NIGHTLY}`) and build again"
+    )]
+    WrongNightly { found: String },
     #[error("could not run `{cmd}`: {source}")]
     Spawn { cmd: String, source: io::Error },
     #[error("`{cmd}` failed ({status}){detail}")]
@@ -49,7 +59,7 @@ pub enum Error {
         status: std::process::ExitStatus,
         detail: String,
     },
-    #[error("unexpected output from `rustc +nightly -vV`: no {0} line")]
+    #[error("unexpected output from `rustc -vV` of the nightly: no {0} line")]
     VersionOutput(&'static str),
     #[error("no libLLVM.so.* in the nightly sysroot {0}")]
     NoLibLlvm(PathBuf),
@@ -70,7 +80,7 @@ pub struct Nightly {
     pub commit: String,
     /// LLVM major version (e.g. 22), which selects bpf-linker's `llvm-NN` feature.
     pub llvm_major: u32,
-    /// `rustc +nightly --print sysroot`.
+    /// `rustc --print sysroot` of the pinned nightly.
     pub sysroot: PathBuf,
 }
 
@@ -94,24 +104,38 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A `rustc` of the nightly toolchain, run through rustup.
-fn nightly_rustc() -> Command {
+/// A `rustc` of `toolchain`, run through rustup.
+fn rustc_of(toolchain: &str) -> Command {
     let mut c = Command::new("rustup");
-    c.args(["run", NIGHTLY, "rustc"]);
-    // A rust-toolchain.toml or an outer cargo must not redirect it.
-    c.env_remove("RUSTC").env_remove("RUSTUP_TOOLCHAIN");
+    c.args(["run", toolchain, "rustc"]);
+    // A rust-toolchain.toml or an outer cargo must not redirect it, and a missing toolchain is
+    // reported, not silently downloaded (ensure_nightly decides how it is installed).
+    c.env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("RUSTUP_AUTO_INSTALL", "0");
     c
 }
 
-/// Reads the nightly toolchain's commit, LLVM version and sysroot.
+/// `rustc -vV` of `toolchain`; None if rustup has no such toolchain.
+fn version_of(toolchain: &str) -> Result<Option<String>> {
+    match run(rustc_of(toolchain).arg("-vV")) {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Failed { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the pinned nightly's commit, LLVM version and sysroot (without installing it).
 pub fn nightly() -> Result<Nightly> {
-    let vv = match run(nightly_rustc().arg("-vV")) {
-        Ok(v) => v,
-        Err(Error::Failed { .. }) => return Err(Error::NoNightly),
-        Err(e) => return Err(e),
-    };
+    let vv = version_of(NIGHTLY)?.ok_or(Error::NoNightly)?;
+    let found = field(&vv, "commit-hash:")?;
+    if found != NIGHTLY_COMMIT {
+        return Err(Error::WrongNightly {
+            found: found.to_owned(),
+        });
+    }
     let (commit, llvm_major) = parse_version(&vv)?;
-    let sysroot = PathBuf::from(run(nightly_rustc().args(["--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(run(rustc_of(NIGHTLY).args(["--print", "sysroot"]))?.trim());
     Ok(Nightly {
         commit,
         llvm_major,
@@ -119,15 +143,73 @@ pub fn nightly() -> Result<Nightly> {
     })
 }
 
+/// The pinned nightly, installed first if it is missing: adopted from an installed toolchain of
+/// the same commit (a hard-linked copy under the pinned name: no download, and it stays when
+/// that toolchain is updated), else installed by `rustup toolchain install`.
+pub fn ensure_nightly(say: &mut dyn FnMut(&str)) -> Result<Nightly> {
+    match nightly() {
+        Err(Error::NoNightly) => {}
+        other => return other,
+    }
+    if let Some((name, sysroot, host)) = same_build_installed()? {
+        let dest = sysroot.with_file_name(format!("{NIGHTLY}-{host}"));
+        say(&format!(
+            "adopting the installed toolchain {name} (commit {NIGHTLY_COMMIT}) as the pinned {NIGHTLY} (hard-linked copy at {})",
+            dest.display()
+        ));
+        let part = dest.with_extension("partial");
+        let _ = fs::remove_dir_all(&part);
+        run(Command::new("cp").arg("-al").arg(&sysroot).arg(&part))?;
+        fs::rename(&part, &dest).map_err(io_err(&dest))?;
+    } else {
+        say(&format!(
+            "installing the pinned toolchain {NIGHTLY} with rust-src (once)"
+        ));
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    nightly()
+}
+
+/// An installed toolchain other than [`NIGHTLY`] whose rustc is the pinned commit: its name,
+/// sysroot and host triple.
+fn same_build_installed() -> Result<Option<(String, PathBuf, String)>> {
+    let list = run(Command::new("rustup").args(["toolchain", "list"]))?;
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if !name.starts_with("nightly") || name.starts_with(NIGHTLY) {
+            continue;
+        }
+        let Some(vv) = version_of(name)? else {
+            continue;
+        };
+        if field(&vv, "commit-hash:")? != NIGHTLY_COMMIT {
+            continue;
+        }
+        let host = field(&vv, "host:")?.to_owned();
+        let sysroot = PathBuf::from(run(rustc_of(name).args(["--print", "sysroot"]))?.trim());
+        return Ok(Some((name.to_owned(), sysroot, host)));
+    }
+    Ok(None)
+}
+
+/// The value of the `name` line of `rustc -vV` output.
+fn field<'a>(vv: &'a str, name: &'static str) -> Result<&'a str> {
+    vv.lines()
+        .find_map(|l| l.strip_prefix(name).map(str::trim))
+        .ok_or(Error::VersionOutput(name))
+}
+
 /// Parses `rustc -vV` output into (short commit, LLVM major).
 pub fn parse_version(vv: &str) -> Result<(String, u32)> {
-    let field = |name: &'static str| {
-        vv.lines()
-            .find_map(|l| l.strip_prefix(name).map(str::trim))
-            .ok_or(Error::VersionOutput(name))
-    };
-    let commit: String = field("commit-hash:")?.chars().take(9).collect();
-    let llvm = field("LLVM version:")?;
+    let commit: String = field(vv, "commit-hash:")?.chars().take(9).collect();
+    let llvm = field(vv, "LLVM version:")?;
     let llvm_major = llvm
         .split('.')
         .next()
@@ -166,7 +248,7 @@ fn linker_works(bin: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Finds the project's bpf-linker for the current nightly without installing anything.
+/// Finds the project's bpf-linker for the pinned nightly without installing anything.
 pub fn find_bpf_linker() -> Result<(Nightly, PathBuf)> {
     let n = nightly()?;
     let bin = linker_bin_dir(&n).join("bpf-linker");

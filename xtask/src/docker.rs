@@ -569,9 +569,11 @@ fn link_name(line: &str) -> Option<String> {
 }
 
 fn mount_points() -> Vec<PathBuf> {
-    sys::mounts()
-        .map(|m| m.into_iter().map(|m| m.mount_point).collect())
+    fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(PathBuf::from))
+        .collect()
 }
 
 fn read_pid(path: &str) -> Option<i32> {

@@ -30,7 +30,7 @@ pub struct Prepared {
 pub fn prepare() -> Result<Prepared> {
     let mut tell = |m: &str| say(m);
     // egress_toolchain's errors are one line each (e.g. how to install the nightly).
-    let nightly = egress_toolchain::nightly()?;
+    let nightly = egress_toolchain::ensure_nightly(&mut tell)?;
     egress_toolchain::ensure_rust_src(&nightly, &mut tell)?;
     let linker_dir = egress_toolchain::ensure_bpf_linker(&nightly, &mut tell)?;
     Ok(Prepared { linker_dir })
@@ -101,7 +101,7 @@ pub fn aya_build_inner() -> Result<()> {
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::Nightly,
+        aya_build::Toolchain::Custom(egress_toolchain::NIGHTLY),
     )
 }
 

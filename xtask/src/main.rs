@@ -7,6 +7,7 @@ mod bench;
 mod cargo;
 mod docker;
 mod ebpf;
+mod packages;
 mod sys;
 mod test;
 

@@ -12,8 +12,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use egress_agent::sys::mounts::{Mount, parse_mountinfo, pick_cgroup2};
-
 use crate::say;
 
 pub fn is_root() -> bool {
@@ -21,16 +19,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn mounts() -> Result<Vec<Mount>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
-}
+/// Filesystem magic numbers (linux/magic.h).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
 
-fn is_mounted(mounts: &[Mount], at: &str, fs_type: &str) -> bool {
-    mounts
-        .iter()
-        .any(|m| m.mount_point == Path::new(at) && m.fs_type == fs_type)
+/// The filesystem type (`f_type`) of what is mounted at `at`, or None if `at` does not exist.
+fn fs_type_at(at: &Path) -> Option<i64> {
+    let path = CString::new(at.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs only writes into the zeroed struct; path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every libc
+    Some(st.f_type as i64)
 }
 
 /// `mount -t FSTYPE FSTYPE AT`.
@@ -54,23 +57,43 @@ fn mount_fs(fs_type: &str, at: &str) -> Result<()> {
     Ok(())
 }
 
+/// The places a cgroup v2 hierarchy is mounted by systemd: pure v2, then hybrid.
+const CGROUP2_PLACES: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
 /// Checks cgroup v2, mounts bpffs at /sys/fs/bpf and tracefs at /sys/kernel/tracing if they
-/// are missing. Returns the cgroup v2 mount.
+/// are missing. Returns the cgroup v2 mount. (The agent and the tests find the mount from the
+/// mount table themselves; this only checks the host is fit to run them.)
 pub fn ensure_kernel_fs() -> Result<PathBuf> {
-    let m = mounts()?;
-    let Some(cg2) = pick_cgroup2(&m) else {
+    let usual = CGROUP2_PLACES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| fs_type_at(p) == Some(CGROUP2_SUPER_MAGIC));
+    let Some(cg2) = usual.or_else(cgroup2_elsewhere) else {
         bail!(
-            "no cgroup v2 mount found (looked for fstype cgroup2 in /proc/self/mountinfo); the \
-             enforcer attaches to cgroup v2. Mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+            "no cgroup v2 at {} (the enforcer attaches to cgroup v2). Mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`",
+            CGROUP2_PLACES.join(" or ")
         );
     };
-    for (fs_type, at) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
-        if !is_mounted(&m, at, fs_type) {
+    for (fs_type, magic, at) in [
+        ("bpf", BPF_FS_MAGIC, "/sys/fs/bpf"),
+        ("tracefs", TRACEFS_MAGIC, "/sys/kernel/tracing"),
+    ] {
+        if fs_type_at(Path::new(at)) != Some(magic) {
             say(&format!("mounting {fs_type} at {at}"));
             mount_fs(fs_type, at)?;
         }
     }
     Ok(cg2)
+}
+
+/// A cgroup v2 mounted somewhere else, from /proc/self/mounts (`SOURCE TARGET FSTYPE ...`).
+fn cgroup2_elsewhere() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let target = f.nth(1)?;
+        (f.next()? == "cgroup2").then(|| PathBuf::from(target))
+    })
 }
 
 /// Unmounts `at` lazily (MNT_DETACH).
@@ -169,43 +192,14 @@ pub fn terminate(pid: i32, comm: &str, grace: Duration, reap: &mut dyn FnMut()) 
 mod tests {
     use super::*;
 
-    const HYBRID: &str = "\
-25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-31 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
-33 31 0:28 / /sys/fs/cgroup/cpu,cpuacct rw shared:11 - cgroup cgroup rw,cpu,cpuacct
-40 25 0:35 / /sys/fs/bpf rw,relatime shared:15 - bpf bpf rw
-41 30 0:36 / /mnt/with\\040space rw - ext4 /dev/sda1 rw
-";
-
     #[test]
-    fn parses_mountinfo() {
-        let m = parse_mountinfo(HYBRID);
-        assert_eq!(m.len(), 6);
-        assert_eq!(m[2].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m[2].fs_type, "cgroup2");
-        assert_eq!(m[5].mount_point, Path::new("/mnt/with space"));
-        assert!(is_mounted(&m, "/sys/fs/bpf", "bpf"));
-        assert!(!is_mounted(&m, "/sys/kernel/tracing", "tracefs"));
-    }
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
-        let m = parse_mountinfo(HYBRID);
-        assert_eq!(
-            pick_cgroup2(&m).as_deref(),
-            Some(Path::new("/sys/fs/cgroup/unified"))
-        );
-        let unified = parse_mountinfo(
-            "31 25 0:26 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n\
-             50 30 0:40 / /tmp/cg rw - cgroup2 cgroup2 rw\n",
-        );
-        assert_eq!(
-            pick_cgroup2(&unified).as_deref(),
-            Some(Path::new("/sys/fs/cgroup"))
-        );
-        let none = parse_mountinfo("33 31 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n");
-        assert_eq!(pick_cgroup2(&none), None);
+    fn tells_this_hosts_kernel_filesystems() {
+        assert_eq!(fs_type_at(Path::new("/nonexistent/egress")), None);
+        // /proc is procfs, never cgroup2 or bpffs.
+        let proc_fs = fs_type_at(Path::new("/proc"));
+        assert!(proc_fs.is_some());
+        assert_ne!(proc_fs, Some(CGROUP2_SUPER_MAGIC));
+        assert_ne!(proc_fs, Some(BPF_FS_MAGIC));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the one command that builds everything and runs every test.
 //!
-//! Steps: root check; cgroup v2, bpffs and tracefs; the eBPF toolchain pieces; build the agent
+//! Steps: root check; the Debian packages the tests need (installed if missing); cgroup v2,
+//! bpffs and tracefs; the eBPF toolchain pieces (the pinned nightly included); build the agent
 //! and the test binaries; unit tests; then (with `--with-docker`) dockerd and the test image;
 //! then the privileged tests, one at a time. A dockerd this command started is stopped and its
 //! host changes undone when it ends, also on Ctrl-C.
@@ -10,7 +11,11 @@ use std::{ffi::OsString, time::Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::{cargo, docker, ebpf, say, sys};
+use crate::{
+    cargo, docker, ebpf,
+    packages::{self, Need},
+    say, sys,
+};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -39,6 +44,11 @@ pub fn run(args: TestArgs) -> Result<()> {
         );
     }
     sys::catch_signals();
+    let mut needs = vec![Need::Tests];
+    if args.with_docker {
+        needs.push(Need::Docker);
+    }
+    packages::ensure(&needs)?;
     let cg2 = sys::ensure_kernel_fs()?;
     say(&format!("cgroup v2 at {}", cg2.display()));
 

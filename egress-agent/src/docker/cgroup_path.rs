@@ -181,7 +181,7 @@ pub fn find(
     cgroup_parent: Option<&str>,
     driver: CgroupDriver,
 ) -> Option<PathBuf> {
-    let proc_text = pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok());
+    let proc_text = pid.and_then(|p| fs::read_to_string(crate::host::get().proc_cgroup(p)).ok());
     choose(
         mount,
         id,
@@ -218,11 +218,10 @@ fn choose(
 /// (`<id>` or `docker-<id>.scope`); None if no component does (e.g. `/` as seen from inside a
 /// private cgroup namespace, or the process is not in the container's cgroup).
 fn container_dir<'a>(path: &'a str, id: &ContainerId) -> Option<&'a str> {
-    let scope = format!("docker-{id}.scope");
     let mut end = 0;
     for comp in path.split('/') {
         let comp_end = end + comp.len();
-        if comp == id.as_str() || comp == scope {
+        if ContainerId::of_cgroup_path(&path[..comp_end]) == Some(*id) {
             // Not the first component: a bare id is no container (see egress_common).
             return (end > 0).then(|| &path[..comp_end]);
         }

@@ -108,7 +108,7 @@ use super::{
 };
 use crate::{container::ContainerId, labels::ImageLabels, policy_file::ContainerLabels};
 
-/// The socket used when `DOCKER_HOST` is not set.
+/// The socket used when `DOCKER_HOST` is not set (with the host root `/`).
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// Timeout of each API request (until the response headers; the event stream itself has none).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,12 +185,13 @@ pub enum WatchError {
     Closed,
 }
 
-/// The daemon to follow: `DOCKER_HOST`, else [`DEFAULT_HOST`].
+/// The daemon to follow: `DOCKER_HOST`, else the host's default socket ([`DEFAULT_HOST`] below
+/// the host root, see [`crate::host::Host::default_docker_host`]).
 pub fn docker_host() -> String {
     std::env::var("DOCKER_HOST")
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| DEFAULT_HOST.to_owned())
+        .unwrap_or_else(|| crate::host::get().default_docker_host())
 }
 
 /// The socket path of a `unix://` host (`None` for TCP hosts).
@@ -870,8 +871,12 @@ async fn drain(
 /// The cgroup driver dockerd picks by default on this host: systemd where systemd is the init
 /// (`/run/systemd/system`) and cgroups are v2-only, cgroupfs otherwise.
 fn host_default_driver() -> CgroupDriver {
-    let pure_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if pure_v2 && std::path::Path::new("/run/systemd/system").is_dir() {
+    let host = crate::host::get();
+    let pure_v2 = host
+        .default_cgroup2_dir()
+        .join("cgroup.controllers")
+        .exists();
+    if pure_v2 && host.systemd_run_dir().is_dir() {
         CgroupDriver::Systemd
     } else {
         CgroupDriver::Cgroupfs

@@ -1,5 +1,6 @@
-//! Attaching the four programs to one cgroup through bpf_link, pinning the links, and then
-//! releasing the links of earlier runs. New and old links are both attached for a moment
+//! Attaching the programs of the table (`egress_common::programs::PROGRAMS`): the cgroup
+//! programs to one cgroup and the tracepoints to theirs, through bpf_link, pinning the links,
+//! and then releasing the links of earlier runs. New and old links are both attached for a moment
 //! (cgroup links stack and all must allow), so enforcement never has a gap.
 
 use std::{
@@ -20,11 +21,7 @@ use super::{
     layout::{self, PinDir},
 };
 use crate::sys::cgroup::CgroupId;
-
-/// cgroup sock_addr program names in the object, which are also the hook names in link pins.
-pub const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
-/// Tracepoint programs (category `cgroup`), pinned with cgroup id 0 in their link names.
-pub const TRACEPOINTS: [&str; 2] = ["cgroup_mkdir", "cgroup_rmdir"];
+use egress_common::programs::{Attach, PROGRAMS};
 
 fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> EnforcerError {
     move |source| EnforcerError::Program { name, source }
@@ -41,13 +38,17 @@ where
         .map_err(prog_err(name))
 }
 
-/// Pins a link at `path`; the pin then holds it and our descriptor goes.
-fn pin_link<L>(name: &'static str, link: L, path: &Path) -> Result<()>
+/// A program's link as a plain fd link, to pin.
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink>
 where
     FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
 {
-    let fd = FdLink::try_from(link).map_err(|source| EnforcerError::Link { name, source })?;
-    fd.pin(path).map_err(|source| EnforcerError::PinLink {
+    FdLink::try_from(link).map_err(|source| EnforcerError::Link { name, source })
+}
+
+/// Pins a link at `path`; the pin then holds it and our descriptor goes.
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path).map_err(|source| EnforcerError::PinLink {
         path: path.to_owned(),
         source,
     })?;
@@ -76,26 +77,32 @@ pub fn attach_all(
     let before = pin.link_pins();
     let mut new_pins = Vec::new();
     let result = (|| -> Result<()> {
-        for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog
-                .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            let link = prog.take_link(id).map_err(prog_err(name))?;
-            let path = pin
-                .links()
-                .join(layout::link_pin_name(name, cgroup_id, stamp));
-            pin_link(name, link, &path)?;
-            new_pins.push(path);
-        }
-        for name in TRACEPOINTS {
-            let prog: &mut TracePoint = program(ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            let id = prog.attach("cgroup", name).map_err(prog_err(name))?;
-            let link = prog.take_link(id).map_err(prog_err(name))?;
-            let path = pin.links().join(layout::link_pin_name(name, 0, stamp));
-            pin_link(name, link, &path)?;
+        for spec in PROGRAMS {
+            let name = spec.name;
+            let (id, link) = match spec.attach {
+                Attach::Cgroup(_) => {
+                    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+                    prog.load().map_err(prog_err(name))?;
+                    let id = prog
+                        .attach(&cgroup_dir, CgroupAttachMode::Single)
+                        .map_err(prog_err(name))?;
+                    (
+                        cgroup_id,
+                        fd_link(name, prog.take_link(id).map_err(prog_err(name))?)?,
+                    )
+                }
+                Attach::Tracepoint { category } => {
+                    let prog: &mut TracePoint = program(ebpf, name)?;
+                    prog.load().map_err(prog_err(name))?;
+                    let id = prog.attach(category, name).map_err(prog_err(name))?;
+                    (
+                        0,
+                        fd_link(name, prog.take_link(id).map_err(prog_err(name))?)?,
+                    )
+                }
+            };
+            let path = pin.links().join(layout::link_pin_name(name, id, stamp));
+            pin_link(link, &path)?;
             new_pins.push(path);
         }
         Ok(())

@@ -10,134 +10,20 @@
 
 use std::{
     fs, io,
-    mem::size_of,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapInfo, MapType, lpm_trie::Key};
-use egress_common::{
-    cgroup_path::PathKey,
-    container::ContainerKey,
-    maps,
-    policy::CgroupPolicy,
-    rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
-    stats,
-};
+use aya::maps::{MapInfo, MapType};
+use egress_common::maps::{self, MapSpec};
 
 use crate::{
     paths::{LINKS_SUBDIR, MAPS_SUBDIR},
     sys::bpf::{link_detach, obj_get},
 };
 
-/// What a map must look like to be reused.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MapShape {
-    pub name: &'static str,
-    pub map_type: MapType,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-}
-
-const fn sz<T>() -> u32 {
-    size_of::<T>() as u32
-}
-
-/// The shapes the current eBPF object declares (kept beside the shared types they come from).
-pub fn expected_shapes() -> [MapShape; 13] {
-    [
-        MapShape {
-            name: maps::CGROUP_POLICY,
-            map_type: MapType::Hash,
-            key_size: sz::<u64>(),
-            value_size: sz::<CgroupPolicy>(),
-            max_entries: maps::CGROUP_POLICY_ENTRIES,
-        },
-        MapShape {
-            name: maps::ALLOW_V4,
-            map_type: MapType::Hash,
-            key_size: sz::<Ip4RuleKey>(),
-            value_size: sz::<RuleValue>(),
-            max_entries: maps::MAX_ADDR_RULES,
-        },
-        MapShape {
-            name: maps::ALLOW_V6,
-            map_type: MapType::Hash,
-            key_size: sz::<Ip6RuleKey>(),
-            value_size: sz::<RuleValue>(),
-            max_entries: maps::MAX_ADDR_RULES,
-        },
-        MapShape {
-            name: maps::CIDR_V4,
-            map_type: MapType::LpmTrie,
-            key_size: sz::<Key<Cidr4Data>>(),
-            value_size: sz::<RuleValue>(),
-            max_entries: maps::MAX_CIDR_RULES,
-        },
-        MapShape {
-            name: maps::CIDR_V6,
-            map_type: MapType::LpmTrie,
-            key_size: sz::<Key<Cidr6Data>>(),
-            value_size: sz::<RuleValue>(),
-            max_entries: maps::MAX_CIDR_RULES,
-        },
-        MapShape {
-            name: maps::EVENTS,
-            map_type: MapType::RingBuf,
-            key_size: 0,
-            value_size: 0,
-            max_entries: maps::EVENTS_BYTES,
-        },
-        MapShape {
-            name: maps::STATS,
-            map_type: MapType::PerCpuArray,
-            key_size: sz::<u32>(),
-            value_size: sz::<u64>(),
-            max_entries: stats::SLOTS,
-        },
-        MapShape {
-            name: maps::META,
-            map_type: MapType::Array,
-            key_size: sz::<u32>(),
-            value_size: sz::<u64>(),
-            max_entries: maps::META_SLOTS,
-        },
-        MapShape {
-            name: maps::CONTAINERS,
-            map_type: MapType::Hash,
-            key_size: sz::<ContainerKey>(),
-            value_size: sz::<CgroupPolicy>(),
-            max_entries: maps::MAX_CONTAINERS,
-        },
-        MapShape {
-            name: maps::CONFIG,
-            map_type: MapType::Array,
-            key_size: sz::<u32>(),
-            value_size: sz::<u64>(),
-            max_entries: maps::CONFIG_SLOTS,
-        },
-        MapShape {
-            name: maps::UNPOLICED,
-            map_type: MapType::Hash,
-            key_size: sz::<ContainerKey>(),
-            value_size: sz::<u8>(),
-            max_entries: maps::MAX_UNPOLICED,
-        },
-        MapShape {
-            name: maps::PATH_POLICY,
-            map_type: MapType::Hash,
-            key_size: sz::<PathKey>(),
-            value_size: sz::<CgroupPolicy>(),
-            max_entries: maps::MAX_POLICY_PATHS,
-        },
-        MapShape {
-            name: maps::CONTAINER_PARENTS,
-            map_type: MapType::Hash,
-            key_size: sz::<PathKey>(),
-            value_size: sz::<u32>(),
-            max_entries: maps::MAX_CONTAINER_PARENTS,
-        },
-    ]
+/// The kernel's `bpf_map_type` number of an aya map type.
+fn kind_number(t: MapType) -> u32 {
+    t as u32
 }
 
 /// The agent's directory in bpffs.
@@ -272,12 +158,14 @@ impl PinDir {
 
     /// Compares what is pinned with what this build would create.
     pub fn check(&self) -> PinnedState {
-        let shapes = expected_shapes();
-        let present: Vec<bool> = shapes.iter().map(|s| self.map(s.name).exists()).collect();
+        let present: Vec<bool> = maps::MAPS
+            .iter()
+            .map(|s| self.map(s.name).exists())
+            .collect();
         if present.iter().all(|p| !p) {
             return PinnedState::Empty;
         }
-        for (shape, present) in shapes.iter().zip(&present) {
+        for (shape, present) in maps::MAPS.iter().zip(&present) {
             if !present {
                 return PinnedState::Incompatible(format!("map {} is missing", shape.name));
             }
@@ -290,30 +178,31 @@ impl PinDir {
                     ));
                 }
             };
-            let found = MapShape {
+            let map_type = match info.map_type() {
+                Ok(t) => t,
+                Err(e) => {
+                    return PinnedState::Incompatible(format!(
+                        "map {} has an unknown type: {e}",
+                        shape.name
+                    ));
+                }
+            };
+            let found = MapSpec {
                 name: shape.name,
-                map_type: match info.map_type() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        return PinnedState::Incompatible(format!(
-                            "map {} has an unknown type: {e}",
-                            shape.name
-                        ));
-                    }
-                },
+                kind: shape.kind,
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
             };
-            if found != *shape {
+            if kind_number(map_type) != shape.kind as u32 || found != *shape {
                 return PinnedState::Incompatible(format!(
                     "map {}: pinned {:?}/key {}/value {}/max {}, this build needs {:?}/key {}/value {}/max {}",
                     shape.name,
-                    found.map_type,
+                    map_type,
                     found.key_size,
                     found.value_size,
                     found.max_entries,
-                    shape.map_type,
+                    shape.kind,
                     shape.key_size,
                     shape.value_size,
                     shape.max_entries
@@ -382,7 +271,19 @@ pub fn read_layout_version(path: &Path) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::mem::size_of;
+
+    use aya::maps::lpm_trie::Key;
+    use egress_common::{
+        maps::MapKind,
+        rule::{Cidr4Data, Cidr6Data},
+    };
+
     use super::*;
+
+    fn sz<T>() -> u32 {
+        size_of::<T>() as u32
+    }
 
     #[test]
     fn link_pin_names_round_trip() {
@@ -393,13 +294,22 @@ mod tests {
     }
 
     #[test]
-    fn shapes_match_the_shared_types() {
-        let s = expected_shapes();
-        assert_eq!(s[3].key_size, 16, "LPM key is prefix_len + 12 data bytes");
-        assert_eq!(s[4].key_size, 28);
-        assert!(s.iter().all(|m| maps::ALL.contains(&m.name)));
-        assert!(maps::ALL.iter().all(|n| s.iter().any(|m| m.name == *n)));
-        let path = s.iter().find(|m| m.name == maps::PATH_POLICY).unwrap();
-        assert_eq!(path.key_size, 16, "path key: hash, length, padding");
+    fn lpm_keys_are_as_aya_lays_them_out() {
+        let key = |n| maps::spec_of(n).unwrap().key_size;
+        assert_eq!(key(maps::CIDR_V4), sz::<Key<Cidr4Data>>());
+        assert_eq!(key(maps::CIDR_V6), sz::<Key<Cidr6Data>>());
+    }
+
+    #[test]
+    fn kinds_are_the_kernel_numbers_of_aya_types() {
+        for (kind, t) in [
+            (MapKind::Hash, MapType::Hash),
+            (MapKind::Array, MapType::Array),
+            (MapKind::PerCpuArray, MapType::PerCpuArray),
+            (MapKind::LpmTrie, MapType::LpmTrie),
+            (MapKind::RingBuf, MapType::RingBuf),
+        ] {
+            assert_eq!(kind as u32, kind_number(t), "{kind:?}");
+        }
     }
 }

@@ -36,13 +36,15 @@
 //! owner.
 
 mod attach;
+pub mod containers;
 mod error;
 pub mod ids;
 pub mod index;
-pub mod keys;
 pub mod layout;
 mod notices;
 mod state;
+#[cfg(test)]
+mod tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,22 +61,22 @@ use egress_common::{
     cgroup_path::PathKey,
     container::{ContainerKey, UNPOLICED_MARK},
     maps,
-    policy::{
-        CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
-        FLAG_LOOPBACK, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED,
-    },
+    policy::{CgroupPolicy, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     stats,
 };
 use tracing::{debug, error, info, warn};
 
 use self::{
+    containers::ContainerTable,
     error::is_not_found,
     ids::{Leftover, PolicyIds},
     index::CgroupIndex,
     keys::{RuleKey, encode, lpm},
     layout::{PinDir, PinnedState},
 };
+pub use egress_common::rule::keys;
+
 pub use self::{
     error::{EnforcerError, FailedClosed, Owner},
     state::{MapRefs, PinnedView, Stats, read as read_view, read_stats, reason_name},
@@ -177,7 +179,7 @@ pub struct Enforcer {
     /// Cgroup paths policed with everything below them, with their policy id.
     path_owned: BTreeMap<PathKey, u32>,
     /// Known containers: Some(policy id) if policed, None if known and unpoliced.
-    containers: BTreeMap<ContainerId, Option<u32>>,
+    containers: ContainerTable,
     ids: PolicyIds,
     /// Cgroup entries by policy id (those the agent wrote and those the tracepoint reported).
     index: CgroupIndex,
@@ -212,31 +214,6 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 ) -> Result<T> {
     let map = ebpf.take_map(name).ok_or(EnforcerError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
-}
-
-/// The cgroup entry of a policy: its id, mode and the flags that spare the programs lookups.
-/// Written after the rules it adds and before the rules it drops are removed, so a flag never
-/// hides a rule of the policy in force (see [`Enforcer::write_policy`]).
-fn cgroup_value(policy_id: u32, policy: &Policy) -> CgroupPolicy {
-    let mut flags = 0;
-    if !policy.has_v4_host_port() {
-        flags |= FLAG_ANY_PORT_ONLY4;
-    }
-    if !policy.has_v6_host_port() {
-        flags |= FLAG_ANY_PORT_ONLY6;
-    }
-    if policy.has_v4_cidr() {
-        flags |= FLAG_CIDR4;
-    }
-    if policy.has_v6_cidr() {
-        flags |= FLAG_CIDR6;
-    }
-    if policy.loopback {
-        flags |= FLAG_LOOPBACK;
-    }
-    let mut value = CgroupPolicy::new(policy_id, policy.mode, flags);
-    value.notes = policy.notes;
-    value
 }
 
 impl Enforcer {
@@ -320,7 +297,7 @@ impl Enforcer {
             values: BTreeMap::new(),
             cgroup_owned: BTreeMap::new(),
             path_owned: BTreeMap::new(),
-            containers: BTreeMap::new(),
+            containers: ContainerTable::default(),
             ids: PolicyIds::new(MAX_POLICIES),
             index: CgroupIndex::default(),
             index_lost_mark: 0,
@@ -417,7 +394,7 @@ impl Enforcer {
         self.values = view.values;
         self.cgroup_owned = view.cgroup_owned;
         self.path_owned = view.path_owned;
-        self.containers = view.containers;
+        self.containers = view.containers.into();
         self.ids
             .recover(self.policies.keys().copied(), view.highest_id);
         self.index.rebuild(
@@ -493,6 +470,11 @@ impl Enforcer {
                 (*c, applied)
             })
             .collect()
+    }
+
+    /// The container that owns `policy_id` (an index lookup, no scan).
+    pub fn container_of_policy(&self, policy_id: u32) -> Option<ContainerId> {
+        self.containers.owner_of(policy_id)
     }
 
     /// What new container cgroups get while their container is unknown to the agent: allow
@@ -595,7 +577,9 @@ impl Enforcer {
             .values
             .get(&policy_id)
             .map_or(0, |v| v.notes & NOTE_KILLED);
-        let mut value = cgroup_value(policy_id, policy);
+        // The cgroup entry is written after the rules it adds and before the rules it drops are
+        // removed, so a flag never hides a rule of the policy in force.
+        let mut value = CgroupPolicy::of(policy_id, policy);
         value.notes |= killed;
         if !failed.is_empty() {
             value = value.failed_closed();
@@ -947,7 +931,7 @@ impl Enforcer {
             cgroups: &[],
         };
         let written = self.write_policy(owner, policy_id, policy, &no_entries);
-        let mut value = cgroup_value(policy_id, policy);
+        let mut value = CgroupPolicy::of(policy_id, policy);
         if written.is_err() {
             value = value.failed_closed();
         }
@@ -1147,6 +1131,36 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// Adds `rules` to the policy of a policed container at once, keeping the rest of it (mode,
+    /// rules, loopback, notes): only the new rules are written, and the entries only if their
+    /// flags change (see [`Enforcer::write_policy`]). Returns false, writing nothing, if the
+    /// container is not policed or is failed closed (its full policy has to fit first). The
+    /// next [`Enforcer::set_container`] replaces the policy as a whole.
+    pub fn add_container_rules(&mut self, container: &ContainerId, rules: &[Rule]) -> Result<bool> {
+        let Some(Some(policy_id)) = self.containers.get(container).copied() else {
+            return Ok(false);
+        };
+        let failed_closed = self
+            .values
+            .get(&policy_id)
+            .is_some_and(|v| v.flags & egress_common::policy::FLAG_DENY_ALL != 0);
+        let Some(current) = self.policies.get(&policy_id).filter(|_| !failed_closed) else {
+            return Ok(false);
+        };
+        if rules.iter().all(|r| current.rules.contains(r)) {
+            return Ok(true);
+        }
+        let policy = Policy::new(current.mode, current.rules.iter().chain(rules).copied())
+            .with_loopback(current.loopback)
+            .with_notes(current.notes);
+        let targets = Targets {
+            container: Some(container),
+            cgroups: &[],
+        };
+        self.write_policy(Owner::Container(*container), policy_id, &policy, &targets)?;
+        Ok(true)
     }
 
     /// Forgets a container: its entry, the entries of its cgroups and its rules. Deletes that
@@ -1355,7 +1369,7 @@ impl Enforcer {
 
 /// True if the tracepoint takes the cgroup at `path` for a container the agent knows (it gives
 /// such a cgroup its container's policy, or none, whatever path it is below).
-fn is_known_container(path: &KernelPath, containers: &BTreeMap<ContainerId, Option<u32>>) -> bool {
+fn is_known_container(path: &KernelPath, containers: &ContainerTable) -> bool {
     use egress_common::container::{PATH_SCAN, find_container_id, key_at};
     let bytes = path.as_bytes();
     if bytes.len() >= PATH_SCAN {

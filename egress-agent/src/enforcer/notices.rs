@@ -134,20 +134,12 @@ impl Enforcer {
 
     /// The container that owns `policy_id`.
     fn container_of(&self, policy_id: u32) -> Option<ContainerId> {
-        self.containers
-            .iter()
-            .find(|(_, id)| **id == Some(policy_id))
-            .map(|(c, _)| *c)
+        self.containers.owner_of(policy_id)
     }
 
     /// The container a cgroup's path names (its last component), for an unregistered one.
     fn container_of_cgroup(&self, cg: u64) -> Option<ContainerId> {
         let path = cgroup::find_by_id(self.cgroup_mount.as_deref()?, cg)?;
-        let last = path.file_name()?.to_str()?;
-        let id = last
-            .strip_prefix("docker-")
-            .and_then(|s| s.strip_suffix(".scope"))
-            .unwrap_or(last);
-        id.parse().ok()
+        ContainerId::of_cgroup_path(path.to_str()?)
     }
 }

@@ -126,12 +126,12 @@ pub fn read<T: Borrow<MapData>>(m: &MapRefs<'_, T>) -> PinnedView {
             continue;
         };
         view.containers.insert(id, Some(v.policy_id));
-        modes.insert(v.policy_id, v.mode());
+        modes.insert(v.policy_id, v.mode().into());
         view.values.insert(v.policy_id, v);
     }
     for (k, v) in m.path_policy.iter().flatten() {
         view.path_owned.insert(k, v.policy_id);
-        modes.insert(v.policy_id, v.mode());
+        modes.insert(v.policy_id, v.mode().into());
         view.values.insert(v.policy_id, v);
     }
     let shared_ids: BTreeSet<u32> = view
@@ -150,7 +150,7 @@ pub fn read<T: Borrow<MapData>>(m: &MapRefs<'_, T>) -> PinnedView {
             continue;
         }
         view.cgroup_owned.insert(cg, v.policy_id);
-        modes.insert(v.policy_id, v.mode());
+        modes.insert(v.policy_id, v.mode().into());
         view.values.insert(v.policy_id, v);
     }
     view.highest_id = rules

@@ -1,6 +1,6 @@
 //! The controller: turns what Docker says about containers, what their labels (and the policy
-//! file) ask for, and what DNS says about the allowed names into kernel policies, through the
-//! enforcer's owner task.
+//! file) ask for, and what DNS says about the allowed names into kernel policies, through a
+//! [`MapWriter`] (the enforcer's owner task).
 //!
 //! - At `create` a container's policy is registered at once, from its labels and the IPs
 //!   already known, so the `cgroup_mkdir` tracepoint polices the container's cgroup the moment
@@ -14,9 +14,29 @@
 //!   until the daemon's driver is known, then its driver's default, every `--cgroup-parent`
 //!   and the parent of every container cgroup found. Only below them does a cgroup that looks
 //!   like an unknown container get the unclassified default.
+//!
+//! The [`Reconciler`] holds the rules; [`task::spawn`] runs it as a task fed with Docker events,
+//! domain updates and policy-file replacements. It writes through a [`MapWriter`] (the owner's
+//! [`crate::owner::EnforcerHandle`]) and resolves through a [`NameResolver`] (the resolver's
+//! [`ResolverHandle`]), so its rules are unit tested on fakes (`fake`, `tests`). What a
+//! classification asks of the kernel is computed by the pure functions of [`desired`].
 
+pub mod desired;
+#[cfg(test)]
+mod fake;
 pub mod index;
+pub mod names;
 pub mod resolvers;
+pub mod task;
+#[cfg(test)]
+mod tests;
+pub mod writer;
+
+pub use self::{
+    names::NameResolver,
+    task::{ReconcilerGone, ReconcilerHandle, spawn},
+    writer::MapWriter,
+};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -41,7 +61,6 @@ use crate::{
         watch::{ContainerInfo, DockerEvent},
     },
     labels::{Capabilities, Classification},
-    owner::EnforcerHandle,
     policy::{Policy, Rule, mode_name},
     policy_file::PolicyFile,
     resolver::{DomainUpdate, FirstAnswer, ResolverHandle},
@@ -72,11 +91,12 @@ struct Tracked {
     notes: u8,
 }
 
-/// Follows containers and keeps the kernel's policies in line with them.
-pub struct Reconciler {
+/// Follows containers and keeps the kernel's policies in line with them: writes through `W`
+/// ([`crate::owner::EnforcerHandle`] in the agent), resolves through `N` ([`ResolverHandle`]).
+pub struct Reconciler<W = crate::owner::EnforcerHandle, N = ResolverHandle> {
     cfg: ReconcileConfig,
-    enforcer: EnforcerHandle,
-    resolver: ResolverHandle,
+    writer: W,
+    resolver: N,
     policy_file: Option<PolicyFile>,
     driver: CgroupDriver,
     containers: HashMap<ContainerId, Tracked>,
@@ -98,17 +118,17 @@ pub enum ReconcileError {
     },
 }
 
-impl Reconciler {
+impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
     pub fn new(
         cfg: ReconcileConfig,
-        enforcer: EnforcerHandle,
-        resolver: ResolverHandle,
+        writer: W,
+        resolver: N,
         policy_file: Option<PolicyFile>,
         index: SharedIndex,
     ) -> Self {
         Self {
             cfg,
-            enforcer,
+            writer,
             resolver,
             policy_file,
             driver: CgroupDriver::Cgroupfs,
@@ -136,7 +156,7 @@ impl Reconciler {
             return;
         }
         match self
-            .enforcer
+            .writer
             .change_container_parent(path.clone(), bits, true)
             .await
         {
@@ -155,7 +175,7 @@ impl Reconciler {
     /// Takes `bits` off a cgroup parent (whatever run registered them).
     async fn remove_parent(&mut self, path: KernelPath, bits: u32) {
         match self
-            .enforcer
+            .writer
             .change_container_parent(path.clone(), bits, false)
             .await
         {
@@ -257,13 +277,8 @@ impl Reconciler {
             .filter(|id| !present.contains(id))
             .copied()
             .collect();
-        match self.enforcer.containers().await {
-            Ok(known) => gone.extend(
-                known
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .filter(|id| !present.contains(id)),
-            ),
+        match self.writer.containers().await {
+            Ok(known) => gone.extend(known.into_iter().filter(|id| !present.contains(id))),
             Err(e) => error!("listing the kernel's containers: {e}"),
         }
         for id in gone {
@@ -305,13 +320,7 @@ impl Reconciler {
         if changed_class {
             log_classification(&info, &class);
         }
-        let wanted: BTreeSet<String> = match &class {
-            Classification::Policed(spec) => spec
-                .domains()
-                .filter_map(|(d, _)| crate::resolver::normalize_domain(d.as_str()).ok())
-                .collect(),
-            _ => BTreeSet::new(),
-        };
+        let wanted = desired::domains(&class);
         let held = self
             .containers
             .get(&id)
@@ -322,7 +331,7 @@ impl Reconciler {
             ContainerMeta {
                 name: info.name.clone(),
                 image: info.image.clone(),
-                mode: class_mode(&class).to_owned(),
+                mode: desired::mode_label(&class).to_owned(),
             },
         );
         if let Some(parent) = info
@@ -410,7 +419,7 @@ impl Reconciler {
         }
         let name = t.info.name.clone();
         match self
-            .enforcer
+            .writer
             .set_container(*id, policy.clone(), cgroups.clone())
             .await
         {
@@ -457,37 +466,16 @@ impl Reconciler {
 
     /// Mode and rules of a tracked container; None if it is not policed.
     fn rules_of(&self, t: &Tracked) -> Option<(crate::policy::Mode, BTreeSet<Rule>)> {
-        match &t.class {
-            Classification::Unpoliced => None,
-            Classification::Invalid(_) => {
-                let p = Policy::deny_all();
-                Some((p.mode, p.rules))
-            }
-            Classification::Policed(spec) => {
-                let mut rules: BTreeSet<Rule> = spec.rules().collect();
-                for (name, port) in spec.domains() {
-                    let Ok(key) = crate::resolver::normalize_domain(name.as_str()) else {
-                        continue;
-                    };
-                    for ip in self.domain_ips.get(&key).into_iter().flatten() {
-                        if let Ok(r) = Rule::addr(*ip, port) {
-                            rules.insert(r);
-                        }
-                    }
-                }
-                for ip in resolvers::container_resolvers(
-                    &t.info.dns,
-                    &t.info.network_mode,
-                    &t.info.networks,
-                    &self.cfg.host_resolvers,
-                ) {
-                    if let Ok(r) = Rule::addr(ip, Some(53)) {
-                        rules.insert(r);
-                    }
-                }
-                Some((spec.mode, rules))
-            }
+        if matches!(t.class, Classification::Unpoliced) {
+            return None;
         }
+        let servers = resolvers::container_resolvers(
+            &t.info.dns,
+            &t.info.network_mode,
+            &t.info.networks,
+            &self.cfg.host_resolvers,
+        );
+        desired::rules(&t.class, &self.domain_ips, &servers)
     }
 
     /// True if `id` may reach its own loopback: its network namespace is its own (not the
@@ -647,7 +635,7 @@ impl Reconciler {
             None => id.short().to_owned(),
         };
         self.index.remove_container(id);
-        match self.enforcer.remove_container(*id, Vec::new()).await {
+        match self.writer.remove_container(*id, Vec::new()).await {
             Ok(true) => {
                 info!(container = %name, id = id.short(), "container gone; its policy is removed")
             }
@@ -686,14 +674,6 @@ impl Reconciler {
             .iter()
             .map(|(id, t)| (*id, self.policy_of(id, t)))
             .collect()
-    }
-}
-
-fn class_mode(c: &Classification) -> &'static str {
-    match c {
-        Classification::Unpoliced => "unpoliced",
-        Classification::Invalid(_) => "deny-all (invalid egress labels)",
-        Classification::Policed(spec) => mode_name(spec.mode),
     }
 }
 

@@ -19,6 +19,7 @@ use hickory_resolver::{
         op::ResponseCode,
         rr::{Name, RData, Record, rdata::CNAME},
     },
+    system_conf::parse_resolv_conf,
 };
 
 use super::{Family, ResolverError, normalize_domain, service::Upstream};
@@ -73,7 +74,8 @@ impl std::fmt::Debug for DnsClient {
 
 impl DnsClient {
     /// A client that asks only `server` (UDP, with TCP when an answer is truncated), or the
-    /// name servers of the host's /etc/resolv.conf when `None`. Must be called inside a tokio
+    /// name servers of the host's /etc/resolv.conf ([`crate::host::Host::resolv_conf`]) when
+    /// `None`. Must be called inside a tokio
     /// runtime.
     pub fn new(server: Option<SocketAddr>) -> Result<Self, ResolverError> {
         Self::with_options(server, DnsOptions::default())
@@ -101,7 +103,16 @@ impl DnsClient {
                     TokioRuntimeProvider::default(),
                 )
             }
-            None => TokioResolver::builder_tokio().map_err(ResolverError::SystemConfig)?,
+            None => {
+                let (config, opts) = std::fs::read(crate::host::get().resolv_conf())
+                    .map_err(NetError::from)
+                    .and_then(parse_resolv_conf)
+                    .map_err(ResolverError::SystemConfig)?;
+                let mut builder =
+                    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+                *builder.options_mut() = opts;
+                builder
+            }
         };
         let opts = builder.options_mut();
         // No response cache: each lookup must see the server's current records and TTLs

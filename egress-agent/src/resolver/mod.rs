@@ -106,29 +106,22 @@ pub enum ResolverError {
     Stopped,
 }
 
-/// The key of a domain: its ASCII (IDNA) form in lower case without the trailing dot.
-/// `Example.COM.` and `example.com` are the same domain. Addresses, wildcards and names that
-/// DNS cannot carry are rejected.
+/// The key of a domain: its ASCII (IDNA) form in lower case without the trailing dot
+/// ([`egress_policy::domain::fold`], then IDNA). `Example.COM.` and `example.com` are the same
+/// domain. Addresses, wildcards and names that DNS cannot carry are rejected.
 pub fn normalize_domain(domain: &str) -> Result<String, ResolverError> {
     let invalid = |reason: &str| ResolverError::InvalidDomain {
         domain: domain.to_owned(),
         reason: reason.to_owned(),
     };
-    let trimmed = domain.trim();
-    let bare = trimmed.strip_suffix('.').unwrap_or(trimmed);
-    if bare.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if bare.parse::<IpAddr>().is_ok() {
+    let folded = egress_policy::domain::fold(domain.trim()).map_err(|e| invalid(&e.0))?;
+    if folded.parse::<IpAddr>().is_ok() {
         return Err(invalid("an IP address, not a name"));
     }
-    if bare.contains('*') {
+    if folded.contains('*') {
         return Err(invalid("wildcards are not supported"));
     }
-    if bare.split('.').any(str::is_empty) {
-        return Err(invalid("empty label"));
-    }
-    let name = Name::from_utf8(bare).map_err(|e| invalid(&e.to_string()))?;
+    let name = Name::from_utf8(&folded).map_err(|e| invalid(&e.to_string()))?;
     let ascii = name.to_lowercase().to_ascii();
     let key = ascii.strip_suffix('.').unwrap_or(&ascii);
     if key.is_empty() {

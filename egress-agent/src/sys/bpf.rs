@@ -13,33 +13,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// The cgroup attach types the agent uses, with their kernel numbers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum CgroupAttachType {
-    Connect4 = 10,
-    Connect6 = 11,
-    Sendmsg4 = 14,
-    Sendmsg6 = 15,
-}
-
-impl CgroupAttachType {
-    pub const ALL: [Self; 4] = [
-        Self::Connect4,
-        Self::Connect6,
-        Self::Sendmsg4,
-        Self::Sendmsg6,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Connect4 => "connect4",
-            Self::Connect6 => "connect6",
-            Self::Sendmsg4 => "sendmsg4",
-            Self::Sendmsg6 => "sendmsg6",
-        }
-    }
-}
+/// The cgroup attach types of the program table (`egress_common::programs`).
+pub use egress_common::programs::CgroupAttachType;
 
 /// bpf(2) with the attribute union in `attr` (its length is the size passed); returns the
 /// syscall's non-negative result (a new descriptor for the commands that make one).

@@ -118,9 +118,10 @@ pub fn find_by_id(root: &Path, id: CgroupId) -> Option<PathBuf> {
     None
 }
 
-/// The cgroup v2 path of process `pid` (`0::/...` of `/proc/<pid>/cgroup`), under `mount`.
+/// The cgroup v2 path of process `pid` (`0::/...` of the host's `/proc/<pid>/cgroup`), under
+/// `mount`.
 pub fn of_pid(mount: &Path, pid: u32) -> Option<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = fs::read_to_string(crate::host::get().proc_cgroup(pid)).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(mount.join(rel.trim().trim_start_matches('/')))
 }

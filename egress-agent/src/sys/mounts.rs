@@ -5,6 +5,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::host::{self, Host};
+
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `statfs` magic of cgroup v2.
@@ -23,9 +25,9 @@ pub enum MountError {
     )]
     NotBpffs { path: PathBuf },
     #[error(
-        "no cgroup v2 hierarchy is mounted (looked for a cgroup2 mount in /proc/self/mountinfo, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified); the agent needs cgroup v2"
+        "no cgroup v2 hierarchy is mounted (looked for a cgroup2 mount in {}, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified); the agent needs cgroup v2", table.display()
     )]
-    NoCgroup2,
+    NoCgroup2 { table: PathBuf },
 }
 
 fn fs_magic(path: &Path) -> io::Result<i64> {
@@ -117,14 +119,23 @@ pub fn ensure_tracefs() -> Result<(), MountError> {
     Ok(())
 }
 
-/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`: `/sys/fs/cgroup`
-/// on pure v2 hosts, `/sys/fs/cgroup/unified` on hybrid ones.
+/// The mount point of the cgroup v2 hierarchy of the host ([`host::get`]), from its mount table
+/// (`/proc/self/mountinfo`): `/sys/fs/cgroup` on pure v2 hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones.
 pub fn cgroup2_mount() -> Result<PathBuf, MountError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|source| MountError::Io {
-        path: "/proc/self/mountinfo".into(),
+    cgroup2_mount_of(host::get())
+}
+
+/// [`cgroup2_mount`] of `host`: read from its mount table, the mount point taken below its root.
+pub fn cgroup2_mount_of(host: &Host) -> Result<PathBuf, MountError> {
+    let table = host.mount_table();
+    let info = fs::read_to_string(&table).map_err(|source| MountError::Io {
+        path: table.clone(),
         source,
     })?;
-    find_cgroup2_mount(&info).ok_or(MountError::NoCgroup2)
+    find_cgroup2_mount(&info)
+        .map(|m| host.mount_point(&m))
+        .ok_or(MountError::NoCgroup2 { table })
 }
 
 /// One line of /proc/self/mountinfo.
@@ -229,6 +240,31 @@ mod tests {
     fn no_cgroup2_at_all() {
         let info = "27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(find_cgroup2_mount(info), None);
+    }
+
+    #[test]
+    fn another_host_root_is_read_and_prefixed() {
+        let root = std::env::temp_dir().join(format!("egress-host-root-{}", std::process::id()));
+        fs::create_dir_all(root.join("proc/1")).unwrap();
+        fs::write(
+            root.join("proc/1/mountinfo"),
+            "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
+        )
+        .unwrap();
+        let host = Host::new(&root).unwrap();
+        assert_eq!(
+            cgroup2_mount_of(&host).unwrap(),
+            root.join("sys/fs/cgroup"),
+            "the host's mount table, its mount point below the root"
+        );
+        fs::write(root.join("proc/1/mountinfo"), "").unwrap();
+        let e = cgroup2_mount_of(&host).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&root.join("proc/1/mountinfo").display().to_string()),
+            "{e}"
+        );
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -1,15 +1,13 @@
-//! Conversion between the policy model's [`Rule`]s and the kernel's map keys.
+//! Conversion between the policy model's [`Rule`]s and these map keys (user space only).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
-use egress_common::{
-    maps,
-    rule::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
-};
+use egress_policy::policy::Rule;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::Rule;
+use super::{ANY_PORT, CIDR_PREFIX_BITS, Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey};
+use crate::maps;
 
 /// Where a rule lives in the kernel: exact addresses in hash maps, CIDRs in LPM tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +103,7 @@ pub fn decode_cidr6(prefix_len: u32, d: &Cidr6Data) -> Option<(u32, Rule)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_ip_entry;
+    use egress_policy::policy::parse_ip_entry;
 
     fn round_trip(entry: &str) {
         let rule = parse_ip_entry(entry).unwrap().unwrap();

@@ -88,9 +88,13 @@
 //! ([`Capabilities::wildcards`]). Otherwise it is an error (the container is denied all
 //! egress), never silently ignored.
 
-use std::{collections::HashMap, fmt, str::FromStr};
+use std::{collections::HashMap, fmt};
 
-use crate::policy::{EntryError, Mode, Rule, parse_ip_entry, parse_mode};
+pub use crate::domain::{DomainError, DomainName};
+use crate::{
+    domain::MAX_NAME_LEN,
+    policy::{EntryError, Mode, Rule, parse_ip_entry, parse_mode},
+};
 
 /// Every label the agent reads starts with this.
 pub const LABEL_PREFIX: &str = "egress.";
@@ -98,11 +102,6 @@ pub const LABEL_PREFIX: &str = "egress.";
 pub const ALLOW_LABEL: &str = "egress.allow";
 /// `enforce` or `audit`.
 pub const MODE_LABEL: &str = "egress.mode";
-
-/// Longest domain name, without the final dot.
-const MAX_NAME_LEN: usize = 253;
-/// Longest DNS label.
-const MAX_DNS_LABEL_LEN: usize = 63;
 
 const WILDCARD_SHAPE: &str = "a wildcard must be `*.` followed by a domain (`*.example.com`)";
 pub(crate) const WILDCARDS_UNAVAILABLE: &str = "wildcard entries need the DNS-aware mode, which is not \
@@ -193,102 +192,6 @@ pub fn is_policed_label(key: &str) -> bool {
 /// True if a container with these labels is policed (it has at least one policy label).
 pub fn is_policed(labels: &HashMap<String, String>) -> bool {
     labels.keys().any(|k| is_policed_label(k))
-}
-
-/// A validated domain name: lowercase, without a final dot, RFC 1123 labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DomainName(String);
-
-/// Why a string is not a domain name.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DomainError(pub String);
-
-impl DomainName {
-    /// Validates and lowercases `s` (one final dot is dropped).
-    pub fn parse(s: &str) -> Result<Self, DomainError> {
-        let err = |m: String| Err(DomainError(m));
-        let name = s.strip_suffix('.').unwrap_or(s);
-        if name.is_empty() {
-            return err("empty domain name".into());
-        }
-        if name.len() > MAX_NAME_LEN {
-            return err(format!(
-                "domain name is {} characters long (at most {MAX_NAME_LEN})",
-                name.len()
-            ));
-        }
-        let name = name.to_ascii_lowercase();
-        for label in name.split('.') {
-            if label.is_empty() {
-                return err("empty DNS label (`..`, or a leading dot)".into());
-            }
-            if let Some(c) = label
-                .chars()
-                .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-            {
-                return if c.is_ascii() {
-                    err(format!(
-                        "invalid character `{c}` (a domain has letters, digits, `-` and `.`)"
-                    ))
-                } else {
-                    err(format!(
-                        "invalid character `{c}` (write internationalised names in their \
-                         `xn--` form)"
-                    ))
-                };
-            }
-            if label.len() > MAX_DNS_LABEL_LEN {
-                return err(format!(
-                    "DNS label `{label}` is {} characters long (at most {MAX_DNS_LABEL_LEN})",
-                    label.len()
-                ));
-            }
-            if label.starts_with('-') || label.ends_with('-') {
-                return err(format!(
-                    "DNS label `{label}` must not start or end with a hyphen"
-                ));
-            }
-        }
-        let last = name.rsplit('.').next().unwrap_or_default();
-        if last.chars().all(|c| c.is_ascii_digit()) {
-            return err(format!(
-                "the last DNS label `{last}` is all digits (write an address as an IP)"
-            ));
-        }
-        Ok(Self(name))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// True if `self` is a strict subdomain of `suffix` at any depth (what `*.suffix` matches):
-    /// `a.b.example.com` is under `example.com`; `example.com` is not.
-    pub fn is_subdomain_of(&self, suffix: &DomainName) -> bool {
-        self.0
-            .strip_suffix(suffix.as_str())
-            .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
-    }
-}
-
-impl FromStr for DomainName {
-    type Err = DomainError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for DomainName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for DomainName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
 }
 
 /// One item of `egress.allow` (or of an `allow` list in the policy file).
@@ -981,17 +884,6 @@ mod tests {
             assert_eq!(e.to_string(), s);
             assert_eq!(entry(&e.to_string()), e);
         }
-    }
-
-    #[test]
-    fn subdomains() {
-        let suffix = DomainName::parse("example.com").unwrap();
-        let name = |s: &str| DomainName::parse(s).unwrap();
-        assert!(name("a.example.com").is_subdomain_of(&suffix));
-        assert!(name("a.b.example.com").is_subdomain_of(&suffix));
-        assert!(!name("example.com").is_subdomain_of(&suffix));
-        assert!(!name("badexample.com").is_subdomain_of(&suffix));
-        assert!(!name("example.com.evil").is_subdomain_of(&suffix));
     }
 
     // ---- labels ----

@@ -1,13 +1,21 @@
-//! The user-side policy model: what a cgroup may reach, independent of how the kernel stores it
-//! (see `crate::enforcer::keys` for the conversion to map keys).
+//! The policy model: what a cgroup may reach, independent of how the kernel stores it
+//! (`egress_common`'s `user` feature converts it to and from the map keys and values).
 
 mod entry;
 
 use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr};
 
-pub use egress_common::policy::Mode;
 pub use entry::{EntryError, parse_ip_entries, parse_ip_entry};
 use ipnet::{IpNet, Ipv4Net};
+
+/// What a policed cgroup does with a destination that no rule allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Deny with EPERM and report.
+    Enforce,
+    /// Allow, but report what would have been denied.
+    Audit,
+}
 
 /// One allowed destination: an address or CIDR, on one port or on every port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,10 +96,10 @@ pub struct Policy {
     pub mode: Mode,
     pub rules: BTreeSet<Rule>,
     /// The cgroup may reach its own network namespace's loopback (but never port 53 nor
-    /// Docker's embedded resolver `127.0.0.11`); see `egress_common::policy::FLAG_LOOPBACK`.
+    /// Docker's embedded resolver `127.0.0.11`); the kernel's `FLAG_LOOPBACK`.
     pub loopback: bool,
-    /// What the agent knows about the policy's enforceability (`egress_common::policy::NOTE_*`
-    /// bits), kept beside it in the maps for `status`; the programs never read them.
+    /// What the agent knows about the policy's enforceability (the kernel's `NOTE_*` bits),
+    /// kept beside it in the maps for `status`; the programs never read them.
     pub notes: u8,
 }
 

@@ -1,8 +1,9 @@
-//! A Docker container's full id, as the agent, the maps and the cgroup paths spell it.
+//! A Docker container's full id, as the agent, the maps and the cgroup paths spell it (user
+//! space only).
 
 use std::{fmt, str::FromStr};
 
-use egress_common::container::{CONTAINER_ID_LEN, ContainerKey};
+use super::{CONTAINER_ID_LEN, ContainerKey, PATH_SCAN, find_container_id, key_at};
 
 /// A full container id: 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +32,20 @@ impl ContainerId {
     /// From a CONTAINERS map key.
     pub fn from_key(k: &ContainerKey) -> Option<Self> {
         std::str::from_utf8(&k.id).ok()?.parse().ok()
+    }
+
+    /// The container whose cgroup `path` is, recognised by its last component (`<id>` or
+    /// `docker-<id>.scope`, below some parent) exactly as the `cgroup_mkdir` tracepoint does
+    /// ([`find_container_id`]); None for any other cgroup.
+    pub fn of_cgroup_path(path: &str) -> Option<Self> {
+        let tail = &path.as_bytes()[path.rfind('/')?..];
+        if tail.len() > PATH_SCAN {
+            return None;
+        }
+        let mut buf = [0u8; PATH_SCAN];
+        buf[..tail.len()].copy_from_slice(tail);
+        let at = find_container_id(&buf, tail.len())?;
+        Self::from_key(&key_at(&buf, at))
     }
 }
 
@@ -84,5 +99,27 @@ mod tests {
         assert!("0123456789ab".parse::<ContainerId>().is_err());
         assert!(ID.to_uppercase().parse::<ContainerId>().is_err());
         assert!(format!("{}g", &ID[..63]).parse::<ContainerId>().is_err());
+    }
+
+    #[test]
+    fn cgroup_paths_name_their_container_as_the_kernel_reads_them() {
+        let id: ContainerId = ID.parse().unwrap();
+        for path in [
+            format!("/docker/{ID}"),
+            format!("/{ID}"),
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/a/b/c/{ID}"),
+        ] {
+            assert_eq!(ContainerId::of_cgroup_path(&path), Some(id), "{path}");
+        }
+        for path in [
+            ID.to_owned(),
+            format!("/docker/{ID}/init.scope"),
+            format!("/docker/docker-{ID}"),
+            format!("/docker/{}", ID.to_uppercase()),
+            "/".to_owned(),
+        ] {
+            assert_eq!(ContainerId::of_cgroup_path(&path), None, "{path}");
+        }
     }
 }

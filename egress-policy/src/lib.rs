@@ -1,0 +1,17 @@
+//! egress-policy: what a container or cgroup may reach, as the operator writes it. Pure Rust
+//! (no eBPF, no Docker, no async runtime), so the agent, the tests and fuzz targets share it.
+//!
+//! - [`domain`]: domain names, their one key spelling and the label grammar's name rules;
+//! - [`policy`]: the policy model (mode, address rules, [`policy::Policy`]) and the address
+//!   entry grammar of `--policy`;
+//! - [`labels`]: the `egress.*` label grammar, the image-label screen and the classification of
+//!   a container from its labels;
+//! - [`image_ref`]: image references and ids, as the policy file's `trusted_images` names them;
+//! - [`policy_file`]: the policy file, and the merge of labels, image labels and its rules into
+//!   what a container gets ([`policy_file::judge`]).
+
+pub mod domain;
+pub mod image_ref;
+pub mod labels;
+pub mod policy;
+pub mod policy_file;
