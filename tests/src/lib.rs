@@ -35,10 +35,13 @@ pub mod lab;
 pub mod net;
 pub mod netns;
 pub mod pins;
+pub mod placement;
 pub mod probe;
 pub mod process;
 pub mod slots;
+pub mod sweep;
 pub mod tools;
+pub mod udp_drain;
 pub mod wait;
 
 /// Locks `m`, also after a panic of another holder (the tests' data stays usable).

@@ -1,11 +1,10 @@
 //! The shared dockerd of the Docker tests, brought up and down by the harness's `egress-lab`
 //! binary (`tests/src/bin/egress-lab.rs`; the logic is `egress_tests::docker::dockerd`, the one
 //! place that starts and stops dockerd). The xtask only runs it: `dockerd-up` uses the daemon on
-//! [`SOCK`] or starts one (recorded in `target/dockerd.state.json`) and makes the test image;
+//! `/var/run/docker.sock` or starts one (recorded in `target/dockerd.state.json`) and makes the test image;
 //! `dockerd-down` stops the daemon recorded there, if any, and undoes its host changes.
 
 use std::{
-    os::unix::net::UnixStream,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -14,8 +13,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, say, sys, target_dir};
 
-/// The daemon socket the tests use.
-pub const SOCK: &str = "/var/run/docker.sock";
 /// The image the Docker end-to-end tests run.
 pub const TEST_IMAGE: &str = "egress-test-busybox:latest";
 
@@ -99,7 +96,7 @@ impl Drop for DockerdGuard {
     }
 }
 
-/// `egress-lab dockerd-up`: a daemon on [`SOCK`] with the test image.
+/// `egress-lab dockerd-up`: a daemon on `/var/run/docker.sock` with the test image.
 pub fn up(lab: Lab) -> Result<DockerdGuard> {
     // The guard first: a daemon started by a `dockerd-up` that then failed is stopped too.
     let mut guard = DockerdGuard {
@@ -112,22 +109,6 @@ pub fn up(lab: Lab) -> Result<DockerdGuard> {
         bail!("egress-lab dockerd-up printed no DOCKER_HOST");
     }
     Ok(guard)
-}
-
-/// [`up`] through `cargo run` (for the bench, until it has its own crate on the harness).
-pub fn ensure_dockerd() -> Result<DockerdGuard> {
-    up(Lab::CargoRun)
-}
-
-/// The test image is made by `egress-lab dockerd-up` ([`ensure_dockerd`]); nothing is left to
-/// do here (kept for the bench's call until it moves onto the harness).
-pub fn ensure_busybox_image(_tag: &str) -> Result<()> {
-    Ok(())
-}
-
-/// True if something accepts connections on the Docker socket `sock`.
-pub fn ping(sock: &str) -> bool {
-    UnixStream::connect(sock).is_ok()
 }
 
 /// The `docker-check` task: `dockerd-up`, `docker run --rm egress-test-busybox echo hi`, then

@@ -40,7 +40,9 @@ enum Task {
     Test(test::TestArgs),
     /// Measure what the enforcer costs, side by side with the alternatives (no program, an nginx
     /// stream proxy, an nftables set, the agent with Docker), and print a markdown table of
-    /// medians and ratios (also written to `target/bench/report.md`). Needs root.
+    /// medians and ratios (also written to `target/bench/report.md`). Needs root. Builds the
+    /// agent and runs the `egress-bench` crate with the arguments (`--help` lists them).
+    #[command(disable_help_flag = true)]
     Bench(bench::BenchArgs),
     /// Check the Docker setup of the end-to-end tests: use (or start) dockerd, make the
     /// `egress-test-busybox` image, run `echo` in a container, then stop a dockerd it started

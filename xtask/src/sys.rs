@@ -127,13 +127,6 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-pub fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The load generator of the connect benchmarks:
-//! `xtask bench client OP --a-cgroup CG --a-dst ADDR [--a-netns NS] [--b-... ] ...`.
+//! `egress-bench client OP --a-cgroup CG --a-dst ADDR [--a-netns NS] [--b-... ] ...`.
 //!
 //! The harness starts it as a separate process that is placed in side A's cgroup (and network
 //! namespace) between fork and exec. It then measures in batches, moving itself between side A

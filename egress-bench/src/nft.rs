@@ -23,16 +23,18 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::note;
-use super::{
-    Section, Target,
+use egress_tests::{
+    command::run_ok, interrupt, net::TcpSink, netns::NetNs, placement::Placement, tools,
+};
+
+use crate::{
     client::{ClientReport, Op},
     connect::{Load, SideSpec, run_client},
-    env::{Netns, TcpSink, require_tool, run_ok},
     lab::{EnforcerLab, filler_rule},
+    note,
+    report::{Section, Target},
     stats::{self, Ratio},
 };
-use crate::sys;
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -42,8 +44,8 @@ pub struct Opts {
 }
 
 pub fn check_tools() -> Result<()> {
-    require_tool("nft", "nftables", "the nftables comparison")?;
-    require_tool(
+    tools::require("nft", "nftables", "the nftables comparison")?;
+    tools::require(
         "ip",
         "iproute2",
         "the nftables comparison (network namespaces)",
@@ -82,7 +84,24 @@ impl Setup {
 struct Space {
     sink: TcpSink,
     probe: TcpSink,
-    ns: Netns,
+    ns: NetNs,
+}
+
+impl Space {
+    /// A namespace with its two listeners (made inside it).
+    fn new(name: &str) -> Self {
+        let ns = NetNs::create(name);
+        let (sink, probe) = ns.run(|| {
+            let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            (TcpSink::bind(lo), TcpSink::bind(lo))
+        });
+        Self { sink, probe, ns }
+    }
+
+    /// A command that runs inside the namespace.
+    fn command(&self, program: &str) -> std::process::Command {
+        Placement::default().netns(&self.ns.path()).command(program)
+    }
 }
 
 /// The ruleset: a set of `entries` elements (the listener and fillers), matched for sockets of
@@ -133,10 +152,8 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, o: &Opts) -> Result<Section> {
-    let pid = std::process::id();
-    let nft_parent = lab.extra_cgroup(&cg2.join(format!("egress-bench-{pid}-nft")))?;
-    let nft_cg = lab.extra_cgroup(&nft_parent.path.join("client"))?;
+pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, dir: &Path, o: &Opts) -> Result<Section> {
+    let nft_cg = lab.extra_tree("bench-nft").child("client");
     let rel = nft_cg
         .path
         .strip_prefix("/sys/fs/cgroup")
@@ -153,18 +170,9 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, o: &Opts) -> Result<Se
         .strip_prefix(cg2)
         .map(|p| p.components().count())
         .context("the nft client cgroup is under the cgroup v2 mount")?;
-    let tmp = crate::target_dir().join("bench");
-    fs::create_dir_all(&tmp)?;
-
-    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let mut spaces: Vec<Space> = Vec::new();
     let mut setups: Vec<Setup> = Vec::new();
-    let plain = Netns::create(&format!("egress-bench-{pid}-plain"))?;
-    spaces.push(Space {
-        sink: TcpSink::bind(any, Some(&plain.path()))?,
-        probe: TcpSink::bind(any, Some(&plain.path()))?,
-        ns: plain,
-    });
+    spaces.push(Space::new("bench-plain"));
     setups.push(Setup {
         kind: Kind::Control,
         entries: 0,
@@ -177,19 +185,17 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, o: &Opts) -> Result<Se
             space: 0,
         });
         for (kind, ct) in [(Kind::NftSet, false), (Kind::NftCt, true)] {
-            let name = format!("egress-bench-{pid}-{}{e}", if ct { "ct" } else { "set" });
+            let space = Space::new(&format!("bench-{}{e}", if ct { "ct" } else { "set" }));
+            let name = space.ns.name.clone();
             note(&format!("nft: namespace {name} with a set of {e} elements"));
-            let ns = Netns::create(&name)?;
-            let sink = TcpSink::bind(any, Some(&ns.path()))?;
-            let probe = TcpSink::bind(any, Some(&ns.path()))?;
-            let file = tmp.join(format!("{name}.nft"));
-            fs::write(&file, ruleset(v4(sink.addr), e, &rel, level, ct))?;
-            let mut cmd = ns.command("nft")?;
+            let file = dir.join(format!("{name}.nft"));
+            fs::write(&file, ruleset(v4(space.sink.addr), e, &rel, level, ct))?;
+            let mut cmd = space.command("nft");
             cmd.arg("-f").arg(&file);
             run_ok(&mut cmd, Duration::from_secs(300))
                 .with_context(|| format!("loading {} into namespace {name}", file.display()))?;
             let _ = fs::remove_file(&file);
-            spaces.push(Space { sink, probe, ns });
+            spaces.push(space);
             setups.push(Setup {
                 kind,
                 entries: e,
@@ -208,7 +214,7 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, o: &Opts) -> Result<Se
     for round in 0..o.rounds {
         note(&format!("nft: round {}/{}", round + 1, o.rounds));
         for i in stats::rotation(n, round) {
-            sys::check_interrupted()?;
+            interrupt::check()?;
             let s = &setups[i];
             let space = &spaces[s.space];
             let dst = v4(space.sink.addr);
@@ -242,7 +248,7 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, cg2: &Path, o: &Opts) -> Result<Se
             continue;
         }
         let space = &spaces[s.space];
-        let mut cmd = space.ns.command("nft")?;
+        let mut cmd = space.command("nft");
         cmd.args(["list", "chain", "inet", "egress_bench", "policed"]);
         let out = run_ok(&mut cmd, Duration::from_secs(60))?;
         if out.stdout.matches("counter packets 0 ").count() != 2 {

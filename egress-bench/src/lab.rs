@@ -1,15 +1,15 @@
 //! The in-process enforcer of the connect, proxy and nftables benchmarks, with its own pin
-//! directory and cgroups:
+//! directory and cgroups (the harness's, named for this process):
 //!
 //! ```text
-//! <cgroup2>/egress-bench-<pid>/            the enforcer is attached here
+//! <cgroup2>/egress-test-bench-<pid>/       the enforcer is attached here
 //!     measured/                            policed: the measured policy (allows the sinks)
 //!     unpoliced/                           under the programs, no policy
 //!     p0001 ... p0999/                     other policed cgroups (10 entries each)
-//! <cgroup2>/egress-bench-<pid>-free/
+//! <cgroup2>/egress-test-bench-free-<pid>/
 //!     client/                              no program at all: the physical limit
 //!     control/                             the same, to measure the noise of a comparison
-//! /sys/fs/bpf/egress-bench-<pid>/          maps and links
+//! /sys/fs/bpf/egress-test-bench-<pid>/     maps and links
 //! ```
 //!
 //! Everything is removed on drop, in order: the enforcer, its pins (links detached), the
@@ -18,7 +18,7 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::{Context, Result};
@@ -27,40 +27,13 @@ use egress_agent::{
     policy::{Mode, Policy, Rule},
     sys::bpf::{CgroupAttachType, attached_programs},
 };
-
-use super::env::{Cgroup, Cgroups};
-use crate::say;
+use egress_tests::{
+    bpf::PinGuard,
+    cgroup::{Cgroup, CgroupTree},
+};
 
 /// Entries in each policy of the other policed cgroups.
 pub const FILLER_ENTRIES: usize = 10;
-
-/// Unpins and detaches everything under the bench's pin directory on drop.
-pub struct PinGuard {
-    pub path: PathBuf,
-}
-
-impl PinGuard {
-    pub fn new(path: PathBuf) -> Self {
-        if path.exists() {
-            let _ = egress_agent::status::cleanup(&path);
-        }
-        Self { path }
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        match egress_agent::status::cleanup(&self.path) {
-            Ok(_) => {
-                let _ = std::fs::remove_dir(&self.path);
-            }
-            Err(e) => say(&format!(
-                "warning: cleaning up pin directory {}: {e}",
-                self.path.display()
-            )),
-        }
-    }
-}
 
 /// An address that is never contacted, only stored as an allow entry: `127.100.0.0/15`
 /// (loopback, so even a mistake would stay on this machine). Distinct for `i < 131072`.
@@ -84,7 +57,6 @@ pub fn policy_with(allowed: &[SocketAddr], entries: usize) -> Policy {
 pub struct EnforcerLab {
     enforcer: Option<Enforcer>,
     pins: PinGuard,
-    pub attach: Cgroup,
     pub measured: Cgroup,
     pub unpoliced: Cgroup,
     pub free: Cgroup,
@@ -95,27 +67,28 @@ pub struct EnforcerLab {
     filler_policy: Policy,
     /// The measured cgroup's current policy (by entry count, to skip rewrites).
     measured_key: Option<(Vec<SocketAddr>, usize)>,
-    cgroups: Cgroups,
+    // Dropped after the pins (field order): the cgroups go last.
+    attach_tree: CgroupTree,
+    free_tree: CgroupTree,
+    extra: Vec<CgroupTree>,
 }
 
 impl EnforcerLab {
     /// Makes the cgroups (with `fillers` other cgroups to police later) and opens the enforcer.
-    pub fn open(cg2: &Path, fillers: usize) -> Result<Self> {
-        let pid = std::process::id();
-        let mut cgroups = Cgroups::default();
-        let attach = cgroups.make(&cg2.join(format!("egress-bench-{pid}")))?;
-        let measured = cgroups.make(&attach.path.join("measured"))?;
-        let unpoliced = cgroups.make(&attach.path.join("unpoliced"))?;
+    pub fn open(fillers: usize) -> Result<Self> {
+        let attach_tree = CgroupTree::create("bench");
+        let measured = attach_tree.child("measured");
+        let unpoliced = attach_tree.child("unpoliced");
         let filler_cgroups = (1..=fillers)
-            .map(|i| cgroups.make(&attach.path.join(format!("p{i:04}"))))
-            .collect::<Result<Vec<_>>>()?;
-        let free_parent = cgroups.make(&cg2.join(format!("egress-bench-{pid}-free")))?;
-        let free = cgroups.make(&free_parent.path.join("client"))?;
-        let control = cgroups.make(&free_parent.path.join("control"))?;
-        let pins = PinGuard::new(PathBuf::from(format!("/sys/fs/bpf/egress-bench-{pid}")));
+            .map(|i| attach_tree.child(&format!("p{i:04}")))
+            .collect();
+        let free_tree = CgroupTree::create("bench-free");
+        let free = free_tree.child("client");
+        let control = free_tree.child("control");
+        let pins = PinGuard::new("bench");
         let cfg = EnforcerConfig {
             pin_dir: pins.path.clone(),
-            attach_cgroup: attach.path.clone(),
+            attach_cgroup: attach_tree.root.path.clone(),
         };
         let (enforcer, _report) = Enforcer::open(&cfg).with_context(|| {
             format!(
@@ -127,7 +100,6 @@ impl EnforcerLab {
         Ok(Self {
             enforcer: Some(enforcer),
             pins,
-            attach,
             measured,
             unpoliced,
             free,
@@ -136,7 +108,9 @@ impl EnforcerLab {
             fillers_policed: 0,
             filler_policy: Policy::new(Mode::Enforce, (0..FILLER_ENTRIES).map(filler_rule)),
             measured_key: None,
-            cgroups,
+            attach_tree,
+            free_tree,
+            extra: Vec::new(),
         })
     }
 
@@ -180,9 +154,14 @@ impl EnforcerLab {
         Ok(())
     }
 
+    /// Where the enforcer is attached.
+    pub fn attach(&self) -> &Cgroup {
+        &self.attach_tree.root
+    }
+
     /// The id of our program attached for `hook` at the attach cgroup.
     pub fn prog_id(&self, hook: CgroupAttachType) -> Result<u32> {
-        attached_program(&self.attach.path, hook)
+        attached_program(&self.attach().path, hook)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -194,7 +173,7 @@ impl EnforcerLab {
     /// shift the "no program" baseline. As `connect4 prog 42 at /sys/fs/cgroup`.
     pub fn foreign_programs(&self) -> Vec<String> {
         let mut dirs: Vec<&Path> = Vec::new();
-        for c in [&self.free.path, &self.attach.path] {
+        for c in [&self.free.path, &self.attach().path] {
             for a in c.ancestors().skip(1) {
                 if !egress_agent::sys::mounts::is_cgroup2(a) {
                     break;
@@ -216,10 +195,17 @@ impl EnforcerLab {
         out
     }
 
-    /// Makes another cgroup next to the bench's (outside the enforcer's subtree), removed with
-    /// the lab.
-    pub fn extra_cgroup(&mut self, path: &Path) -> Result<Cgroup> {
-        self.cgroups.make(path)
+    /// Makes another cgroup next to the "no program" ones (outside the enforcer's subtree),
+    /// removed with the lab.
+    pub fn free_cgroup(&self, name: &str) -> Cgroup {
+        self.free_tree.child(name)
+    }
+
+    /// Makes another cgroup subtree of the harness's, `<cgroup2>/egress-test-<name>-<pid>`
+    /// (outside the enforcer's), removed with the lab.
+    pub fn extra_tree(&mut self, name: &str) -> &CgroupTree {
+        self.extra.push(CgroupTree::create(name));
+        self.extra.last().expect("just pushed")
     }
 }
 

@@ -12,24 +12,25 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use egress_agent::sys::bpf::CgroupAttachType;
+use egress_tests::{
+    command::run_ok, interrupt, net::TcpSink, placement::Placement, udp_drain::UdpDrain,
+};
 use serde_json::json;
 
-use super::note;
-use super::{
-    Section, Target,
+use crate::{
+    bpf_stats::{BpfStats, prog_stats},
     client::{ClientReport, Op, SideReport},
-    env::{BpfStats, Placement, TcpSink, UdpSink, prog_stats, run_ok},
     floor::{Floor, FloorProgram},
     lab::{EnforcerLab, attached_program},
+    note,
+    report::{Section, Target},
     stats::{self, Ratio},
 };
-use crate::sys;
 
 /// Where the sinks of part 1 listen.
 const SINK_IP: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
@@ -64,7 +65,7 @@ pub struct Load {
     pub settle: usize,
 }
 
-/// Runs the client (`xtask bench client`) once, starting in side A; fails if any operation
+/// Runs the client (`egress-bench client`) once, starting in side A; fails if any operation
 /// failed.
 pub fn run_client(
     exe: &Path,
@@ -73,8 +74,12 @@ pub fn run_client(
     b: Option<&SideSpec>,
     load: Load,
 ) -> Result<ClientReport> {
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench", "client", op.arg()]);
+    let mut cmd = Placement {
+        cgroup: Some(a.cgroup.clone()),
+        netns: a.netns.clone(),
+    }
+    .command(exe);
+    cmd.args(["client", op.arg()]);
     for (prefix, s) in [("a", Some(a)), ("b", b)] {
         let Some(s) = s else { continue };
         cmd.arg(format!("--{prefix}-cgroup")).arg(&s.cgroup);
@@ -91,11 +96,6 @@ pub fn run_client(
         .arg(load.warmup.to_string())
         .arg("--settle")
         .arg(load.settle.to_string());
-    Placement {
-        cgroup: Some(a.cgroup.clone()),
-        netns: a.netns.clone(),
-    }
-    .apply(&mut cmd)?;
     let total = (load.batch + load.settle) * load.batches * 2 + load.warmup * 2;
     // Generous: an operation takes microseconds; a stuck run is killed.
     let timeout = Duration::from_secs(60) + Duration::from_millis(total as u64);
@@ -283,18 +283,12 @@ pub fn setups(o: &Opts) -> Vec<Setup> {
 type ProgNs = Vec<[Option<(f64, u64)>; 2]>;
 
 pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
-    let tcp_sink = TcpSink::bind(SocketAddr::new(IpAddr::V4(SINK_IP), 0), None)?;
-    let udp_sink = UdpSink::bind(SocketAddr::new(IpAddr::V4(SINK_IP), 0))?;
-    let free_parent = lab
-        .free
-        .path
-        .parent()
-        .context("the free cgroup has a parent")?
-        .to_owned();
+    let tcp_sink = TcpSink::bind(IpAddr::V4(SINK_IP));
+    let udp_sink = UdpDrain::bind(SocketAddr::new(IpAddr::V4(SINK_IP), 0))?;
     let hooks = [CgroupAttachType::Connect4, CgroupAttachType::Sendmsg4];
-    let floor_cgroup = lab.extra_cgroup(&free_parent.join("floor"))?;
+    let floor_cgroup = lab.free_cgroup("floor");
     let _floor = Floor::attach(&floor_cgroup.path, FloorProgram::Empty, &hooks)?;
-    let floor_id_cgroup = lab.extra_cgroup(&free_parent.join("floor-cgroup-id"))?;
+    let floor_id_cgroup = lab.free_cgroup("floor-cgroup-id");
     let _floor_id = Floor::attach(&floor_id_cgroup.path, FloorProgram::CgroupId, &hooks)?;
     let mut b = Bench {
         lab,
@@ -313,7 +307,7 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
         note(&format!("connect: round {}/{}", round + 1, o.rounds));
         for i in stats::rotation(n, round) {
             for (k, op) in [Op::TcpConnect, Op::UdpSendto].into_iter().enumerate() {
-                sys::check_interrupted()?;
+                interrupt::check()?;
                 res[k][i].push(b.paired(setups[i], op)?);
             }
         }
@@ -349,7 +343,7 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, o: &Opts) -> Result<Section> {
                 _ => ids,
             };
             for (k, op) in [Op::TcpConnect, Op::UdpSendto].into_iter().enumerate() {
-                sys::check_interrupted()?;
+                interrupt::check()?;
                 let (t0, n0) = prog_stats(ids[k])?;
                 b.single(*s, op)?;
                 let (t1, n1) = prog_stats(ids[k])?;

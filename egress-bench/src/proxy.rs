@@ -8,7 +8,7 @@
 //!   from the cgroup without any program (the blog polices with networks, not programs).
 //!
 //! The unloaded connect + request + close cycle is measured with the paired client of part 1
-//! (`xtask bench client http-cycle`): batches alternate between direct without a program and
+//! (`egress-bench client http-cycle`): batches alternate between direct without a program and
 //! the path compared, so the ratio is taken in the same moments of this shared machine (wrk's
 //! runs of seconds, one path after the other, cannot resolve a few per cent here).
 //!
@@ -31,16 +31,22 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 
-use super::note;
-use super::{
-    Section, Target,
+use egress_tests::{
+    command::run_captured,
+    daemon::{Daemon, wait_listening},
+    interrupt,
+    placement::Placement,
+    tools,
+};
+
+use crate::{
     client::{ClientReport, Op, SideReport},
     connect::{Load, SideSpec, run_client},
-    env::{Daemon, Placement, require_tool, run_captured, wait_listening},
     lab::EnforcerLab,
+    note,
+    report::{Section, Target},
     stats::{self, Ratio},
 };
-use crate::sys;
 
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(127, 77, 1, 1);
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 77, 1, 2);
@@ -61,15 +67,15 @@ pub struct Opts {
 }
 
 pub fn check_tools() -> Result<()> {
-    require_tool("nginx", "nginx", "the nginx proxy comparison")?;
+    tools::require("nginx", "nginx", "the nginx proxy comparison")?;
     if !Path::new(STREAM_MODULE).exists() {
         bail!(
             "{STREAM_MODULE} is missing; the nginx proxy comparison needs nginx's stream module: \
              apt-get install -y --no-install-recommends libnginx-mod-stream"
         );
     }
-    require_tool("wrk", "wrk", "the nginx proxy comparison")?;
-    require_tool("iperf3", "iperf3", "the nginx proxy comparison")?;
+    tools::require("wrk", "wrk", "the nginx proxy comparison")?;
+    tools::require("iperf3", "iperf3", "the nginx proxy comparison")?;
     Ok(())
 }
 
@@ -264,7 +270,7 @@ impl Bench<'_> {
     }
 
     fn wrk(&self, p: Path3, close: bool) -> Result<Wrk> {
-        let mut cmd = Command::new("wrk");
+        let mut cmd = self.place(p).command("wrk");
         cmd.args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
             .arg(format!("-d{}s", self.o.seconds))
             .arg("--latency");
@@ -272,7 +278,6 @@ impl Bench<'_> {
             cmd.args(["-H", "Connection: close"]);
         }
         cmd.arg(format!("http://{}:{HTTP_PORT}/small.txt", p.target()));
-        self.place(p).apply(&mut cmd)?;
         let out = run_captured(&mut cmd, Duration::from_secs(self.o.seconds + 60))?;
         if !out.status.success() {
             bail!("wrk failed ({}): {}{}", out.status, out.stderr, out.stdout);
@@ -281,12 +286,11 @@ impl Bench<'_> {
     }
 
     fn iperf(&self, p: Path3) -> Result<f64> {
-        let mut cmd = Command::new("iperf3");
+        let mut cmd = self.place(p).command("iperf3");
         cmd.arg("-c")
             .arg(p.target().to_string())
             .args(["-p", &IPERF_PORT.to_string(), "-J", "-t"])
             .arg(self.o.seconds.to_string());
-        self.place(p).apply(&mut cmd)?;
         let out = run_captured(&mut cmd, Duration::from_secs(self.o.seconds + 60))?;
         let v: serde_json::Value = serde_json::from_str(&out.stdout)
             .with_context(|| format!("iperf3 printed no JSON: {}{}", out.stdout, out.stderr))?;
@@ -436,7 +440,7 @@ pub fn run(lab: &mut EnforcerLab, exe: &Path, dir: &Path, o: &Opts) -> Result<Se
         let mut this: [Round; 4] = Default::default();
         for test in 0..3 {
             for i in stats::rotation(4, round) {
-                sys::check_interrupted()?;
+                interrupt::check()?;
                 for d in [&mut upstream, &mut proxy, &mut iperf] {
                     d.check_alive()?;
                 }
