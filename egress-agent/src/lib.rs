@@ -29,9 +29,3 @@ pub mod reconcile;
 pub mod resolver;
 pub mod status;
 pub mod sys;
-
-pub use egress_common::container;
-pub use egress_policy::{image_ref, labels, policy, policy_file};
-// The observer's modules at their old paths, for code not moved over yet.
-pub(crate) use observe::kernel_log;
-pub use observe::{denials as denial_log, events};

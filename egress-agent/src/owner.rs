@@ -18,12 +18,12 @@ use tracing::{error, warn};
 use std::path::PathBuf;
 
 use crate::{
-    container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerError, Stats},
-    events::{EgressEvent, Record},
-    policy::{Policy, Rule},
+    observe::events::{EgressEvent, Record},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Policy, Rule};
 
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
 /// counted).

@@ -17,7 +17,6 @@ use crate::{
         layout::{self, PinDir, PinnedState},
         read_stats, read_view,
     },
-    policy::mode_name,
     sys::{
         bpf::{CgroupAttachType, attached_programs},
         cgroup,
@@ -25,6 +24,7 @@ use crate::{
         mounts,
     },
 };
+use egress_policy::policy::mode_name;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

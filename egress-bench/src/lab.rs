@@ -24,9 +24,9 @@ use std::{
 use anyhow::{Context, Result};
 use egress_agent::{
     enforcer::{Enforcer, EnforcerConfig},
-    policy::{Mode, Policy, Rule},
     sys::bpf::{CgroupAttachType, attached_programs},
 };
+use egress_policy::policy::{Mode, Policy, Rule};
 use egress_tests::{
     bpf::PinGuard,
     cgroup::{Cgroup, CgroupTree},

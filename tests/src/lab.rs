@@ -9,12 +9,12 @@ use std::{
 };
 
 use egress_agent::{
-    container::ContainerId,
     enforcer::{Applied, Enforcer, EnforcerConfig, OpenReport, Stats},
-    events::EgressEvent,
+    observe::events::EgressEvent,
     owner::{self, EnforcerHandle},
-    policy::{Mode, Policy, parse_ip_entries},
 };
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Mode, Policy, parse_ip_entries};
 use tokio::{runtime::Runtime, sync::broadcast};
 
 use crate::{

@@ -34,13 +34,13 @@ use std::{
 
 use egress_agent::{
     cli::LogFormat,
-    container::ContainerId,
     docker::{
         cgroup_path::{self, CgroupDriver},
         watch::{self, ContainerInfo, DockerEvent},
     },
     sys::{cgroup, mounts},
 };
+use egress_common::container::ContainerId;
 use egress_tests::e2e::PrivateDockerd;
 use tokio::{
     sync::{mpsc, oneshot},

@@ -7,7 +7,7 @@
 
 use std::{fs, net::SocketAddr, thread, time::Duration};
 
-use egress_agent::denial_log::DEFAULT_CAPACITY;
+use egress_agent::observe::denials::DEFAULT_CAPACITY;
 use egress_tests::{
     agent::Agent,
     lab::Lab,

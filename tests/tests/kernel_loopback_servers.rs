@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use egress_agent::policy::{Mode, Policy, parse_ip_entries};
+use egress_policy::policy::{Mode, Policy, parse_ip_entries};
 use egress_tests::{
     lab::Lab,
     net::TcpSink,

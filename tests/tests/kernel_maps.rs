@@ -20,10 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_agent::{
-    enforcer::keys::{RuleKey, encode, lpm},
-    policy::{Mode, parse_ip_entry},
-};
+use egress_agent::enforcer::keys::{RuleKey, encode, lpm};
 use egress_common::{
     container::ContainerKey,
     event::Reason,
@@ -31,6 +28,7 @@ use egress_common::{
     policy::{CgroupPolicy, Mode as PolicyMode},
     rule::{Ip4RuleKey, RuleValue},
 };
+use egress_policy::policy::{Mode, parse_ip_entry};
 use egress_tests::{
     agent,
     bpf::{PinnedMap, bytes_of},

@@ -18,10 +18,12 @@ pub use self::policy_spec::{PolicySpec, SpecError, parse_policy_spec};
 use crate::{
     cli::{DockerMode, RunArgs, Unclassified},
     host::{Host, HostError},
-    labels::Capabilities,
-    policy_file::{FileError, PolicyFile},
     resolver::RefreshConfig,
     resolver::{ResolverError, parse_dns_server},
+};
+use egress_policy::{
+    labels::Capabilities,
+    policy_file::{FileError, PolicyFile},
 };
 
 /// A configuration that cannot be used, naming the flag and the value.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::policy::{EntryError, Mode, Policy, UnknownMode, parse_ip_entries, parse_mode};
+use egress_policy::policy::{EntryError, Mode, Policy, UnknownMode, parse_ip_entries, parse_mode};
 
 /// A `--policy` argument, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

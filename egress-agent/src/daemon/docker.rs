@@ -15,10 +15,10 @@ use crate::{
     docker::watch,
     host,
     owner::EnforcerHandle,
-    policy_file::PolicyFile,
     reconcile::{self, ReconcileConfig, Reconciler, index::SharedIndex, resolvers},
     resolver::{DnsClient, ResolverService, ServiceConfig},
 };
+use egress_policy::policy_file::PolicyFile;
 
 /// Whether the agent follows Docker in `mode`, logged with the reason for `auto`.
 pub fn follows(mode: DockerMode, host: &str) -> bool {

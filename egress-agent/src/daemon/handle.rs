@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::{
+use egress_policy::{
     labels::Capabilities,
     policy_file::{FileError, PolicyFile},
 };

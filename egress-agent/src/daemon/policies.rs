@@ -9,9 +9,9 @@ use tracing::{info, warn};
 use crate::{
     config::PolicySpec,
     owner::EnforcerHandle,
-    policy::mode_name,
     sys::{cgroup, kernel_path::KernelPath},
 };
+use egress_policy::policy::mode_name;
 
 /// Applies every `--policy`. A cgroup outside `attach_cgroup` is refused: no program would
 /// judge it.

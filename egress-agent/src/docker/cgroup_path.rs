@@ -32,13 +32,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{
-    container::ContainerId,
-    sys::{
-        cgroup::{self, CgroupId},
-        kernel_path::KernelPath,
-    },
+use crate::sys::{
+    cgroup::{self, CgroupId},
+    kernel_path::KernelPath,
 };
+use egress_common::container::ContainerId;
 
 /// How dockerd names its containers' cgroups (`docker info`'s `CgroupDriver`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -19,7 +19,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bollard::{Docker, errors::Error as BollardError};
 use tracing::debug;
 
-use crate::labels::ImageLabels;
+use egress_policy::labels::ImageLabels;
 
 /// Images whose labels are cached.
 pub const CACHE_CAPACITY: u64 = 512;

@@ -106,7 +106,8 @@ use super::{
     images::ImageLabelReader,
     privileges::{MountInfo, Privileges},
 };
-use crate::{container::ContainerId, labels::ImageLabels, policy_file::ContainerLabels};
+use egress_common::container::ContainerId;
+use egress_policy::{labels::ImageLabels, policy_file::ContainerLabels};
 
 /// The socket used when `DOCKER_HOST` is not set (with the host root `/`).
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";

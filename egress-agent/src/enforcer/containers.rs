@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, btree_map};
 
-use crate::container::ContainerId;
+use egress_common::container::ContainerId;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ContainerTable {

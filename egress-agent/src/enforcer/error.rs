@@ -6,13 +6,11 @@ use std::{fmt, path::PathBuf};
 use aya::maps::MapError;
 
 use super::{ids::NoFreeId, layout};
-use crate::{
-    container::ContainerId,
-    sys::{
-        cgroup::{self, CgroupId},
-        mounts,
-    },
+use crate::sys::{
+    cgroup::{self, CgroupId},
+    mounts,
 };
+use egress_common::container::ContainerId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforcerError {

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use egress_common::policy::NO_RULES_POLICY_ID;
 
-use crate::{container::ContainerId, policy::Rule, sys::cgroup::CgroupId};
+use crate::sys::cgroup::CgroupId;
+use egress_common::container::ContainerId;
+use egress_policy::policy::Rule;
 
 /// Something of a removed policy that a failed delete left in the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,7 +133,7 @@ fn successor(id: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_ip_entry;
+    use egress_policy::policy::parse_ip_entry;
 
     fn rule(s: &str) -> Leftover {
         Leftover::Rule(parse_ip_entry(s).unwrap().unwrap())

@@ -81,16 +81,14 @@ pub use self::{
     error::{EnforcerError, FailedClosed, Owner},
     state::{MapRefs, PinnedView, Stats, read as read_view, read_stats, reason_name},
 };
-use crate::{
-    container::ContainerId,
-    policy::{Policy, Rule},
-    sys::{
-        cgroup::{self, CgroupId},
-        cgroup_kill,
-        kernel_path::KernelPath,
-        mounts,
-    },
+use crate::sys::{
+    cgroup::{self, CgroupId},
+    cgroup_kill,
+    kernel_path::KernelPath,
+    mounts,
 };
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Policy, Rule};
 
 /// The eBPF object built by `build.rs` from `egress-ebpf`.
 /// (`egress_toolchain::EBPF_BIN` is its name.)
@@ -255,7 +253,7 @@ impl Enforcer {
             .default_map_pin_directory(pin.maps())
             .load(EBPF_OBJECT)?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => crate::kernel_log::spawn(logger),
+            Ok(logger) => crate::observe::kernel_log::spawn(logger),
             Err(e) => debug!("no kernel-side log: {e}"),
         }
 

@@ -17,7 +17,8 @@ use egress_common::{
 use tracing::{debug, error, warn};
 
 use super::{BPF_EXIST, Enforcer, Owner, remove_cgroup_entry};
-use crate::{container::ContainerId, events::CgroupNotice, sys::cgroup};
+use crate::{observe::events::CgroupNotice, sys::cgroup};
+use egress_common::container::ContainerId;
 
 impl Enforcer {
     /// Acts on one notice of the tracepoint.

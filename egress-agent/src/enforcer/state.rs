@@ -18,11 +18,9 @@ use egress_common::{
 };
 
 use super::{Applied, keys};
-use crate::{
-    container::ContainerId,
-    policy::{Mode, Policy, Rule},
-    sys::cgroup::CgroupId,
-};
+use crate::sys::cgroup::CgroupId;
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Mode, Policy, Rule};
 
 /// Policies, their owners and stray rules found in the maps.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

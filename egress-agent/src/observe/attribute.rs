@@ -14,9 +14,9 @@ use egress_common::policy::NO_RULES_POLICY_ID;
 
 use super::events::EgressEvent;
 use crate::{
-    container::ContainerId, docker::cgroup_path, host::Host, owner::WeakEnforcerHandle,
-    reconcile::index::SharedIndex,
+    docker::cgroup_path, host::Host, owner::WeakEnforcerHandle, reconcile::index::SharedIndex,
 };
+use egress_common::container::ContainerId;
 
 /// Who owns a policy id (the enforcer knows; a test can tell it too).
 pub trait PolicyOwners {

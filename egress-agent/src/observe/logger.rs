@@ -14,7 +14,8 @@ use super::{
     denials::{Decision, RateLimiter},
     events::{EgressEvent, protocol_name},
 };
-use crate::{container::ContainerId, reconcile::index::SharedIndex};
+use crate::reconcile::index::SharedIndex;
+use egress_common::container::ContainerId;
 
 /// One log line for an event (`$level` is `warn` or `info`).
 macro_rules! log_egress {

@@ -7,10 +7,10 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{
+use crate::resolver::normalize_domain;
+use egress_policy::{
     labels::Classification,
     policy::{Mode, Policy, Rule, mode_name},
-    resolver::normalize_domain,
 };
 
 /// The allowed domains of a classification, as the resolver keys them (normalized); none
@@ -78,7 +78,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::labels::{Capabilities, classify};
+    use egress_policy::labels::{Capabilities, classify};
 
     fn class(pairs: &[(&str, &str)]) -> Classification {
         let labels: HashMap<String, String> = pairs
@@ -89,7 +89,7 @@ mod tests {
     }
 
     fn rule(s: &str) -> Rule {
-        crate::policy::parse_ip_entry(s).unwrap().unwrap()
+        egress_policy::policy::parse_ip_entry(s).unwrap().unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -21,13 +21,13 @@ use egress_common::maps;
 
 use super::{MapWriter, NameResolver};
 use crate::{
-    container::ContainerId,
     enforcer::{EnforcerError, FailedClosed, Owner},
     owner::CommandError,
-    policy::{Policy, Rule},
     resolver::{AddOutcome, FirstAnswer, ResolverError, normalize_domain},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Policy, Rule};
 
 /// Which map a container's writes find full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

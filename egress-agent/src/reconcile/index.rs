@@ -8,7 +8,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::{container::ContainerId, sys::cgroup::CgroupId};
+use crate::sys::cgroup::CgroupId;
+use egress_common::container::ContainerId;
 
 /// A container as logs show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -54,17 +54,19 @@ use tracing::{debug, error, info, warn};
 
 use self::index::{ContainerMeta, SharedIndex};
 use crate::{
-    container::ContainerId,
     docker::{
         cgroup_path::{self, CgroupDriver},
         privileges,
         watch::{ContainerInfo, DockerEvent},
     },
+    resolver::{DomainUpdate, FirstAnswer, ResolverHandle},
+    sys::{cgroup::CgroupId, kernel_path::KernelPath},
+};
+use egress_common::container::ContainerId;
+use egress_policy::{
     labels::{Capabilities, Classification},
     policy::{Policy, Rule, mode_name},
     policy_file::PolicyFile,
-    resolver::{DomainUpdate, FirstAnswer, ResolverHandle},
-    sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
 
 /// Fixed inputs of the reconciler.
@@ -301,8 +303,11 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
     /// The classification of a container, labels (the image's may only make it stricter) and
     /// policy file combined; image labels set aside are logged when the classification changes.
     fn classify(&self, info: &ContainerInfo) -> Classification {
-        let verdict =
-            crate::policy_file::judge(self.policy_file.as_ref(), &info.labelled(), self.cfg.caps);
+        let verdict = egress_policy::policy_file::judge(
+            self.policy_file.as_ref(),
+            &info.labelled(),
+            self.cfg.caps,
+        );
         if self
             .containers
             .get(&info.id)
@@ -456,7 +461,8 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
     /// wider shares its network namespace, and what keeps it from being enforceable.
     fn policy_of(&self, id: &ContainerId, t: &Tracked) -> Option<Policy> {
         let (mode, rules) = self.rules_of(t)?;
-        let loopback = mode == crate::policy::Mode::Enforce && self.own_loopback(id, t, &rules);
+        let loopback =
+            mode == egress_policy::policy::Mode::Enforce && self.own_loopback(id, t, &rules);
         Some(
             Policy::new(mode, rules)
                 .with_loopback(loopback)
@@ -465,7 +471,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
     }
 
     /// Mode and rules of a tracked container; None if it is not policed.
-    fn rules_of(&self, t: &Tracked) -> Option<(crate::policy::Mode, BTreeSet<Rule>)> {
+    fn rules_of(&self, t: &Tracked) -> Option<(egress_policy::policy::Mode, BTreeSet<Rule>)> {
         if matches!(t.class, Classification::Unpoliced) {
             return None;
         }
@@ -494,7 +500,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             .iter()
             .filter(|(other, o)| *other != id && self.netns_owner(other, &o.info) == Some(ns))
             .all(|(_, o)| match self.rules_of(o) {
-                Some((crate::policy::Mode::Enforce, theirs)) => theirs.is_subset(rules),
+                Some((egress_policy::policy::Mode::Enforce, theirs)) => theirs.is_subset(rules),
                 _ => false,
             })
     }

@@ -17,10 +17,9 @@ use tokio::{
 };
 
 use super::{MapWriter, NameResolver, Reconciler};
-use crate::{
-    container::ContainerId, docker::watch::DockerEvent, policy::Policy, policy_file::PolicyFile,
-    resolver::DomainUpdate,
-};
+use crate::{docker::watch::DockerEvent, resolver::DomainUpdate};
+use egress_common::container::ContainerId;
+use egress_policy::{policy::Policy, policy_file::PolicyFile};
 
 /// Most domain updates taken together in one reconciliation.
 pub const MAX_DOMAIN_BATCH: usize = 4096;

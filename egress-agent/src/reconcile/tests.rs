@@ -19,16 +19,18 @@ use super::{
     index::SharedIndex,
 };
 use crate::{
-    container::ContainerId,
     docker::{
         cgroup_path::{self, CgroupDriver},
         privileges::Privileges,
         watch::{ContainerInfo, DockerEvent},
     },
+    resolver::DomainUpdate,
+};
+use egress_common::container::ContainerId;
+use egress_policy::{
     labels::{Capabilities, ImageLabels},
     policy::{Mode, Policy, Rule, parse_ip_entries},
     policy_file::PolicyFile,
-    resolver::DomainUpdate,
 };
 
 /// The host's resolv.conf server every bridged container may reach on port 53.
@@ -151,7 +153,7 @@ fn rules_of(rig: &Rig, n: u8) -> BTreeSet<Rule> {
 }
 
 fn rule(s: &str) -> Rule {
-    crate::policy::parse_ip_entry(s).unwrap().unwrap()
+    egress_policy::policy::parse_ip_entry(s).unwrap().unwrap()
 }
 
 fn update(domain: &str, ips: &[&str]) -> DomainUpdate {

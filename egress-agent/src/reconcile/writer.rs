@@ -5,11 +5,11 @@
 use std::future::Future;
 
 use crate::{
-    container::ContainerId,
     owner::{CommandError, EnforcerHandle},
-    policy::{Policy, Rule},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
+use egress_common::container::ContainerId;
+use egress_policy::policy::{Policy, Rule};
 
 /// The map writes of the reconciler. Each call returns once the write is in the maps (or has
 /// failed: a policy that does not fit fails closed in the kernel and comes back as

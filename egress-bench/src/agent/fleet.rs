@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Result;
-use egress_agent::container::ContainerId;
+use egress_common::container::ContainerId;
 use egress_tests::{
     cgroup::remove_tree,
     command::run_ok,
@@ -37,7 +37,7 @@ pub type Labels = [(String, String)];
 
 /// An `egress.allow` label.
 pub fn allow(entries: String) -> Vec<(String, String)> {
-    vec![(egress_agent::labels::ALLOW_LABEL.to_owned(), entries)]
+    vec![(egress_policy::labels::ALLOW_LABEL.to_owned(), entries)]
 }
 
 pub struct Fleet {

@@ -8,20 +8,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use egress_agent::{
-    container::ContainerId,
-    enforcer::{
-        keys::{RuleKey, encode},
-        layout::PinDir,
-    },
-    policy::Rule,
+use egress_agent::enforcer::{
+    keys::{RuleKey, encode},
+    layout::PinDir,
 };
+use egress_common::container::ContainerId;
 use egress_common::{
     container::ContainerKey,
     maps,
     policy::CgroupPolicy,
     rule::{Ip4RuleKey, RuleValue},
 };
+use egress_policy::policy::Rule;
 
 /// The agent's pinned maps, read from the bench.
 pub struct Maps {

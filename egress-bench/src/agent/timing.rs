@@ -13,11 +13,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use egress_agent::{container::ContainerId, policy::Rule};
+use egress_common::container::ContainerId;
 use egress_common::{
     container::ContainerKey,
     policy::{CgroupPolicy, FLAG_UNCLASSIFIED},
 };
+use egress_policy::policy::Rule;
 use egress_tests::interrupt;
 
 use super::{
