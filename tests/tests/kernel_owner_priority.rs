@@ -15,8 +15,8 @@ use std::{
 use egress_agent::{
     enforcer::{Enforcer, EnforcerConfig},
     owner,
-    policy::{Mode, Policy, Rule, parse_ip_entries},
 };
+use egress_policy::policy::{Mode, Policy, Rule, parse_ip_entries};
 use egress_tests::lab::{Lab, container_id};
 
 /// Bulk rewrites queued before the incremental write (far more than the bulk queue holds).
