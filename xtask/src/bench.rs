@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
-    cargo, docker,
+    cargo, lab,
     packages::{self, Need},
     say, sys, target_dir,
 };
@@ -104,7 +104,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut preflight = bench_cmd();
     preflight.arg("--preflight");
     finish(preflight)?;
-    sys::ensure_kernel_fs()?;
     let agent = if plan.quick {
         built.remove("egress-agent")
     } else {
@@ -112,16 +111,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .remove("egress-agent")
     }
     .context("cargo built no egress-agent")?;
+    let lab_bin = lab::Lab::Built(
+        built
+            .remove("egress-lab")
+            .context("cargo built no egress-lab")?,
+    );
+    lab::kernel_fs(&lab_bin)?;
     let mut cmd = bench_cmd();
     cmd.env("EGRESS_AGENT_BIN", &agent);
     if !plan.agent {
         return finish(cmd);
     }
-    let lab = built
-        .remove("egress-lab")
-        .context("cargo built no egress-lab")?;
-    let dockerd = docker::up(docker::Lab::Built(lab))?;
-    cmd.env("EGRESS_TEST_IMAGE", docker::TEST_IMAGE)
+    let dockerd = lab::up(lab_bin)?;
+    cmd.env("EGRESS_TEST_IMAGE", lab::TEST_IMAGE)
         .env("DOCKER_HOST", &dockerd.host);
     let res = finish(cmd);
     // A dockerd this run started stops after the bench, whatever the bench did.

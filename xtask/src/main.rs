@@ -5,8 +5,8 @@
 
 mod bench;
 mod cargo;
-mod docker;
 mod ebpf;
+mod lab;
 mod packages;
 mod sys;
 mod test;
@@ -63,9 +63,9 @@ fn main() -> ExitCode {
         Task::BuildEbpf { out } => ebpf::build(out).map(|obj| println!("{}", obj.display())),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
-        Task::DockerCheck => docker::check(),
+        Task::DockerCheck => lab::check(),
         Task::AyaBuild => ebpf::aya_build_inner(),
-        Task::StopDockerd => docker::stop_leftover(),
+        Task::StopDockerd => lab::stop_leftover(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

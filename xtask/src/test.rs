@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command that builds everything and runs every test.
 //!
-//! Steps: root check; the Debian packages the tests need (installed if missing); cgroup v2,
-//! bpffs and tracefs; the eBPF toolchain pieces (the pinned nightly included); build the agent
+//! Steps: root check; the Debian packages the tests need (installed if missing); the eBPF
+//! toolchain pieces (the pinned nightly included); build the agent
 //! and the test binaries; unit tests; then (with `--with-docker`) dockerd and the test image;
 //! then the privileged tests, one at a time. A dockerd this command started is stopped and its
 //! host changes undone when it ends, also on Ctrl-C.
@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
-    cargo, docker, ebpf,
+    cargo, ebpf, lab,
     packages::{self, Need},
     say, sys,
 };
@@ -49,8 +49,6 @@ pub fn run(args: TestArgs) -> Result<()> {
         needs.push(Need::Docker);
     }
     packages::ensure(&needs)?;
-    let cg2 = sys::ensure_kernel_fs()?;
-    say(&format!("cgroup v2 at {}", cg2.display()));
 
     let prepared = ebpf::prepare()?;
     say(&format!(
@@ -66,6 +64,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     };
     let agent = exe("egress-agent")?;
     let probe = exe("egress-probe")?;
+    let lab_bin = lab::Lab::Built(exe("egress-lab")?);
+    let cg2 = lab::kernel_fs(&lab_bin)?;
+    say(&format!("cgroup v2 at {}", cg2.display()));
 
     let mut failed: Vec<String> = Vec::new();
 
@@ -87,7 +88,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
 
     let docker_guard = if args.with_docker {
-        Some(docker::up(docker::Lab::Built(exe("egress-lab")?))?)
+        Some(lab::up(lab_bin)?)
     } else {
         None
     };
@@ -111,7 +112,7 @@ pub fn run(args: TestArgs) -> Result<()> {
         );
     if let Some(g) = &docker_guard {
         privileged
-            .env("EGRESS_TEST_IMAGE", docker::TEST_IMAGE)
+            .env("EGRESS_TEST_IMAGE", lab::TEST_IMAGE)
             .env("DOCKER_HOST", &g.host);
     }
     if !cargo::status(privileged)?.success() {

@@ -1,6 +1,7 @@
 //! Finding and making the mounts the agent needs (bpffs, cgroup v2).
 
 use std::{
+    ffi::CStr,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -61,24 +62,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool, MountError> {
             path: default.into(),
             source,
         })?;
-        let src = c"bpf";
-        let target = c"/sys/fs/bpf";
-        // SAFETY: static NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                src.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(MountError::MountBpf {
-                path: default.into(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        mount_fs(c"bpf", c"/sys/fs/bpf").map_err(|source| MountError::MountBpf {
+            path: default.into(),
+            source,
+        })?;
         mounted = true;
     }
     fs::create_dir_all(pin_dir).map_err(|source| MountError::Io {
@@ -99,9 +86,13 @@ pub fn ensure_tracefs() -> Result<(), MountError> {
     if dir.join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
         return Ok(());
     }
-    let fstype = c"tracefs";
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: static NUL-terminated strings; no data argument.
+    mount_fs(c"tracefs", c"/sys/kernel/tracing")
+        .map_err(|source| MountError::MountTracefs { source })
+}
+
+/// `mount -t FSTYPE FSTYPE TARGET`.
+fn mount_fs(fstype: &CStr, target: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
     let rc = unsafe {
         libc::mount(
             fstype.as_ptr(),
@@ -112,9 +103,7 @@ pub fn ensure_tracefs() -> Result<(), MountError> {
         )
     };
     if rc != 0 {
-        return Err(MountError::MountTracefs {
-            source: io::Error::last_os_error(),
-        });
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

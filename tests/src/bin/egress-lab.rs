@@ -1,5 +1,6 @@
-//! `egress-lab`: the shared dockerd of the Docker tests, brought up and down the one way the
-//! harness knows ([`egress_tests::docker::dockerd`]). `cargo xtask test --with-docker`,
+//! `egress-lab`: the host side of the tests — the kernel filesystems, and the shared dockerd of
+//! the Docker tests, brought up and down the one way the harness knows
+//! ([`egress_tests::docker::dockerd`]). `cargo xtask test`, `cargo xtask bench`,
 //! `cargo xtask docker-check` and `cargo xtask stop-dockerd` run it.
 //!
 //! ```text
@@ -8,19 +9,28 @@
 //!                          DOCKER_HOST to use
 //! egress-lab dockerd-down  stop the dockerd recorded there and undo its host changes
 //! egress-lab docker-check  `docker run --rm <image> echo hi` must print `hi`
+//! egress-lab kernel-fs     check cgroup v2, mount bpffs and tracefs if missing (as the agent
+//!                          does); prints the cgroup v2 mount
 //! ```
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use egress_agent::sys::mounts;
 use egress_tests::{
     bins,
     docker::{DEFAULT_IMAGE, Docker, dockerd, image::ensure_busybox_image},
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "egress-lab", about = "The shared dockerd of the Docker tests")]
+#[command(
+    name = "egress-lab",
+    about = "The host side of the tests: kernel filesystems and the shared dockerd"
+)]
 struct Cli {
     /// The cargo target directory (state file and dockerd log). Default: the one this binary
     /// is in.
@@ -42,6 +52,9 @@ enum Cmd {
     DockerdDown,
     /// Run `echo hi` in a container of the test image.
     DockerCheck,
+    /// Check for a cgroup v2 mount, mount bpffs at /sys/fs/bpf and tracefs at
+    /// /sys/kernel/tracing if they are missing; print the cgroup v2 mount.
+    KernelFs,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +88,16 @@ fn run(cli: &Cli) -> Result<()> {
             require_root("dockerd-down")?;
             dockerd::down(&target)
         }
+        Cmd::KernelFs => {
+            require_root("kernel-fs")?;
+            let cg2 = mounts::cgroup2_mount()?;
+            if mounts::ensure_bpffs(Path::new(BPFFS))? {
+                eprintln!("egress-lab: mounted bpffs at {BPFFS}");
+            }
+            mounts::ensure_tracefs()?;
+            println!("{}", cg2.display());
+            Ok(())
+        }
         Cmd::DockerCheck => {
             let said = Docker::new(&host)
                 .try_run(&["run", "--rm", &cli.image, "echo", "hi"])
@@ -91,10 +114,13 @@ fn run(cli: &Cli) -> Result<()> {
     }
 }
 
+/// Where bpffs is mounted when it is missing (the tests' pin directories are below it).
+const BPFFS: &str = "/sys/fs/bpf";
+
 fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} starts or stops dockerd, which needs root: run it with sudo");
+        bail!("{what} changes the host (mounts, dockerd), which needs root: run it with sudo");
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The shared dockerd of the Docker tests, brought up and down by the harness's `egress-lab`
-//! binary (`tests/src/bin/egress-lab.rs`; the logic is `egress_tests::docker::dockerd`, the one
-//! place that starts and stops dockerd). The xtask only runs it: `dockerd-up` uses the daemon on
-//! `/var/run/docker.sock` or starts one (recorded in `target/dockerd.state.json`) and makes the test image;
-//! `dockerd-down` stops the daemon recorded there, if any, and undoes its host changes.
+//! The host side of the tests, done by the harness's `egress-lab` binary
+//! (`tests/src/bin/egress-lab.rs`): the kernel filesystems (`kernel-fs`, [`kernel_fs`]) and the
+//! shared dockerd of the Docker tests (the logic is `egress_tests::docker::dockerd`, the one place
+//! that starts and stops dockerd). The xtask only runs it: `dockerd-up` uses the daemon on
+//! `/var/run/docker.sock` or starts one (recorded in `target/dockerd.state.json`) and makes the
+//! test image; `dockerd-down` stops the daemon recorded there, if any, and undoes its host
+//! changes.
 
 use std::{
     path::PathBuf,
@@ -93,6 +95,16 @@ impl Drop for DockerdGuard {
         {
             say(&format!("error: stopping dockerd: {e:#}"));
         }
+    }
+}
+
+/// `egress-lab kernel-fs`: cgroup v2 is there, bpffs and tracefs are mounted; the cgroup v2
+/// mount.
+pub fn kernel_fs(lab: &Lab) -> Result<PathBuf> {
+    let out = lab.run("kernel-fs")?;
+    match out.lines().last() {
+        Some(l) if !l.is_empty() => Ok(PathBuf::from(l)),
+        _ => bail!("egress-lab kernel-fs printed no cgroup v2 mount"),
     }
 }
 
