@@ -3,8 +3,9 @@
 //! [`fold`] is the one spelling of a name as a key: one final dot dropped, ASCII letters
 //! lowercased, no empty name and no empty DNS label (`Example.COM.` is `example.com`). On top of
 //! it, [`DomainName::parse`] checks the stricter grammar of the `egress.allow` label (RFC 1123
-//! labels, see [`crate::labels`]), and the resolver keys the names it is asked for (it also
-//! takes `_service` labels and converts internationalised names to their `xn--` form).
+//! labels, see [`crate::labels`]), and [`key`] is how the resolver and the policy's desired
+//! state key a name (it also takes `_service` labels and converts internationalised names to
+//! their `xn--` form).
 
 use std::{fmt, str::FromStr};
 
@@ -31,6 +32,27 @@ pub fn fold(s: &str) -> Result<String, DomainError> {
         ));
     }
     Ok(name.to_ascii_lowercase())
+}
+
+/// The key of a domain, as the resolver and the desired state know it: its ASCII (IDNA) form in
+/// lower case without the trailing dot ([`fold`], then IDNA). `Example.COM.` and `example.com`
+/// are the same domain. Addresses, wildcards and names that DNS cannot carry are rejected.
+pub fn key(domain: &str) -> Result<String, DomainError> {
+    let folded = fold(domain.trim())?;
+    if folded.parse::<std::net::IpAddr>().is_ok() {
+        return Err(DomainError("an IP address, not a name".into()));
+    }
+    if folded.contains('*') {
+        return Err(DomainError("wildcards are not supported".into()));
+    }
+    let name =
+        hickory_proto::rr::Name::from_utf8(&folded).map_err(|e| DomainError(e.to_string()))?;
+    let ascii = name.to_lowercase().to_ascii();
+    let key = ascii.strip_suffix('.').unwrap_or(&ascii);
+    if key.is_empty() {
+        return Err(DomainError("empty".into()));
+    }
+    Ok(key.to_owned())
 }
 
 /// A validated domain name: lowercase, without a final dot, RFC 1123 labels.

@@ -8,8 +8,11 @@
 //!   a container from its labels;
 //! - [`image_ref`]: image references and ids, as the policy file's `trusted_images` names them;
 //! - [`policy_file`]: the policy file, and the merge of labels, image labels and its rules into
-//!   what a container gets ([`policy_file::judge`]).
+//!   what a container gets ([`policy_file::judge`]);
+//! - [`desired`]: what that classification asks of the kernel (mode and rules), given the IPs of
+//!   its allowed domains and its DNS servers.
 
+pub mod desired;
 pub mod domain;
 pub mod image_ref;
 pub mod labels;

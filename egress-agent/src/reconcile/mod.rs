@@ -19,9 +19,9 @@
 //! domain updates and policy-file replacements. It writes through a [`MapWriter`] (the owner's
 //! [`crate::owner::EnforcerHandle`]) and resolves through a [`NameResolver`] (the resolver's
 //! [`ResolverHandle`]), so its rules are unit tested on fakes (`fake`, `tests`). What a
-//! classification asks of the kernel is computed by the pure functions of [`desired`].
+//! classification asks of the kernel is computed by the pure functions of
+//! [`egress_policy::desired`].
 
-pub mod desired;
 #[cfg(test)]
 mod fake;
 pub mod index;
@@ -325,7 +325,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
         if changed_class {
             log_classification(&info, &class);
         }
-        let wanted = desired::domains(&class);
+        let wanted = egress_policy::desired::domains(&class);
         let held = self
             .containers
             .get(&id)
@@ -336,7 +336,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             ContainerMeta {
                 name: info.name.clone(),
                 image: info.image.clone(),
-                mode: desired::mode_label(&class).to_owned(),
+                mode: egress_policy::desired::mode_label(&class).to_owned(),
             },
         );
         if let Some(parent) = info
@@ -481,7 +481,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             &t.info.networks,
             &self.cfg.host_resolvers,
         );
-        desired::rules(&t.class, &self.domain_ips, &servers)
+        egress_policy::desired::rules(&t.class, &self.domain_ips, &servers)
     }
 
     /// True if `id` may reach its own loopback: its network namespace is its own (not the

@@ -63,9 +63,7 @@ mod family;
 pub mod schedule;
 mod service;
 
-use std::net::IpAddr;
-
-use hickory_resolver::{net::NetError, proto::rr::Name};
+use hickory_resolver::net::NetError;
 
 pub use dns::{Answer, DnsClient, DnsOptions, parse_dns_server};
 pub use family::{Family, PerFamily};
@@ -106,28 +104,12 @@ pub enum ResolverError {
     Stopped,
 }
 
-/// The key of a domain: its ASCII (IDNA) form in lower case without the trailing dot
-/// ([`egress_policy::domain::fold`], then IDNA). `Example.COM.` and `example.com` are the same
-/// domain. Addresses, wildcards and names that DNS cannot carry are rejected.
+/// The key of a domain ([`egress_policy::domain::key`]), its error naming the domain.
 pub fn normalize_domain(domain: &str) -> Result<String, ResolverError> {
-    let invalid = |reason: &str| ResolverError::InvalidDomain {
+    egress_policy::domain::key(domain).map_err(|e| ResolverError::InvalidDomain {
         domain: domain.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let folded = egress_policy::domain::fold(domain.trim()).map_err(|e| invalid(&e.0))?;
-    if folded.parse::<IpAddr>().is_ok() {
-        return Err(invalid("an IP address, not a name"));
-    }
-    if folded.contains('*') {
-        return Err(invalid("wildcards are not supported"));
-    }
-    let name = Name::from_utf8(&folded).map_err(|e| invalid(&e.to_string()))?;
-    let ascii = name.to_lowercase().to_ascii();
-    let key = ascii.strip_suffix('.').unwrap_or(&ascii);
-    if key.is_empty() {
-        return Err(invalid("empty"));
-    }
-    Ok(key.to_owned())
+        reason: e.0,
+    })
 }
 
 #[cfg(test)]

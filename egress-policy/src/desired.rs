@@ -7,8 +7,8 @@ use std::{
     net::IpAddr,
 };
 
-use crate::resolver::normalize_domain;
-use egress_policy::{
+use crate::{
+    domain,
     labels::Classification,
     policy::{Mode, Policy, Rule, mode_name},
 };
@@ -19,7 +19,7 @@ pub fn domains(class: &Classification) -> BTreeSet<String> {
     match class {
         Classification::Policed(spec) => spec
             .domains()
-            .filter_map(|(d, _)| normalize_domain(d.as_str()).ok())
+            .filter_map(|(d, _)| domain::key(d.as_str()).ok())
             .collect(),
         _ => BTreeSet::new(),
     }
@@ -45,7 +45,7 @@ pub fn rules(
         Classification::Policed(spec) => {
             let mut rules: BTreeSet<Rule> = spec.rules().collect();
             for (name, port) in spec.domains() {
-                let Ok(key) = normalize_domain(name.as_str()) else {
+                let Ok(key) = domain::key(name.as_str()) else {
                     continue;
                 };
                 for ip in domain_ips.get(&key).into_iter().flatten() {
@@ -78,7 +78,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use egress_policy::labels::{Capabilities, classify};
+    use crate::labels::{Capabilities, classify};
 
     fn class(pairs: &[(&str, &str)]) -> Classification {
         let labels: HashMap<String, String> = pairs
@@ -89,7 +89,7 @@ mod tests {
     }
 
     fn rule(s: &str) -> Rule {
-        egress_policy::policy::parse_ip_entry(s).unwrap().unwrap()
+        crate::policy::parse_ip_entry(s).unwrap().unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
