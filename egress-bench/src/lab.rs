@@ -28,8 +28,8 @@ use egress_agent::{
 };
 use egress_policy::policy::{Mode, Policy, Rule};
 use egress_tests::{
-    bpf::PinGuard,
     cgroup::{Cgroup, CgroupTree},
+    pins::PinDir,
 };
 
 /// Entries in each policy of the other policed cgroups.
@@ -56,7 +56,7 @@ pub fn policy_with(allowed: &[SocketAddr], entries: usize) -> Policy {
 
 pub struct EnforcerLab {
     enforcer: Option<Enforcer>,
-    pins: PinGuard,
+    pins: PinDir,
     pub measured: Cgroup,
     pub unpoliced: Cgroup,
     pub free: Cgroup,
@@ -85,7 +85,7 @@ impl EnforcerLab {
         let free_tree = CgroupTree::create("bench-free");
         let free = free_tree.child("client");
         let control = free_tree.child("control");
-        let pins = PinGuard::new("bench");
+        let pins = PinDir::new("bench");
         let cfg = EnforcerConfig {
             pin_dir: pins.path.clone(),
             attach_cgroup: attach_tree.root.path.clone(),

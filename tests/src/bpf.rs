@@ -14,7 +14,6 @@ use std::{
 use egress_agent::sys::bpf::{CgroupAttachType, attached_programs, obj_get};
 
 /// The test's pin directory guard, under its old name.
-pub use crate::pins::PinDir as PinGuard;
 
 /// The program ids the kernel reports attached directly to `cgroup`, per cgroup hook.
 #[track_caller]

@@ -15,8 +15,7 @@ use std::{
     time::Duration,
 };
 
-/// Polls `cond` every millisecond until it holds or the timeout passes (see [`crate::wait`]).
-pub use crate::wait::holds_within as wait_until;
+use crate::wait::holds_within;
 
 /// Backlog of the TCP listeners: large, so that bursts of connects never wait for SYN retries.
 pub const BACKLOG: i32 = 4096;
@@ -125,7 +124,7 @@ impl TcpSink {
 
     /// Waits until at least `n` connections were accepted; false on timeout.
     pub fn wait_accepted(&self, n: usize) -> bool {
-        wait_until(ARRIVAL, || self.accepted() >= n)
+        holds_within(ARRIVAL, || self.accepted() >= n)
     }
 
     /// Asserts that the connection count stays at `n` for [`SETTLE`].
@@ -188,7 +187,7 @@ impl UdpSink {
 
     /// True once `payload` was received (waits up to [`ARRIVAL`]).
     pub fn wait_for(&self, payload: &str) -> bool {
-        wait_until(ARRIVAL, || self.received().iter().any(|p| p == payload))
+        holds_within(ARRIVAL, || self.received().iter().any(|p| p == payload))
     }
 
     /// Asserts that `payload` did not arrive within [`SETTLE`].

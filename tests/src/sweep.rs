@@ -1,5 +1,5 @@
 //! What a killed run left behind: the harness names its cgroups ([`crate::cgroup::CgroupTree`]),
-//! network namespaces ([`crate::netns::NetNs`]) and pin directories ([`crate::bpf::PinGuard`])
+//! network namespaces ([`crate::netns::NetNs`]) and pin directories ([`crate::pins::PinDir`])
 //! `egress-test-<name>-<pid>`; [`leftovers`] removes those whose process is gone. A run that
 //! was killed before its guards could drop would otherwise leave programs attached, cgroups
 //! policed and namespaces behind.

@@ -34,9 +34,10 @@ use egress_tests::{
     bpf::{PinnedMap, bytes_of},
     cgroup::Cgroup,
     lab::{Lab, container_id},
-    net::{TcpSink, V6_LOOPBACK, wait_until},
+    net::{TcpSink, V6_LOOPBACK},
     probe::Probe,
     slots,
+    wait::holds_within,
 };
 
 /// Made-up cgroup ids for filling the cgroup map (real ones are small inode numbers).
@@ -181,7 +182,7 @@ fn a_container_cgroup_that_finds_the_cgroup_map_full_is_frozen_and_killed() {
 
     let cg = lab.cgroup(id.as_str());
     assert!(
-        wait_until(Duration::from_secs(5), || frozen(&cg)),
+        holds_within(Duration::from_secs(5), || frozen(&cg)),
         "the agent did not freeze {} (no room for its entry)",
         cg.path.display()
     );
@@ -255,7 +256,7 @@ fn a_container_cgroup_the_agent_cannot_write_is_frozen_and_its_processes_killed(
         assert!(err.contains(part), "{part:?} missing in: {err}");
     }
     assert!(frozen(&sub), "{} is frozen", sub.path.display());
-    let child_gone = wait_until(Duration::from_secs(5), || sub.procs().is_empty());
+    let child_gone = holds_within(Duration::from_secs(5), || sub.procs().is_empty());
     assert!(child_gone, "the probe in {} was killed", sub.path.display());
     drop(running);
     let _ = fs::remove_file(&stop);
@@ -402,7 +403,7 @@ fn a_container_that_does_not_fit_in_the_container_map_is_denied_not_unpoliced() 
     // Room again: the retry registers it, and unknown containers are allowed again.
     map.delete(bytes_of(&fake(0))).unwrap();
     let mut n = 2;
-    let back = wait_until(Duration::from_secs(10), || {
+    let back = holds_within(Duration::from_secs(10), || {
         // A new unknown container cgroup each time: the default applies at mkdir.
         n += 1;
         let probe_cg = lab.cgroup(container_id(lab.slot, n).as_str());

@@ -35,10 +35,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use egress_tests::{
     agent::{Agent, AgentOpts},
-    bpf::PinGuard,
     cgroup::CgroupTree,
     docker::{Docker, shared_docker_host},
-    interrupt, tools,
+    interrupt,
+    pins::PinDir,
+    tools,
 };
 use serde_json::json;
 
@@ -213,7 +214,7 @@ pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
             .to_string_lossy()
             .into_owned(),
     };
-    let pins = PinGuard::new("bench-agent");
+    let pins = PinDir::new("bench-agent");
     let zone = Zone::start(DNS_IP, o.domains)?;
     let dir = bench_dir();
     let policy_file = dir.join("agent-policy.toml");

@@ -34,7 +34,7 @@ pub mod probes;
 pub mod targets;
 
 pub use crate::{
-    agent::{Agent, Agent as E2eAgent, AgentOpts, DOCKER_READY_TIMEOUT as READY_TIMEOUT},
+    agent::{Agent, AgentOpts, DOCKER_READY_TIMEOUT as READY_TIMEOUT},
     docker::{
         Containers, DEFAULT_DOCKER_HOST, DEFAULT_IMAGE, Docker, DockerdProcess, PrivateDockerd,
         SharedDockerdRestart, dockerd_processes, dockerd_socket, image, ping, shared_docker_host,
