@@ -13,8 +13,6 @@ use std::{
 
 use egress_agent::sys::bpf::{CgroupAttachType, attached_programs, obj_get};
 
-/// The test's pin directory guard, under its old name.
-
 /// The program ids the kernel reports attached directly to `cgroup`, per cgroup hook.
 #[track_caller]
 pub fn attached(cgroup: &Path) -> Vec<(CgroupAttachType, Vec<u32>)> {
