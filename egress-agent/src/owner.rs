@@ -15,10 +15,10 @@ use tokio::{
 };
 use tracing::{error, warn};
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
-    enforcer::{Applied, Enforcer, EnforcerError, Stats},
+    enforcer::{Applied, Enforcer, EnforcerError, Owner, Stats},
     observe::events::{EgressEvent, Record},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
@@ -95,6 +95,12 @@ enum Command {
     AddContainerRules {
         container: ContainerId,
         rules: Vec<Rule>,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    /// Sent through the urgent queue only.
+    SetLearnedRules {
+        owner: Owner,
+        rules: BTreeSet<Rule>,
         reply: oneshot::Sender<Result<bool, EnforcerError>>,
     },
     /// The observer attributes an event to a container by its policy id.
@@ -300,6 +306,24 @@ impl EnforcerHandle {
         Ok(rx.await.map_err(|_| OwnerGone)??)
     }
 
+    /// Replaces what the DNS proxy learned for `owner` (a policed container) with `rules`, now,
+    /// ahead of every command queued in the bulk queue (see [`Enforcer::set_learned_rules`]);
+    /// false if the owner is no policed container.
+    pub async fn set_learned_rules(
+        &self,
+        owner: Owner,
+        rules: BTreeSet<Rule>,
+    ) -> Result<bool, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SetLearnedRules {
+            owner,
+            rules,
+            reply,
+        };
+        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
+        Ok(rx.await.map_err(|_| OwnerGone)??)
+    }
+
     /// What cgroups of containers unknown to the agent get (see
     /// [`Enforcer::set_unclassified_deny`]).
     pub async fn set_unclassified_deny(&self, deny: bool) -> Result<(), CommandError> {
@@ -473,6 +497,13 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
             reply,
         } => {
             let _ = reply.send(enforcer.add_container_rules(&container, &rules));
+        }
+        Command::SetLearnedRules {
+            owner,
+            rules,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_learned_rules(owner, rules));
         }
         Command::ContainerOfPolicy { policy_id, reply } => {
             let _ = reply.send(enforcer.container_of_policy(policy_id));

@@ -38,6 +38,7 @@
 mod attach;
 pub mod containers;
 mod error;
+mod learned;
 pub mod ids;
 pub mod index;
 pub mod layout;
@@ -200,6 +201,8 @@ pub struct Enforcer {
     /// Links of an earlier run with an incompatible layout, still enforcing its policies.
     previous_links: Vec<PathBuf>,
     pin: PinDir,
+    /// What containers' policies were given and what the DNS proxy learned for them.
+    learned: learned::LearnedLayer,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
@@ -307,6 +310,7 @@ impl Enforcer {
             failed_cgroups: BTreeMap::new(),
             previous_links,
             pin,
+            learned: learned::LearnedLayer::default(),
         };
         let (recovered_policies, orphan_rules_removed) = enforcer.recover()?;
         let report = OpenReport {
@@ -1075,7 +1079,8 @@ impl Enforcer {
                     container: Some(container),
                     cgroups,
                 };
-                let written = self.write_policy(owner, policy_id, policy, &targets);
+                let policy = self.learned.with_learned(container, policy);
+                let written = self.write_policy(owner, policy_id, &policy, &targets);
                 if previous == Some(None) {
                     // The tracepoint prefers the container entry written above.
                     if let Err(e) = remove_key(&mut self.maps.unpoliced, &key) {
@@ -1109,6 +1114,7 @@ impl Enforcer {
                     }
                 };
                 self.containers.insert(*container, None);
+                self.learned.forget(container);
                 if let Some(Some(id)) = previous {
                     let mut left = BTreeSet::new();
                     if remove_key(&mut self.maps.containers, &key).is_err() {
@@ -1171,6 +1177,7 @@ impl Enforcer {
         let Some(previous) = self.containers.remove(container) else {
             return Ok(false);
         };
+        self.learned.forget(container);
         let key = container.key();
         let owner = Owner::Container(*container);
         self.failing.retain(|(o, _)| *o != owner);
