@@ -105,6 +105,29 @@ impl Answer {
         wire::encode(&short)
     }
 
+    /// Removes from the client's response every record with an address `allowed` refuses (an
+    /// HTTPS or SVCB record goes whole when one of its hints is refused), and those addresses
+    /// from [`Answer::addrs`] (with the other hints of a removed record); returns how many records went (also counted in `stripped`). For
+    /// addresses the caller could not allow after all, such as those beyond the per-name cap
+    /// ([`crate::learned::Learned::not_held`]). `min_ttl` stays as it was (no later).
+    pub fn retain_addrs(&mut self, mut allowed: impl FnMut(IpAddr) -> bool) -> usize {
+        let before = self.response.answers.len();
+        self.response.answers.retain(|record| {
+            addresses_of(record).is_none_or(|found| found.into_iter().all(&mut allowed))
+        });
+        let kept: Vec<IpAddr> = self
+            .response
+            .answers
+            .iter()
+            .filter_map(addresses_of)
+            .flatten()
+            .collect();
+        self.addrs.retain(|addr| kept.contains(addr));
+        let removed = before - self.response.answers.len();
+        self.stripped += removed;
+        removed
+    }
+
     /// The response for the client, before encoding.
     pub fn response(&self) -> &Message {
         &self.response
@@ -475,6 +498,35 @@ mod tests {
                 ),
             ],
         )
+    }
+
+    #[test]
+    fn addresses_the_caller_refuses_are_removed() {
+        let client = client_query("cdn.test.", RecordType::HTTPS);
+        let message = upstream_response(
+            &client,
+            vec![
+                a("cdn.test.", 5, 1),
+                a("cdn.test.", 5, 2),
+                rec(
+                    "cdn.test.",
+                    5,
+                    RData::HTTPS(HTTPS(svcb_with_hints(".", &[2]))),
+                ),
+                cname("x.test.", 5, "y.test."),
+            ],
+        );
+        let mut answer = check_message(&message, &client).unwrap();
+        assert_eq!(answer.retain_addrs(|addr| addr != v4(2)), 2);
+        assert_eq!(
+            answer.addrs,
+            vec![v4(1)],
+            "the HTTPS record's v6 hint went with it"
+        );
+        assert_eq!(answer.stripped, 2);
+        let r = to_client(&answer, Transport::Tcp);
+        let types: Vec<RecordType> = r.answers.iter().map(Record::record_type).collect();
+        assert_eq!(types, [RecordType::A, RecordType::CNAME]);
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! - [`upstream`]: the query the proxy sends the resolver for a client's question;
 //! - [`answer`]: the resolver's response checked against that question, its CNAME chain, the
 //!   addresses to learn, and the response the client gets (addresses off the chain removed);
-//! - [`tcp`]: the two-byte length prefix of DNS over TCP.
+//! - [`tcp`]: the two-byte length prefix of DNS over TCP;
+//! - [`learned`]: an owner's learned addresses, with their expiry and caps.
 
 pub mod answer;
+pub mod learned;
 pub mod query;
 pub mod reply;
 pub mod tcp;
