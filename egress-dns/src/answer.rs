@@ -666,6 +666,16 @@ mod tests {
         let r = to_client(&answer, Transport::Udp);
         assert!(r.metadata.truncation);
         assert_eq!(r.answers.len(), 1);
+
+        // Truncated upstream and too long for the client: the short form, TC still set.
+        let many: Vec<Record> = (1..=60).map(|i| a("gone.test.", 5, i)).collect();
+        let mut truncated = upstream_response(&client, many);
+        truncated.metadata.truncation = true;
+        let answer = check_message(&truncated, &client).unwrap();
+        let r = to_client(&answer, Transport::Udp);
+        assert!(r.metadata.truncation);
+        assert!(r.answers.is_empty());
+        assert_eq!(to_client(&answer, Transport::Tcp).answers.len(), 60);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! [`parse`] accepts a message with QR=0, opcode QUERY, exactly one question of class IN whose
 //! type is a data type or ANY (not OPT, and no zone transfer: AXFR, IXFR), whose name is not
 //! the root and has only letters, digits, `-` and `_` in its labels, and at most one EDNS
-//! record, of version 0. Anything else is a [`QueryError`], which says why ([`Reason`]), keeps
+//! record, of version 0 (other records the query carries are ignored: nothing of them is
+//! used or forwarded). Anything else is a [`QueryError`], which says why ([`Reason`]), keeps
 //! what could be read of the message (its header, its question) and names the response code
 //! to answer it with ([`QueryError::response_code`]; [`crate::reply::rejection`] builds it).
 

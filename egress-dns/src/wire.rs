@@ -34,11 +34,15 @@ pub(crate) fn encode_within(message: &Message, max: u16) -> Result<Option<Vec<u8
         }
         Err(e) => return Err(e.into()),
     };
-    // The encoder sets TC when a section did not fit whole.
-    if header.metadata.truncation && !message.metadata.truncation {
-        return Ok(None);
-    }
-    Ok(Some(bytes))
+    // A section that did not fit whole is cut short (and TC set): compare the counts.
+    let counts = header.counts;
+    let additionals = message.additionals.len()
+        + usize::from(message.edns.is_some())
+        + usize::from(message.signature.is_some());
+    let whole = usize::from(counts.answers) == message.answers.len()
+        && usize::from(counts.authorities) == message.authorities.len()
+        && usize::from(counts.additionals) == additionals;
+    Ok(whole.then_some(bytes))
 }
 
 /// The proxy's own EDNS record: version 0, UDP size [`EDNS_UDP_SIZE`], no flags, no options.
