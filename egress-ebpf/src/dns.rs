@@ -3,7 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use egress_common::{
-    dns::{DnsOrigin, PROXY_V4, PROXY_V4_MAPPED},
+    dns::{DnsOrigin, PROXY_V4, PROXY_V4_MAPPED, REDIRECT_V6_LOOPBACK},
+    event::Hook,
     policy::{CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
     stats,
@@ -30,12 +31,17 @@ pub enum Outcome {
 }
 
 /// Redirects `dest` (port 53, of a policed cgroup that is neither unclassified nor denied
-/// everything) to the policy's proxy. `v6_socket`: the context is an IPv6 socket's (connect6,
-/// sendmsg6). None for a protocol other than TCP and UDP: judged by the rules.
+/// everything) to the policy's proxy. None for a protocol other than TCP and UDP: judged by the
+/// rules.
+///
+/// The kernel refuses a sendmsg6 whose IPv6 destination a program rewrote to a v4-mapped one
+/// (`udpv6_sendmsg`: ENOTSUPP), so an unconnected UDP send to an IPv6 address needs the proxy
+/// on `[::1]` ([`egress_common::dns::REDIRECT_V6_LOOPBACK`]); without it, it is not ready.
+/// (A v4-mapped destination of an IPv6 UDP socket is sent by `udp_sendmsg`, through sendmsg4.)
 #[inline(always)]
 pub fn redirect(
     ctx: &SockAddrContext,
-    v6_socket: bool,
+    hook: Hook,
     policy: &CgroupPolicy,
     dest: &Dest,
 ) -> Option<Outcome> {
@@ -52,6 +58,13 @@ pub fn redirect(
     let Some(r) = (unsafe { DNS_REDIRECT.get(policy.policy_id) }).copied() else {
         return Some(Outcome::NotReady);
     };
+    let v6_socket = matches!(hook, Hook::Connect6 | Hook::Sendmsg6);
+    if hook == Hook::Sendmsg6
+        && matches!(dest.addr, Addr::V6(_))
+        && r.flags & REDIRECT_V6_LOOPBACK == 0
+    {
+        return Some(Outcome::NotReady);
+    }
     // SAFETY: the helper takes the program's context, which it is.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let origin = match dest.addr {

@@ -45,7 +45,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     } else if policy.flags & FLAG_DENY_ALL != 0 {
         Reason::PolicyNotWritten
     } else if dest.port == DNS_PORT
-        && let Some(outcome) = dns::redirect(ctx, is_v6(hook), &policy, &dest)
+        && let Some(outcome) = dns::redirect(ctx, hook, &policy, &dest)
     {
         match outcome {
             Outcome::Allow => return ALLOW,
@@ -68,12 +68,6 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         Verdict::Audited => ALLOW,
         Verdict::Denied => DENY,
     }
-}
-
-/// True for the hooks of IPv6 sockets.
-#[inline(always)]
-fn is_v6(hook: Hook) -> bool {
-    matches!(hook, Hook::Connect6 | Hook::Sendmsg6)
 }
 
 /// Docker's embedded DNS server, a loopback address that forwards outward.
