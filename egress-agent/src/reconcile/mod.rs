@@ -64,6 +64,7 @@ use crate::{
 };
 use egress_common::container::ContainerId;
 use egress_policy::{
+    dns::DnsMode,
     labels::{Capabilities, Classification},
     policy::{Policy, Rule, mode_name},
     policy_file::PolicyFile,
@@ -325,7 +326,8 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
         if changed_class {
             log_classification(&info, &class);
         }
-        let wanted = egress_policy::desired::domains(&class);
+        // Placeholder until the DNS proxy is wired: the agent's default DNS mode.
+        let wanted = egress_policy::desired::domains(&class, DnsMode::Learn);
         let held = self
             .containers
             .get(&id)
@@ -472,16 +474,8 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
 
     /// Mode and rules of a tracked container; None if it is not policed.
     fn rules_of(&self, t: &Tracked) -> Option<(egress_policy::policy::Mode, BTreeSet<Rule>)> {
-        if matches!(t.class, Classification::Unpoliced) {
-            return None;
-        }
-        let servers = resolvers::container_resolvers(
-            &t.info.dns,
-            &t.info.network_mode,
-            &t.info.networks,
-            &self.cfg.host_resolvers,
-        );
-        egress_policy::desired::rules(&t.class, &self.domain_ips, &servers)
+        // Placeholders until the DNS proxy is wired: nothing learned, the default DNS mode.
+        egress_policy::desired::rules(&t.class, &self.domain_ips, &BTreeSet::new(), DnsMode::Learn)
     }
 
     /// True if `id` may reach its own loopback: its network namespace is its own (not the
