@@ -236,7 +236,12 @@ fn head_below<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
 /// A name of the label grammar as its [`key`].
 fn name_key(s: &str) -> Result<String, DomainError> {
     let name = DomainName::parse(s)?;
-    key(name.as_str())
+    key(name.as_str()).map_err(|e| {
+        DomainError(format!(
+            "not a name DNS can carry (an `xn--` label that does not decode?): {}",
+            e.0
+        ))
+    })
 }
 
 impl fmt::Display for Pattern {
@@ -338,5 +343,7 @@ mod tests {
             assert!(e.contains("needs a domain after it"), "{s}: {e}");
         }
         assert!(Pattern::parse("*.-a.com").unwrap_err().0.contains("`-a`"));
+        let e = Pattern::parse("*.xn--a.example").unwrap_err().0;
+        assert!(e.contains("does not decode"), "{e}");
     }
 }
