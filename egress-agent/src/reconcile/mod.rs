@@ -488,9 +488,6 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
 
     /// Mode and rules of a tracked container; None if it is not policed.
     fn rules_of(&self, t: &Tracked) -> Option<(egress_policy::policy::Mode, BTreeSet<Rule>)> {
-        if matches!(t.class, Classification::Unpoliced) {
-            return None;
-        }
         // Learned addresses are the enforcer's layer of the policy (the DNS proxy writes them).
         egress_policy::desired::rules(
             &t.class,
