@@ -27,11 +27,20 @@
 use std::net::IpAddr;
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
+    op::{Header, Message, MessageType, OpCode, ResponseCode},
     rr::{DNSClass, Name, RData, Record, rdata::svcb::SvcParamValue},
+    serialize::binary::{BinDecodable, BinDecoder},
 };
 
 use crate::{EncodeError, Transport, query::ClientQuery, wire};
+
+/// The id of a resolver's message, read from its header (to hand the message to the query
+/// that waits for it; [`check`] checks the rest). None if not even the header decodes.
+pub fn id_of(bytes: &[u8]) -> Option<u16> {
+    Header::read(&mut BinDecoder::new(bytes))
+        .ok()
+        .map(|h| h.metadata.id)
+}
 
 /// The most CNAME records a chain follows.
 pub const MAX_CNAME_CHAIN: usize = 16;
@@ -294,6 +303,21 @@ fn addresses_of(record: &Record) -> Option<Vec<IpAddr>> {
         }
     }
     hinted.then_some(addrs)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn the_id_is_read_from_the_header_only() {
+        let mut m = Message::query();
+        m.metadata.id = 0xbeef;
+        let bytes = m.to_vec().unwrap();
+        assert_eq!(id_of(&bytes), Some(0xbeef));
+        assert_eq!(id_of(&bytes[..11]), None);
+        assert_eq!(id_of(&[]), None);
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_dns::{EncodeError, Transport, learned::Learned, query::ClientQuery};
+use egress_dns::{
+    EncodeError, Transport,
+    learned::{Limits, Store},
+    query::ClientQuery,
+};
 use egress_policy::{dns::DnsPolicy, policy::Mode, policy::Rule};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
@@ -41,7 +45,7 @@ struct LogLimit {
 
 /// What the container learned and what of it is written.
 struct LearnState {
-    store: Learned,
+    store: Store,
     written: BTreeSet<Rule>,
 }
 
@@ -81,7 +85,11 @@ impl Proxied {
             servers,
             upstream,
             learned: tokio::sync::Mutex::new(LearnState {
-                store: Learned::new(cfg.grace, cfg.max_ips_per_name, cfg.max_names),
+                store: Store::new(Limits {
+                    grace: cfg.grace,
+                    max_addrs_per_name: cfg.max_ips_per_name,
+                    max_names: cfg.max_names,
+                }),
                 written: BTreeSet::new(),
             }),
             log_limit: Mutex::new(LogLimit {
@@ -154,7 +162,7 @@ impl Proxied {
         let answer = forwarded.map_err(|e| e.to_string()).and_then(|(raw, id)| {
             egress_dns::answer::check(&raw, &query, id).map_err(|e| format!("unusable answer: {e}"))
         });
-        let answer = match answer {
+        let mut answer = match answer {
             Ok(a) => a,
             Err(e) => {
                 bump(&self.counters.failed);
@@ -166,7 +174,12 @@ impl Proxied {
             let hold = self.cfg.hold;
             let ttl = answer.min_ttl.unwrap_or(0);
             match tokio::time::timeout(hold, self.learn(&query.key, &answer.addrs, ttl)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(not_held)) => {
+                    // Past the per-name cap: the container is not told what it may not reach.
+                    if !not_held.is_empty() {
+                        answer.retain_addrs(|ip| !not_held.contains(&ip));
+                    }
+                }
                 Ok(Err(e)) => {
                     bump(&self.counters.learn_failed);
                     error!(container = %self.name, name = %query.key,
@@ -203,7 +216,9 @@ impl Proxied {
         }
     }
 
-    async fn learn(&self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<(), String> {
+    /// Learns `addrs` for `name` and writes the allow set; returns the addresses the store did
+    /// not take (past the per-name cap).
+    async fn learn(&self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<Vec<IpAddr>, String> {
         let mut st = self.learned.lock().await;
         let outcome = st.store.learn(name, addrs, ttl, Instant::now());
         if outcome.evicted > 0 {
@@ -214,7 +229,8 @@ impl Proxied {
                 cap = self.cfg.max_ips_per_name,
                 "more addresses for one name than --dns-max-ips-per-name: the oldest are forgotten");
         }
-        self.write_learned(&mut st).await
+        self.write_learned(&mut st).await?;
+        Ok(outcome.not_held)
     }
 
     /// Forgets what expired; rewrites the allow set if that changed it.
@@ -230,10 +246,15 @@ impl Proxied {
 
     async fn write_learned(&self, st: &mut LearnState) -> Result<(), String> {
         let policy = self.policy();
-        let rules: BTreeSet<Rule> = st
-            .store
-            .names()
-            .flat_map(|(name, addrs)| policy.rules_for(name, &addrs))
+        let store = &st.store;
+        let rules: BTreeSet<Rule> = store
+            .addrs()
+            .flat_map(|ip| {
+                store
+                    .names_of(ip)
+                    .flat_map(|name| policy.rules_for(name, [ip]))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         if rules == st.written {
             return Ok(());

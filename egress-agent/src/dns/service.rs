@@ -12,7 +12,7 @@
 //! one that is forgotten loses its entry. Learned addresses expire in a sweep every second.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -28,7 +28,7 @@ use tokio::{
     sync::watch,
     task::{JoinHandle, JoinSet},
 };
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::{
     DnsConfig,
@@ -96,7 +96,7 @@ struct Inner {
     own_ns: u64,
     entries: Mutex<HashMap<ContainerId, Entry>>,
     /// Ports the pinned redirects name (a restarted agent reopens them).
-    pinned_ports: Mutex<HashMap<Owner, u16>>,
+    pinned_ports: Mutex<BTreeMap<Owner, u16>>,
     generations: std::sync::atomic::AtomicU64,
 }
 
@@ -112,7 +112,7 @@ impl DnsService {
         let own_ns = Netns::current()
             .map_err(|e| anyhow::anyhow!("reading the agent's network namespace: {e}"))?
             .inode();
-        let pinned: HashMap<Owner, u16> = enforcer
+        let pinned: BTreeMap<Owner, u16> = enforcer
             .dns_redirects()
             .await
             .map_err(|e| anyhow::anyhow!("reading the pinned DNS redirects: {e}"))?

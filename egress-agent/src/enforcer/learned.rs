@@ -41,11 +41,6 @@ impl LearnedLayer {
         self.given.remove(container);
         self.learned.remove(container);
     }
-
-    pub fn clear(&mut self) {
-        self.given.clear();
-        self.learned.clear();
-    }
 }
 
 impl Enforcer {

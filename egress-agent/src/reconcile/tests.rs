@@ -93,6 +93,7 @@ fn rig_on(kernel: FakeWriter, file: Option<PolicyFile>) -> Rig {
         cgroup_mount: mount.0.clone(),
         host_resolvers: vec![HOST_DNS.parse().unwrap()],
         attach_cgroup: mount.0.clone(),
+        dns_default: egress_policy::dns::DnsMode::Learn,
     };
     let r = Reconciler::new(cfg, kernel.clone(), names.clone(), file, index.clone());
     Rig {
