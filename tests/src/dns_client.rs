@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! egress-probe dns-connect NAME PORT [--count N]         resolve (getaddrinfo) + TCP connect, N times
-//! egress-probe dns-query SERVER NAME [--type T] [--tcp] [--timeout-ms MS] [--repeat N] [--every-ms MS]
+//! egress-probe dns-query SERVER NAME [--type T] [--tcp] [--timeout-ms MS]
+//!                       [--repeat N | --for-ms MS] [--every-ms MS]
 //! egress-probe dns-garbage SERVER [--tcp]                 malformed bytes to a DNS server
 //! egress-probe dns-expiry NAME [--wait-ms MS]             a connection outliving its learned IP
 //! egress-probe sleep SECS                                 keeps a probe-only container running
@@ -116,11 +117,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let server = parse_server(&opts.pos(0)?)?;
             let name = opts.pos(1)?;
             let every = Duration::from_millis(opts.every_ms.unwrap_or(0));
-            for i in 0..opts.count.unwrap_or(1) {
+            let until = opts
+                .for_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms));
+            let mut i = 0;
+            while match until {
+                Some(t) => Instant::now() < t,
+                None => i < opts.count.unwrap_or(1),
+            } {
                 if i > 0 {
                     thread::sleep(every);
                 }
                 query(server, &name, opts.rtype, opts.tcp, opts.timeout).print();
+                i += 1;
             }
         }
         "dns-garbage" => garbage(parse_server(&opts.pos(0)?)?, opts.tcp, opts.timeout).print(),
@@ -152,6 +161,7 @@ struct Opts {
     positional: Vec<String>,
     count: Option<u32>,
     every_ms: Option<u64>,
+    for_ms: Option<u64>,
     wait_ms: Option<u64>,
     rtype: RecordType,
     tcp: bool,
@@ -164,6 +174,7 @@ impl Opts {
             positional: Vec::new(),
             count: None,
             every_ms: None,
+            for_ms: None,
             wait_ms: None,
             rtype: RecordType::A,
             tcp: false,
@@ -175,6 +186,7 @@ impl Opts {
             match a.as_str() {
                 "--count" | "--repeat" => o.count = Some(value()?.parse().map_err(err)?),
                 "--every-ms" => o.every_ms = Some(value()?.parse().map_err(err)?),
+                "--for-ms" => o.for_ms = Some(value()?.parse().map_err(err)?),
                 "--wait-ms" => o.wait_ms = Some(value()?.parse().map_err(err)?),
                 "--timeout-ms" => o.timeout = Duration::from_millis(value()?.parse().map_err(err)?),
                 "--type" => o.rtype = RecordType::from_str(&value()?).map_err(err)?,

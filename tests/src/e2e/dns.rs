@@ -207,9 +207,87 @@ impl Lab {
         Started { name, id, ip: None }
     }
 
+    /// A glibc probe container on the lab's network with these labels, once the agent has
+    /// registered it and its DNS proxy answers (through Docker's embedded resolver).
+    #[track_caller]
+    pub fn dns_client(&self, role: &str, labels: &[(&str, &str)]) -> Started {
+        let c = self.start_probe_host(role, labels, Net::Lab, &[]);
+        self.wait_registered(&c.id, &[]);
+        self.wait_dns_proxy(&c.name, EMBEDDED_DNS);
+        c
+    }
+
+    /// A busybox sleeper on the lab's network with these labels, once the agent has
+    /// registered it and its DNS proxy answers `nslookup` (busybox's own resolver).
+    #[track_caller]
+    pub fn busybox_dns_client(&self, role: &str, labels: &[(&str, &str)]) -> Started {
+        let c = self.start_sleeper(role, labels, &[]);
+        self.wait_registered(&c.id, &[]);
+        let name = format!("proxy-ready.{}.test", self.tag);
+        wait_until(
+            &format!("the DNS proxy to answer busybox {}", c.name),
+            Duration::from_secs(20),
+            || {
+                let (out, _) = self.nslookup(&c.name, &name);
+                out.contains("NXDOMAIN").then_some(())
+            },
+        );
+        c
+    }
+
+    /// busybox `nslookup NAME` in `container` (its resolv.conf's server): the output and
+    /// whether it found an address.
+    #[track_caller]
+    pub fn nslookup(&self, container: &str, name: &str) -> (String, bool) {
+        let out = self
+            .docker
+            .output(&["exec", container, "timeout", "10", "nslookup", name]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (text, out.status.success())
+    }
+
     /// A name under the test zone nobody allows and no table holds, unique to this lab and
     /// `what`: if it ever reaches a server, its log shows it.
     pub fn marker(&self, what: &str) -> String {
         format!("{what}-{}.leak.test", self.tag)
     }
+}
+
+/// Panics unless `r` is an answer with response code `code` (`NXDomain`, `Refused`) and
+/// `name` reached none of `servers` (it was answered by the agent, never forwarded).
+#[track_caller]
+pub fn assert_stopped(r: &Report, code: &str, name: &str, servers: &[&TestDns], context: &str) {
+    assert_eq!(
+        r.rcode.as_deref(),
+        Some(code),
+        "{context}: `{name}` should get {code}: {r:?}"
+    );
+    assert!(
+        r.addrs.is_empty(),
+        "{context}: `{name}` got addresses: {r:?}"
+    );
+    for s in servers {
+        assert_eq!(
+            s.queries_for(name),
+            0,
+            "{context}: `{name}` reached the server on {}: {:?}",
+            s.addr(),
+            s.log()
+        );
+    }
+}
+
+/// Panics unless `r` is a NOERROR answer carrying `ip`.
+#[track_caller]
+pub fn assert_answered(r: &Report, ip: IpAddr, context: &str) {
+    assert_eq!(
+        r.rcode.as_deref(),
+        Some("NoError"),
+        "{context}: should be answered: {r:?}"
+    );
+    assert!(r.addrs.contains(&ip), "{context}: {ip} missing: {r:?}");
 }
