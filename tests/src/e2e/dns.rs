@@ -14,7 +14,7 @@ use super::{LAB_LABEL, Lab, PORT, Started, answers_ok, wait_until};
 use crate::{
     dns::TestDns,
     dns_client::{Report, reports},
-    docker::{PROBE_PATH, ensure_glibc_probe_image},
+    docker::{Docker, PROBE_PATH, ensure_glibc_probe_image},
 };
 
 /// The resolver Docker puts in the resolv.conf of containers on user-defined networks.
@@ -74,15 +74,7 @@ impl Lab {
     /// messages).
     #[track_caller]
     pub fn probe(&self, container: &str, args: &[&str]) -> (Vec<Report>, String) {
-        let mut argv = vec!["exec", container, PROBE_PATH];
-        argv.extend_from_slice(args);
-        let out = self.docker.output(&argv);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (reports(&text), text)
+        probe_in(&self.docker, container, args)
     }
 
     /// One question from `container` to `server` (`ADDR` or `ADDR:PORT`) for `name` (type A,
@@ -255,6 +247,21 @@ impl Lab {
     pub fn marker(&self, what: &str) -> String {
         format!("{what}-{}.leak.test", self.tag)
     }
+}
+
+/// `docker exec CONTAINER /egress-probe ARGS...` on `docker` (from a thread of its own, say):
+/// its reports and its whole output.
+#[track_caller]
+pub fn probe_in(docker: &Docker, container: &str, args: &[&str]) -> (Vec<Report>, String) {
+    let mut argv = vec!["exec", container, PROBE_PATH];
+    argv.extend_from_slice(args);
+    let out = docker.output(&argv);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (reports(&text), text)
 }
 
 /// Panics unless `r` is an answer with response code `code` (`NXDomain`, `Refused`) and

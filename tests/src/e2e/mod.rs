@@ -44,7 +44,7 @@ pub use crate::{
     process::alive,
     wait::wait_until,
 };
-pub use dns::{EMBEDDED_DNS, Net, assert_answered, assert_stopped};
+pub use dns::{EMBEDDED_DNS, Net, assert_answered, assert_stopped, probe_in};
 pub use probes::{
     Check, EPERM_TEXT, IMMEDIATE, Outcome, Probe, exec_probes, parse_probes, probe_script,
     probes_of,
