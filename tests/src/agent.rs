@@ -41,6 +41,8 @@ pub struct AgentOpts {
     pub attach_cgroup: Option<PathBuf>,
     /// Wait for the `ready` line (true by default; an agent waiting for Docker is not ready).
     pub wait_ready: bool,
+    /// `--dns-mode MODE` (`learn` or `resolve`; the agent's default when `None`).
+    pub dns_mode: Option<&'static str>,
     /// More arguments for `run` (e.g. `--dns-deny refused`, `--dns-grace 1s`).
     pub extra: Vec<String>,
 }
@@ -56,6 +58,7 @@ impl Default for AgentOpts {
             docker_mode: "on",
             attach_cgroup: None,
             wait_ready: true,
+            dns_mode: None,
             extra: Vec::new(),
         }
     }
@@ -167,6 +170,9 @@ impl Agent {
         }
         if let Some(p) = &opts.attach_cgroup {
             cmd.arg("--attach-cgroup").arg(p);
+        }
+        if let Some(m) = opts.dns_mode {
+            cmd.args(["--dns-mode", m]);
         }
         cmd.args(&opts.extra);
         Self::spawn(cmd, opts.wait_ready.then_some(DOCKER_READY_TIMEOUT))

@@ -46,8 +46,8 @@ pub use crate::{
 };
 pub use dns::{EMBEDDED_DNS, Net, assert_answered, assert_stopped, probe_in};
 pub use probes::{
-    Check, EPERM_TEXT, IMMEDIATE, Outcome, Probe, exec_probes, parse_probes, probe_script,
-    probes_of,
+    Check, EPERM_TEXT, IMMEDIATE, Outcome, Probe, WAIT_FOR_DNS, exec_probes, parse_probes,
+    probe_script, probes_of,
 };
 pub use targets::{
     DOT_PORT, ECHO_PORT, OTHER_PORT, PORT, TcpTarget, UDP_PORT, UdpSink, answers_ok, loopback,
@@ -290,8 +290,10 @@ impl Lab {
     ///
     /// Between create and start it waits until the agent has registered the container
     /// (`egress-agent status` lists it) with every allow entry of `ready` (e.g. the IPs of its
-    /// allowed names): these clients test what a policy allows, not how fast it is written
-    /// (the first-instruction race is [`Lab::run_rm`]'s business).
+    /// allowed names in `egress.dns=resolve` mode), and the script starts with
+    /// [`WAIT_FOR_DNS`] (the agent's DNS proxy opens once the container runs): these clients
+    /// test what a policy allows, not how fast it is written (the first-instruction race is
+    /// [`Lab::run_rm`]'s business).
     #[track_caller]
     pub fn run_client(
         &self,
@@ -317,7 +319,11 @@ impl Lab {
         let mut args: Vec<String> = vec!["create".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
+        let script = match self.agent {
+            Some(_) => format!("{WAIT_FOR_DNS}{script}"),
+            None => script.to_owned(),
+        };
+        args.extend([image.into(), "sh".into(), "-c".into(), script]);
         let id = self
             .docker
             .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
