@@ -22,7 +22,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DOCKER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Options of [`Agent::start_docker`] beyond the fixed ones (`--log-format json`,
-/// `--ttl-floor 1`, the pin directory, the DNS server, the default attach cgroup).
+/// `--ttl-floor 1`, the pin directory, the DNS server, the default attach cgroup) and
+/// [`AgentOpts::extra`].
 #[derive(Debug, Clone)]
 pub struct AgentOpts {
     pub grace: u64,
@@ -40,6 +41,10 @@ pub struct AgentOpts {
     pub attach_cgroup: Option<PathBuf>,
     /// Wait for the `ready` line (true by default; an agent waiting for Docker is not ready).
     pub wait_ready: bool,
+    /// `--dns-mode MODE` (`learn` or `resolve`; the agent's default when `None`).
+    pub dns_mode: Option<&'static str>,
+    /// More arguments for `run` (e.g. `--dns-deny refused`, `--dns-grace 1s`).
+    pub extra: Vec<String>,
 }
 
 impl Default for AgentOpts {
@@ -53,6 +58,8 @@ impl Default for AgentOpts {
             docker_mode: "on",
             attach_cgroup: None,
             wait_ready: true,
+            dns_mode: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -164,6 +171,10 @@ impl Agent {
         if let Some(p) = &opts.attach_cgroup {
             cmd.arg("--attach-cgroup").arg(p);
         }
+        if let Some(m) = opts.dns_mode {
+            cmd.args(["--dns-mode", m]);
+        }
+        cmd.args(&opts.extra);
         Self::spawn(cmd, opts.wait_ready.then_some(DOCKER_READY_TIMEOUT))
     }
 

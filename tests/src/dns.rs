@@ -6,9 +6,14 @@
 //! forwards: names outside `test.` get REFUSED, unknown names under `test.` NXDOMAIN (with the
 //! zone's SOA, so resolvers get a negative TTL). A name can also fail for one record type only
 //! (REFUSED, SERVFAIL, or no answer at all), as forwarders without an upstream do for the type
-//! they have no local data for — also when the name is reached through a CNAME. The server runs on its own thread and
-//! runtime, so it works from sync and async tests alike and stops when the [`TestDns`] is
-//! dropped.
+//! they have no local data for — also when the name is reached through a CNAME. A name can
+//! be a pool ([`TestDns::set_pool`]: each answer carries `k` of its `n` addresses, chosen at
+//! random, as CDNs hand each asker different IPs), and the whole server can go silent
+//! ([`TestDns::set_silent`]: an upstream that drops everything). Every question is logged with
+//! its transport and source ([`TestDns::log`], [`TestDns::queries_via`]). The server runs on
+//! its own thread and runtime, so it works from sync and async tests alike and stops when the
+//! [`TestDns`] is dropped; [`TestDns::start_in_netns_of`] binds it inside a container's
+//! network namespace (a "test host" serving DNS on its own address).
 //!
 //! ```no_run
 //! use egress_tests::dns::TestDns;
@@ -42,7 +47,7 @@ use hickory_proto::{
 };
 use hickory_server::{
     Server,
-    net::runtime::Time,
+    net::{runtime::Time, xfer::Protocol},
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponseBuilder,
 };
@@ -60,8 +65,20 @@ const TCP_IDLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Addrs { ips: Vec<IpAddr>, ttl: u32 },
-    Cname { target: Name, ttl: u32 },
+    Addrs {
+        ips: Vec<IpAddr>,
+        ttl: u32,
+    },
+    /// `pick` of `ips` (of the asked family) at random in each answer.
+    Pool {
+        ips: Vec<IpAddr>,
+        pick: usize,
+        ttl: u32,
+    },
+    Cname {
+        target: Name,
+        ttl: u32,
+    },
     Fail(ResponseCode),
 }
 
@@ -80,6 +97,26 @@ struct Table {
     type_failures: HashMap<(Name, RecordType), TypeFailure>,
     negative_ttl: u32,
     chase_cnames: bool,
+    /// Answer nothing at all (questions are still logged).
+    silent: bool,
+}
+
+/// How a question reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One question the server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedQuery {
+    /// Lower-case FQDN (`www.test.`).
+    pub name: Name,
+    pub rtype: RecordType,
+    pub transport: Transport,
+    /// Who asked.
+    pub src: SocketAddr,
 }
 
 #[derive(Debug)]
@@ -87,6 +124,7 @@ struct Shared {
     zone: Name,
     table: Mutex<Table>,
     queries: Mutex<HashMap<(Name, RecordType), usize>>,
+    log: Mutex<Vec<LoggedQuery>>,
 }
 
 /// A running test DNS server; stops on drop.
@@ -128,6 +166,24 @@ impl TestDns {
         Self::serve(udp, tcp)
     }
 
+    /// [`TestDns::start_on`] inside the network namespace of process `pid` (a container's):
+    /// the sockets are bound there, on an address of that namespace (say the container's own
+    /// IP, port 53), while the server runs on the host.
+    pub fn start_in_netns_of(pid: u32, addr: SocketAddr) -> io::Result<Self> {
+        let bound = thread::Builder::new()
+            .name(format!("test-dns-bind-{pid}"))
+            .spawn(move || -> io::Result<_> {
+                // This short-lived thread only.
+                crate::netns::enter_netns_of(pid).map_err(io::Error::other)?;
+                let udp = std::net::UdpSocket::bind(addr)?;
+                let tcp = std::net::TcpListener::bind(udp.local_addr()?)?;
+                Ok((udp, tcp))
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the netns bind thread panicked"))??;
+        Self::serve(bound.0, bound.1)
+    }
+
     fn serve(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> io::Result<Self> {
         let addr = udp.local_addr()?;
         udp.set_nonblocking(true)?;
@@ -139,8 +195,10 @@ impl TestDns {
                 type_failures: HashMap::new(),
                 negative_ttl: 5,
                 chase_cnames: true,
+                silent: false,
             }),
             queries: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
@@ -204,6 +262,25 @@ impl TestDns {
                 ttl: ttl_secs,
             },
         );
+    }
+
+    /// Makes `name` a pool: each answer carries `pick` of its addresses of the asked family,
+    /// chosen at random per question (IPv4 ones for A, IPv6 ones for AAAA).
+    pub fn set_pool(&self, name: &str, ips: &[IpAddr], pick: usize, ttl_secs: u32) {
+        self.set(
+            name,
+            Entry::Pool {
+                ips: ips.to_vec(),
+                pick,
+                ttl: ttl_secs,
+            },
+        );
+    }
+
+    /// Whether the server answers nothing at all (an upstream that drops every question);
+    /// questions are still logged.
+    pub fn set_silent(&self, silent: bool) {
+        lock(&self.shared.table).silent = silent;
     }
 
     /// Makes `name` a CNAME to `target` (which may be outside `test.`).
@@ -283,9 +360,24 @@ impl TestDns {
         lock(&self.shared.queries).values().sum()
     }
 
-    /// Forgets the query counts.
+    /// How many queries (any type) asked about `name` over `transport` so far.
+    pub fn queries_via(&self, name: &str, transport: Transport) -> usize {
+        let name = fqdn(name);
+        lock(&self.shared.log)
+            .iter()
+            .filter(|q| q.name == name && q.transport == transport)
+            .count()
+    }
+
+    /// Every question received so far, in order.
+    pub fn log(&self) -> Vec<LoggedQuery> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Forgets the query counts and the log.
     pub fn reset_counts(&self) {
         lock(&self.shared.queries).clear();
+        lock(&self.shared.log).clear();
     }
 
     /// Stops the server and waits until its sockets are closed (as dropping it does).
@@ -411,15 +503,12 @@ impl Shared {
                     }
                     name = target.clone();
                 }
-                Some(Entry::Addrs { ips, ttl }) => {
+                Some(entry @ (Entry::Addrs { ttl, .. } | Entry::Pool { ttl, .. })) => {
                     let before = answers.len();
-                    for ip in ips {
-                        let data = match (ip, qtype) {
-                            (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(*v4)),
-                            (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
-                                RData::AAAA(AAAA(*v6))
-                            }
-                            _ => continue,
+                    for ip in entry.addresses_for(qtype) {
+                        let data = match ip {
+                            IpAddr::V4(v4) => RData::A(A(v4)),
+                            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
                         };
                         answers.push(Record::from_rdata(name.clone(), *ttl, data));
                     }
@@ -463,10 +552,39 @@ impl Shared {
         })
     }
 
-    fn count(&self, qname: &Name, qtype: RecordType) {
+    fn count(&self, qname: &Name, qtype: RecordType, transport: Transport, src: SocketAddr) {
+        let name = qname.to_lowercase();
         *lock(&self.queries)
-            .entry((qname.to_lowercase(), qtype))
+            .entry((name.clone(), qtype))
             .or_default() += 1;
+        lock(&self.log).push(LoggedQuery {
+            name,
+            rtype: qtype,
+            transport,
+            src,
+        });
+    }
+
+    fn is_silent(&self) -> bool {
+        lock(&self.table).silent
+    }
+}
+
+impl Entry {
+    /// The addresses of an address entry that answer a question of type `qtype` (a pool's
+    /// random pick among them).
+    fn addresses_for(&self, qtype: RecordType) -> Vec<IpAddr> {
+        let fits = |ip: &&IpAddr| match ip {
+            IpAddr::V4(_) => matches!(qtype, RecordType::A | RecordType::ANY),
+            IpAddr::V6(_) => matches!(qtype, RecordType::AAAA | RecordType::ANY),
+        };
+        match self {
+            Entry::Addrs { ips, .. } => ips.iter().filter(fits).copied().collect(),
+            Entry::Pool { ips, pick, .. } => {
+                fastrand::choose_multiple(ips.iter().filter(fits).copied(), *pick)
+            }
+            Entry::Cname { .. } | Entry::Fail(_) => Vec::new(),
+        }
     }
 }
 
@@ -497,7 +615,15 @@ impl Handler {
             return send(&mut response, builder.build_no_records(metadata)).await;
         };
         let qname = query.name().clone();
-        self.0.count(&qname, query.query_type());
+        let transport = match request.protocol() {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        };
+        self.0
+            .count(&qname, query.query_type(), transport, request.src());
+        if self.0.is_silent() {
+            return response_info(metadata);
+        }
         let Some(reply) = self
             .0
             .answer(&qname, query.query_type(), query.query_class())

@@ -9,7 +9,7 @@
 //! ([`docker`]) with a test DNS server ([`dns`]).
 //!
 //! Pieces: [`bins`] finds the binaries, [`bpf`] the kernel's view and raw map writes,
-//! [`netns`] network namespaces, [`dnsmasq`] a real dnsmasq, [`command`] commands run with a
+//! [`dns_client`] the probe's DNS subcommands, [`netns`] network namespaces, [`dnsmasq`] a real dnsmasq, [`command`] commands run with a
 //! deadline, [`daemon`] helper servers stopped on drop, [`process`] other processes (dockerd)
 //! and reaping, [`tools`] host tools, [`interrupt`] Ctrl-C for long runs, [`wait`] the poll
 //! loop. The `egress-lab` binary (`src/bin/egress-lab.rs`) brings
@@ -27,6 +27,7 @@ pub mod cgroup;
 pub mod command;
 pub mod daemon;
 pub mod dns;
+pub mod dns_client;
 pub mod dnsmasq;
 pub mod docker;
 pub mod e2e;

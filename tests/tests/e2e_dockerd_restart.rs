@@ -103,6 +103,8 @@ fn dockerd_restart_keeps_policies_and_polices_new_containers() {
         &AgentOpts {
             unclassified_allow: matches!(daemon, Daemon::Private(_)),
             docker_host: docker.host.clone(),
+            // The containers connect to A by IP: the agent's own lookup allows it.
+            dns_mode: Some("resolve"),
             ..AgentOpts::default()
         },
     );

@@ -36,7 +36,11 @@ fn a_name_resolved_after_the_start_reaches_a_running_container_over_ipv6() {
     let late: IpAddr = "fd00:e9:55::10".parse::<Ipv6Addr>().unwrap().into();
     let client = lab.start_sleeper(
         "client",
-        &[(ALLOW, &format!("late.test:{PORT}"))],
+        &[
+            (ALLOW, &format!("late.test:{PORT}")),
+            // The agent's own lookup (not the container's answer) puts the address in.
+            ("egress.dns", "resolve"),
+        ],
         &["--sysctl", "net.ipv6.conf.all.disable_ipv6=0"],
     );
     lab.wait_policed(&client.id, &[]);

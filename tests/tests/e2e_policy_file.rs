@@ -226,6 +226,8 @@ fn policy_file_adds_and_overrides_labels_and_reloads_on_sighup() {
     write(&file, &f1);
     lab.start_agent(&AgentOpts {
         policy_file: Some(file.clone()),
+        // The agent's own lookups allow the names' addresses (the waits below rely on it).
+        dns_mode: Some("resolve"),
         ..AgentOpts::default()
     });
     println!("agent ready after {:?}", lab.agent().ready_after);

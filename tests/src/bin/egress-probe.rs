@@ -3,9 +3,11 @@
 //! ```text
 //! egress-probe MODE ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE]
 //!              [--spray N] [--connect] [--exchange]
+//! egress-probe dns-connect|dns-query|dns-garbage|dns-expiry|sleep ...
 //! ```
 //!
-//! See `egress_tests::probe` for the modes and options. Prints one JSON line
+//! See `egress_tests::probe` for the modes and options, `egress_tests::dns_client` for the
+//! DNS subcommands (which print their own JSON lines). Prints one JSON line
 //! (`egress_tests::probe::Outcome`) and exits 0 whatever the kernel answered; a bad command line
 //! exits 2.
 
@@ -399,6 +401,16 @@ fn attempt(args: &Args, dest: &SocketAddr) -> (Result<(), Failure>, Duration) {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv
+        .first()
+        .is_some_and(|a| a.starts_with("dns-") || a == "sleep")
+    {
+        return match egress_tests::dns_client::run(&argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => usage(&msg),
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => return usage(&msg),

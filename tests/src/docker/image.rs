@@ -155,10 +155,10 @@ fn applet_paths(list: &str) -> Vec<PathBuf> {
 }
 
 /// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
+    pub(crate) fn new(prefix: &str) -> Result<Self> {
         let p = env::temp_dir().join(format!(
             "{prefix}-{}-{}",
             std::process::id(),

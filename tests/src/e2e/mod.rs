@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use crate::dns::TestDns;
 
+pub mod dns;
 pub mod probes;
 pub mod targets;
 
@@ -43,11 +44,14 @@ pub use crate::{
     process::alive,
     wait::wait_until,
 };
+pub use dns::{EMBEDDED_DNS, Net, assert_answered, assert_stopped, probe_in};
 pub use probes::{
-    Check, EPERM_TEXT, IMMEDIATE, Outcome, Probe, exec_probes, parse_probes, probe_script,
-    probes_of,
+    Check, EPERM_TEXT, IMMEDIATE, Outcome, Probe, WAIT_FOR_DNS, exec_probes, parse_probes,
+    probe_script, probes_of,
 };
-pub use targets::{OTHER_PORT, PORT, TcpTarget, UDP_PORT, UdpSink, answers_ok, loopback};
+pub use targets::{
+    DOT_PORT, ECHO_PORT, OTHER_PORT, PORT, TcpTarget, UDP_PORT, UdpSink, answers_ok, loopback,
+};
 
 /// Label put on every container of a lab (its value is the lab's tag), to sweep leftovers of
 /// killed runs. It does not start with `egress.`, so the agent ignores it.
@@ -95,6 +99,10 @@ pub struct Lab {
     agent: Option<Agent>,
     pub containers: Containers,
     sinks: Vec<UdpSink>,
+    /// Networks the test made beside the lab's own ([`Lab::create_network`]).
+    extra_networks: Vec<String>,
+    /// The glibc probe image, once built ([`Lab::probe_image`]).
+    probe_image: std::sync::OnceLock<String>,
 }
 
 impl Lab {
@@ -140,6 +148,8 @@ impl Lab {
             agent: None,
             containers,
             sinks: Vec::new(),
+            extra_networks: Vec::new(),
+            probe_image: std::sync::OnceLock::new(),
         }
     }
 
@@ -212,21 +222,30 @@ impl Lab {
         )
     }
 
-    /// A target host at `10.231.<n>.<host>`: answers `ok <role>` on TCP 8080 and 8081
-    /// (unpoliced; `role` is one word). Returns once both ports answer from the host.
+    /// A target host at `10.231.<n>.<host>`: answers `ok <role>` on TCP 8080, 8081 and 853
+    /// (DNS over TLS's port), echoes on TCP [`ECHO_PORT`] (unpoliced; `role` is one word).
+    /// Returns once 8080 and 8081 answer from the host.
     #[track_caller]
     pub fn start_target(&self, role: &str, host: u8) -> Started {
+        self.start_target_with(role, host, &[])
+    }
+
+    /// [`Lab::start_target`] with more `docker run` options (`--network-alias db`, ...).
+    #[track_caller]
+    pub fn start_target_with(&self, role: &str, host: u8, extra: &[&str]) -> Started {
         let name = self.containers.name(role);
         let ip = self.ip(host);
         let mut args: Vec<String> = vec!["run".into(), "-d".into()];
         args.extend(self.base_args(&name));
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--ip".into(), ip.to_string(), image()]);
         args.extend([
             "sh".into(),
             "-c".into(),
             format!(
                 "trap 'exit 0' TERM; nc -ll -p {PORT} -e echo ok {role} & \
-                 nc -ll -p {OTHER_PORT} -e echo ok {role} & while :; do sleep 1; done"
+                 nc -ll -p {OTHER_PORT} -e echo ok {role} & nc -ll -p {DOT_PORT} -e echo ok {role} & \
+                 nc -ll -p {ECHO_PORT} -e cat & while :; do sleep 1; done"
             ),
         ]);
         let id = self
@@ -271,8 +290,10 @@ impl Lab {
     ///
     /// Between create and start it waits until the agent has registered the container
     /// (`egress-agent status` lists it) with every allow entry of `ready` (e.g. the IPs of its
-    /// allowed names): these clients test what a policy allows, not how fast it is written
-    /// (the first-instruction race is [`Lab::run_rm`]'s business).
+    /// allowed names in `egress.dns=resolve` mode), and the script starts with
+    /// [`WAIT_FOR_DNS`] (the agent's DNS proxy opens once the container runs): these clients
+    /// test what a policy allows, not how fast it is written (the first-instruction race is
+    /// [`Lab::run_rm`]'s business).
     #[track_caller]
     pub fn run_client(
         &self,
@@ -298,7 +319,11 @@ impl Lab {
         let mut args: Vec<String> = vec!["create".into()];
         args.extend(self.base_args(&name));
         args.extend(Self::label_args(labels));
-        args.extend([image.into(), "sh".into(), "-c".into(), script.to_owned()]);
+        let script = match self.agent {
+            Some(_) => format!("{WAIT_FOR_DNS}{script}"),
+            None => script.to_owned(),
+        };
+        args.extend([image.into(), "sh".into(), "-c".into(), script]);
         let id = self
             .docker
             .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -505,19 +530,34 @@ impl Drop for Lab {
         self.pin.cleanup();
         self.containers.remove_all();
         self.sinks.clear();
-        if let Err(e) = self.docker.try_run(&["network", "rm", &self.network]) {
-            eprintln!("cleanup: {e}");
+        for net in self.extra_networks.iter().chain([&self.network]) {
+            if let Err(e) = self.docker.try_run(&["network", "rm", net]) {
+                eprintln!("cleanup: {e}");
+            }
         }
     }
 }
 
-/// Removes what a killed earlier run of lab `tag` left: its containers and its network.
+/// Removes what a killed earlier run of lab `tag` left: its containers and its networks.
 fn sweep_lab(docker: &Docker, tag: &str, network: &str) {
     if docker.remove_containers(Some(&format!("{LAB_LABEL}={tag}"))) > 0 {
         eprintln!("removing leftover containers of lab {tag}");
     }
-    if docker.try_run(&["network", "inspect", network]).is_ok() {
-        eprintln!("removing the leftover network {network}");
-        let _ = docker.output(&["network", "rm", network]);
+    let labelled = docker
+        .try_run(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={LAB_LABEL}={tag}"),
+        ])
+        .unwrap_or_default();
+    let mut leftovers: Vec<&str> = labelled.split_whitespace().collect();
+    if !leftovers.contains(&network) && docker.try_run(&["network", "inspect", network]).is_ok() {
+        leftovers.push(network);
+    }
+    for net in leftovers {
+        eprintln!("removing the leftover network {net}");
+        let _ = docker.output(&["network", "rm", net]);
     }
 }

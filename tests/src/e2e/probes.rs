@@ -61,6 +61,23 @@ impl Probe {
         );
     }
 
+    /// Panics unless the name of the probe did not resolve (busybox: `bad address`), at once:
+    /// what a name the policy does not allow gets from the agent's DNS proxy.
+    #[track_caller]
+    pub fn assert_unresolved(&self, context: &str) {
+        assert!(
+            self.out.contains("bad address"),
+            "{context}: the name of `{}` should not resolve: {self:?}",
+            self.tag
+        );
+        assert!(
+            self.elapsed < IMMEDIATE,
+            "{context}: the failed lookup of `{}` took {:?}: {self:?}",
+            self.tag,
+            self.elapsed
+        );
+    }
+
     /// True if the TCP probe read the answer of the target of this role (`ok <role>`).
     pub fn reached(&self, role: &str) -> bool {
         self.rc == 0 && self.out.trim() == format!("ok {role}")
@@ -77,6 +94,15 @@ impl Probe {
         );
     }
 }
+
+/// A `sh` prelude that waits (at most 3 s) until the container's resolver port is no longer
+/// refused with EPERM: the agent's DNS proxy for a container opens once the container runs, so
+/// a client that looks names up at once could race it. It sends no DNS question (a TCP
+/// connect to the resolv.conf server's port 53, closed at once). A container denied
+/// everything waits the full 3 s.
+pub const WAIT_FOR_DNS: &str = "ns=$(sed -n 's/^nameserver //p' /etc/resolv.conf | head -n 1); \
+     i=0; while [ $i -lt 30 ] && timeout 1 nc $ns 53 </dev/null 2>&1 | grep -q 'not permitted'; \
+     do usleep 100000; i=$((i+1)); done\n";
 
 /// One attempt a client makes.
 #[derive(Debug, Clone)]

@@ -20,6 +20,10 @@ use crate::{lock, net::Acceptor, netns::enter_netns_of};
 /// TCP ports the targets answer `ok` on.
 pub const PORT: u16 = 8080;
 pub const OTHER_PORT: u16 = 8081;
+/// DNS over TLS's port; the targets answer `ok` there too.
+pub const DOT_PORT: u16 = 853;
+/// TCP port the targets echo on (long-lived connections).
+pub const ECHO_PORT: u16 = 8082;
 /// UDP port of [`UdpSink`]s.
 pub const UDP_PORT: u16 = 9000;
 

@@ -1,0 +1,132 @@
+//! End-to-end, query filtering: a question for a name the policy does not allow is answered by
+//! the agent (NXDOMAIN, or REFUSED with `--dns-deny refused`) and never forwarded — the test
+//! servers' logs show it never arrived — whichever way the container sends it: UDP or TCP, to
+//! Docker's embedded `127.0.0.11`, to the network's gateway, or straight to another test
+//! host's port 53. An allowed name asked the same ways reaches the server it was sent to.
+//! Wildcards, one case per rule: `*.x` matches one label, not two, not the apex; `**.x`
+//! matches any depth, not the apex.
+//!
+//! Labs (`egress_tests::e2e::Lab`): networks 82, 83 and 84; the names are marker names under
+//! `leak.test` that no table holds. Needs root, a dockerd and the test image:
+//! `cargo xtask test --with-docker -- e2e_dns_filter`.
+
+use egress_tests::e2e::{AgentOpts, EMBEDDED_DNS, Lab, assert_answered, assert_stopped};
+
+const ALLOW: &str = "egress.allow";
+
+#[test]
+fn names_not_allowed_get_nxdomain_and_never_leave() {
+    let mut lab = Lab::new("dns-filter", 82);
+    let a = lab.start_target("a", 10);
+    let other = lab.start_target("other", 11);
+    let ip_a = a.ip.unwrap();
+    let other_dns = lab.start_dns_host(&other);
+    for dns in [&lab.dns, &other_dns] {
+        dns.set_a("allowed.filter.test", &[ip_a], 1);
+    }
+    lab.start_agent(&AgentOpts::default());
+    let c = lab.dns_client("client", &[(ALLOW, "allowed.filter.test")]);
+
+    let gateway = format!("{}:53", lab.gateway);
+    let host = format!("{}:53", other.ip.unwrap());
+    let paths = [
+        ("embedded-udp", EMBEDDED_DNS, false),
+        ("embedded-tcp", EMBEDDED_DNS, true),
+        ("gateway-udp", gateway.as_str(), false),
+        ("gateway-tcp", gateway.as_str(), true),
+        ("host-udp", host.as_str(), false),
+        ("host-tcp", host.as_str(), true),
+    ];
+    for (how, server, tcp) in paths {
+        let marker = lab.marker(how);
+        let r = lab.ask(&c.name, server, &marker, tcp);
+        assert_stopped(&r, "NXDomain", &marker, &[&lab.dns, &other_dns], how);
+        let logged = lab.agent().log_text();
+        assert!(
+            logged.contains(&marker),
+            "{how}: the refused question is logged with its name; log:\n{logged}"
+        );
+    }
+    // The allowed name, the same ways: answered, by the server it was sent to.
+    for (how, server, tcp) in paths {
+        let (before_lab, before_other) = (
+            lab.dns.queries_for("allowed.filter.test"),
+            other_dns.queries_for("allowed.filter.test"),
+        );
+        let r = lab.ask(&c.name, server, "allowed.filter.test", tcp);
+        assert_answered(&r, ip_a, how);
+        let (to_lab, to_other) = (
+            lab.dns.queries_for("allowed.filter.test") - before_lab,
+            other_dns.queries_for("allowed.filter.test") - before_other,
+        );
+        if how.starts_with("host") {
+            assert!(
+                to_other >= 1 && to_lab == 0,
+                "{how}: forwarded to the host it was sent to"
+            );
+        } else {
+            assert!(
+                to_lab >= 1 && to_other == 0,
+                "{how}: forwarded to the lab's server"
+            );
+        }
+    }
+
+    // busybox's resolver (its resolv.conf: the embedded DNS).
+    let b = lab.busybox_dns_client("busybox", &[(ALLOW, "allowed.filter.test")]);
+    let marker = lab.marker("busybox");
+    let (out, found) = lab.nslookup(&b.name, &marker);
+    assert!(!found && out.contains("NXDOMAIN"), "busybox: {out}");
+    assert_eq!(
+        lab.dns.queries_for(&marker),
+        0,
+        "busybox: {:?}",
+        lab.dns.log()
+    );
+    let (out, found) = lab.nslookup(&b.name, "allowed.filter.test");
+    assert!(found && out.contains(&ip_a.to_string()), "busybox: {out}");
+}
+
+#[test]
+fn dns_deny_refused_answers_refused() {
+    let mut lab = Lab::new("dns-refused", 83);
+    lab.start_agent(&AgentOpts {
+        extra: vec!["--dns-deny".into(), "refused".into()],
+        ..AgentOpts::default()
+    });
+    let c = lab.dns_client("client", &[(ALLOW, "allowed.refused.test")]);
+    for (how, tcp) in [("udp", false), ("tcp", true)] {
+        let marker = lab.marker(how);
+        let r = lab.ask(&c.name, EMBEDDED_DNS, &marker, tcp);
+        assert_stopped(&r, "Refused", &marker, &[&lab.dns], how);
+    }
+}
+
+#[test]
+fn wildcards_match_one_label_or_any_depth_never_the_apex() {
+    let mut lab = Lab::new("dns-wild", 84);
+    let a = lab.start_target("a", 10);
+    let ip_a = a.ip.unwrap();
+    let cases = [
+        ("a.one.wild.test", true, "`*.` matches one label"),
+        ("a.b.one.wild.test", false, "`*.` does not match two labels"),
+        ("one.wild.test", false, "`*.` does not match the apex"),
+        ("a.any.wild.test", true, "`**.` matches depth 1"),
+        ("a.b.c.any.wild.test", true, "`**.` matches depth 3"),
+        ("any.wild.test", false, "`**.` does not match the apex"),
+    ];
+    for (name, _, _) in cases {
+        lab.dns.set_a(name, &[ip_a], 30);
+    }
+    lab.start_agent(&AgentOpts::default());
+    let c = lab.dns_client("client", &[(ALLOW, "*.one.wild.test,**.any.wild.test")]);
+    for (name, allowed, rule) in cases {
+        let r = lab.ask(&c.name, EMBEDDED_DNS, name, false);
+        if allowed {
+            assert_answered(&r, ip_a, rule);
+            assert!(lab.dns.queries_for(name) >= 1, "{rule}: forwarded");
+        } else {
+            assert_stopped(&r, "NXDomain", name, &[&lab.dns], rule);
+        }
+    }
+}
