@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    DnsConfig, DenyRcode,
+    DenyRcode, DnsConfig,
     counters::{Counters, bump},
     upstream::Upstream,
 };

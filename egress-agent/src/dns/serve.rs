@@ -4,12 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use egress_dns::Transport;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
     task::JoinSet,
 };
-use egress_dns::Transport;
 use tracing::debug;
 
 use super::{
@@ -32,7 +32,11 @@ pub fn spawn(
     tcp: Vec<TcpListener>,
 ) {
     for socket in udp {
-        tasks.spawn(serve_udp(Arc::new(socket), proxied.clone(), counters.clone()));
+        tasks.spawn(serve_udp(
+            Arc::new(socket),
+            proxied.clone(),
+            counters.clone(),
+        ));
     }
     for listener in tcp {
         tasks.spawn(serve_tcp(listener, proxied.clone()));

@@ -258,7 +258,9 @@ async fn find_and_serve(inner: Arc<Inner>, id: ContainerId, source: NetnsSource,
         match discover::find(&source, inner.own_ns) {
             Ok(Some(ns)) => break ns,
             Ok(None) => {}
-            Err(e) => debug!(container = %id.short(), ?source, "network namespace not found yet: {e}"),
+            Err(e) => {
+                debug!(container = %id.short(), ?source, "network namespace not found yet: {e}")
+            }
         }
         let wait = if started.elapsed() < FAST_FOR {
             POLL_FAST

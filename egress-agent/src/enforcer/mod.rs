@@ -39,10 +39,10 @@ mod attach;
 pub mod containers;
 mod dns;
 mod error;
-mod learned;
 pub mod ids;
 pub mod index;
 pub mod layout;
+mod learned;
 mod notices;
 mod state;
 #[cfg(test)]
