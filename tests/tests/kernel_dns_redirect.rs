@@ -251,6 +251,17 @@ fn connected_udp_and_tcp_reach_the_proxy_and_their_peer_is_the_address_asked() {
     );
     assert_eq!(o.reply_from, Some(asked), "{o:?}");
 
+    // An IPv6 socket connected to ::ffff:X:53: the kernel sends its datagrams through
+    // sendmsg4, to the proxy address the connect wrote.
+    let udp_mapped = redirected(&lab, "udp-connected-mapped", &proxy, REDIRECT_V6_LOOPBACK);
+    let o = lab.probe(
+        &udp_mapped,
+        Probe::udp6(asked, "c-udp-mapped").connected().exchange(),
+    );
+    answered(&o, "proxy:c-udp-mapped", "connect ::ffff:X:53, send, recv");
+    assert_eq!(o.peer, Some(mapped(asked)), "{o:?}");
+    assert_eq!(o.reply_from, Some(mapped(asked)), "{o:?}");
+
     let tcp = redirected(&lab, "tcp", &proxy, REDIRECT_V6_LOOPBACK);
     let o = lab.probe(&tcp, Probe::tcp(asked).payload("c-tcp").exchange());
     answered(&o, "proxy:c-tcp", "TCP connect X:53");
