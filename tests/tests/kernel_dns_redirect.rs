@@ -24,7 +24,7 @@ use std::{
 use egress_agent::enforcer::Owner;
 use egress_common::{
     dns::{DnsRedirect, PROXY_V4, REDIRECT_V6_LOOPBACK},
-    event::Reason,
+    event::{Reason, Verdict},
 };
 use egress_tests::{
     cgroup::Cgroup,
@@ -359,6 +359,15 @@ fn without_a_redirect_dns_is_denied_as_dns_proxy_not_ready() {
     lab.probe(&cg, Probe::udp(asked, "n-removed"))
         .assert_denied("once the redirect is removed");
     assert!(server.got().is_empty(), "{:?}", server.got());
+
+    // Audit mode: allowed as asked, and reported.
+    let audit = lab.cgroup("audit");
+    lab.audit(&audit, "10.255.255.1:443");
+    let o = lab.probe(&audit, Probe::udp(asked, "n-audit").exchange());
+    answered(&o, "server:n-audit", "audit mode without a redirect");
+    lab.enforcer().expect_event("the audit hit", |e| {
+        e.pid == o.pid && e.reason == Reason::DnsProxyNotReady && e.verdict == Verdict::Audited
+    });
 }
 
 #[test]
