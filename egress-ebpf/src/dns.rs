@@ -98,6 +98,20 @@ pub fn redirect(
     Some(Outcome::Allow)
 }
 
+/// True if `dest` is the policy's DNS proxy itself (`127.255.53.1:port`). The kernel sends a
+/// datagram of an IPv6 UDP socket connected to a v4-mapped address through `udp_sendmsg` with
+/// that address, which runs sendmsg4: the socket a connect6 redirected sends to its proxy. Only
+/// asked for a destination no rule allows, so it costs nothing on the way of the others.
+#[inline(always)]
+pub fn is_proxy(policy: &CgroupPolicy, dest: &Dest) -> bool {
+    let Addr::V4(a) = dest.addr else {
+        return false;
+    };
+    // SAFETY: the value is plain data, only its port is read.
+    a == PROXY_V4
+        && unsafe { DNS_REDIRECT.get(policy.policy_id) }.is_some_and(|r| r.port == dest.port)
+}
+
 /// An IPv6 address as the four words of `user_ip6`.
 #[inline(always)]
 pub fn words(a: [u8; 16]) -> [u32; 4] {
