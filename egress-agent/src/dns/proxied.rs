@@ -170,10 +170,10 @@ impl Proxied {
             return self.sent(egress_dns::reply::servfail(&query));
         };
         let build = |id| egress_dns::upstream::query(&query, id).map_err(std::io::Error::other);
-        let forwarded = match transport {
-            Transport::Udp => self.upstream.udp(&servers, build, deadline).await,
-            Transport::Tcp => self.upstream.tcp(&servers, build, deadline).await,
-        };
+        let forwarded = self
+            .upstream
+            .exchange(transport, &servers, build, deadline)
+            .await;
         let answer = forwarded.map_err(|e| e.to_string()).and_then(|(raw, id)| {
             egress_dns::answer::check(&raw, &query, id).map_err(|e| format!("unusable answer: {e}"))
         });

@@ -22,6 +22,8 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
+use egress_dns::Transport;
+
 use super::{
     netns::{Netns, NetnsThread},
     sockets,
@@ -154,10 +156,12 @@ impl Upstream {
         .await
     }
 
-    /// Sends the question `build` makes for an id to each of `servers` in turn over UDP until
-    /// one answers, by `deadline`; returns the answer and the id it was asked with.
-    pub async fn udp(
+    /// Asks each of `servers` in turn over `transport` until one answers, by `deadline`, each
+    /// with an even share of the time left; returns the answer and the id of the question
+    /// `build` made for it.
+    pub async fn exchange(
         &self,
+        transport: Transport,
         servers: &[SocketAddr],
         build: impl Fn(u16) -> io::Result<Vec<u8>>,
         deadline: Instant,
@@ -171,64 +175,58 @@ impl Upstream {
             if now >= deadline {
                 break;
             }
-            // An even share of what is left for each server not tried yet.
-            let share = (deadline - now) / (servers.len() - i) as u32;
-            let mux = self.mux(server).await?;
-            let (id, rx) = mux.reserve(*server)?;
-            let sent = match build(id) {
-                Ok(q) => mux.socket.send_to(&q, server).await,
-                Err(e) => Err(e),
+            let until = now + (deadline - now) / (servers.len() - i) as u32;
+            let asked = match transport {
+                Transport::Udp => self.udp_once(*server, &build, until).await,
+                Transport::Tcp => {
+                    let id = egress_dns::upstream::random_id();
+                    match build(id) {
+                        Ok(q) => match timeout_at(until, self.tcp_once(*server, q)).await {
+                            Ok(answer) => answer.map(|a| Some((a, id))),
+                            Err(_) => Ok(None),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
             };
-            if let Err(source) = sent {
-                mux.release(id);
-                last = Some(UpstreamError::Io {
-                    server: *server,
-                    source,
-                });
-                continue;
-            }
-            match timeout_at(now + share, rx).await {
-                Ok(Ok(answer)) => return Ok((answer, id)),
-                _ => mux.release(id),
-            }
-        }
-        Err(last.unwrap_or_else(|| timeout(servers)))
-    }
-
-    /// The same over TCP: a connection per question.
-    pub async fn tcp(
-        &self,
-        servers: &[SocketAddr],
-        build: impl Fn(u16) -> io::Result<Vec<u8>>,
-        deadline: Instant,
-    ) -> Result<(Vec<u8>, u16), UpstreamError> {
-        if servers.is_empty() {
-            return Err(UpstreamError::NoServers);
-        }
-        let mut last = None;
-        for (i, server) in servers.iter().enumerate() {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let share = (deadline - now) / (servers.len() - i) as u32;
-            let id = egress_dns::upstream::random_id();
-            let query = build(id).map_err(|source| UpstreamError::Io {
-                server: *server,
-                source,
-            })?;
-            match timeout_at(now + share, self.tcp_once(*server, query)).await {
-                Ok(Ok(answer)) => return Ok((answer, id)),
-                Ok(Err(source)) => {
+            match asked {
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) => {}
+                Err(source) => {
                     last = Some(UpstreamError::Io {
                         server: *server,
                         source,
                     })
                 }
-                Err(_) => {}
             }
         }
         Err(last.unwrap_or_else(|| timeout(servers)))
+    }
+
+    /// One question to `server` over UDP; None if no answer came by `until`.
+    async fn udp_once(
+        &self,
+        server: SocketAddr,
+        build: &impl Fn(u16) -> io::Result<Vec<u8>>,
+        until: Instant,
+    ) -> io::Result<Option<(Vec<u8>, u16)>> {
+        let mux = self.mux(&server).await.map_err(io::Error::other)?;
+        let (id, rx) = mux.reserve(server).map_err(io::Error::other)?;
+        let sent = match build(id) {
+            Ok(q) => mux.socket.send_to(&q, server).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            mux.release(id);
+            return Err(e);
+        }
+        match timeout_at(until, rx).await {
+            Ok(Ok(answer)) => Ok(Some((answer, id))),
+            _ => {
+                mux.release(id);
+                Ok(None)
+            }
+        }
     }
 
     async fn tcp_once(&self, server: SocketAddr, query: Vec<u8>) -> io::Result<Vec<u8>> {
