@@ -146,6 +146,11 @@ pub struct Counters {
     pub cgroup_mkdir_insert_failures: u64,
     /// The agent's failed inserts, by map (each failed its owner closed).
     pub insert_failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Port-53 destinations sent to the DNS proxy, sent where a rule named them, and denied
+    /// because their origin could not be stored.
+    pub dns_redirected: u64,
+    pub dns_direct: u64,
+    pub dns_origin_failures: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +401,9 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                 events_lost: s.events_lost,
                 cgroup_mkdir_insert_failures: s.cgroup_mkdir_insert_failures,
                 insert_failures: s.insert_failures,
+                dns_redirected: s.dns_redirected,
+                dns_direct: s.dns_direct,
+                dns_origin_failures: s.dns_origin_failures,
             };
             ("compatible".to_owned(), policies, orphans, Some(counters))
         }
@@ -562,6 +570,11 @@ impl std::fmt::Display for Status {
                 f,
                 "counters: allowed {}, denied {} {:?}, audited {} {:?}, events lost {}",
                 c.allowed, d, c.denied, a, c.audited, c.events_lost
+            )?;
+            writeln!(
+                f,
+                "dns: redirected to the proxy {}, sent where a rule named the server {}, origin not stored (denied) {}",
+                c.dns_redirected, c.dns_direct, c.dns_origin_failures
             )?;
             let failed: Vec<String> = c
                 .insert_failures
