@@ -77,6 +77,20 @@ impl Lab {
         probe_in(&self.docker, container, args)
     }
 
+    /// `dns-connect NAME PORT --count N` in `container`: getaddrinfo and a TCP connect, `count`
+    /// times; one report per try (and the whole output).
+    #[track_caller]
+    pub fn connect_by_name(
+        &self,
+        container: &str,
+        name: &str,
+        port: u16,
+        count: usize,
+    ) -> (Vec<Report>, String) {
+        let (port, count) = (port.to_string(), count.to_string());
+        self.probe(container, &["dns-connect", name, &port, "--count", &count])
+    }
+
     /// One question from `container` to `server` (`ADDR` or `ADDR:PORT`) for `name` (type A,
     /// UDP unless `tcp`).
     #[track_caller]
