@@ -1,10 +1,10 @@
 //! Command-line interface. The doc comments are the `--help` text.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{host::DEFAULT_ROOT, paths::DEFAULT_PIN_DIR};
+use crate::{dns::DenyRcode, host::DEFAULT_ROOT, paths::DEFAULT_PIN_DIR};
 
 /// Egress enforcer for Docker hosts: eBPF programs on cgroups let a policed container reach
 /// only the destinations it is allowed, and deny everything else at once with EPERM.
@@ -121,12 +121,50 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub deny_log_interval: u64,
 
+    /// What `egress.dns` is for a container without the label: `learn` (its allowed names'
+    /// addresses are exactly those its own DNS answers carried) or `resolve` (the agent
+    /// resolves its allowed names itself, for applications that connect to addresses they did
+    /// not look up; its questions still go through the proxy).
+    #[arg(long, value_enum, default_value_t = DnsModeArg::Learn, env = "EGRESS_DNS_MODE")]
+    pub dns_mode: DnsModeArg,
+
+    /// What the DNS proxy answers for a name the policy does not allow: `nxdomain` or
+    /// `refused` (musl stops its search list on it).
+    #[arg(long, value_enum, default_value_t = DenyRcode::NxDomain, env = "EGRESS_DNS_DENY")]
+    pub dns_deny: DenyRcode,
+
+    /// Longest the DNS proxy holds an answer while it writes its addresses into the
+    /// container's allow set; longer, and the container gets SERVFAIL (and asks again).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub dns_hold: Duration,
+
+    /// Longest the container's resolvers get to answer a question before the proxy answers
+    /// SERVFAIL.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub dns_upstream_timeout: Duration,
+
+    /// How long a learned address stays allowed after the TTL of the answer that carried it
+    /// (the minimum over its CNAME chain) ran out.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub dns_grace: Duration,
+
+    /// Most addresses a container learns for one name; the oldest go first.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub dns_max_ips_per_name: u32,
+
     /// Where the host's root directory is. The agent reads the host's files below it
     /// (resolv.conf, /proc, the mount table, /run/systemd, Docker's default socket): `/` on the
     /// host itself, e.g. `/host` when the agent runs in a container with the host's `/` mounted
     /// there.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT, env = "EGRESS_HOST_ROOT")]
     pub host_root: PathBuf,
+}
+
+/// `--dns-mode` (`egress_policy::dns::DnsMode` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DnsModeArg {
+    Learn,
+    Resolve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

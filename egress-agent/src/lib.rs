@@ -6,6 +6,8 @@
 //! - [`reconcile`] keeps the kernel's policies in line with Docker's containers, their labels,
 //!   the policy file and DNS; [`resolver`] resolves the allowed names; [`docker`] follows
 //!   dockerd;
+//! - [`dns`] is the DNS proxy that answers policed containers' DNS and learns their allowed
+//!   addresses from the answers;
 //! - [`observe`] is what the agent observes: decoded events, the denial log, the counters;
 //!   [`status`] reads the pinned state;
 //! - [`host`] knows where the host's files are (`--host-root`);
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod docker;
 pub mod enforcer;
 pub mod host;

@@ -1,7 +1,7 @@
 //! The one task that owns the [`Enforcer`]: it applies commands sent through an
 //! [`EnforcerHandle`] and drains the event ring buffer, so nothing else ever touches the maps.
 //! Commands come through two queues: small incremental writes
-//! ([`EnforcerHandle::add_container_rules`]) go ahead of everything else (bulk syncs, queries),
+//! ([`EnforcerHandle::add_container_rules`], [`EnforcerHandle::set_dns_redirect`]) go ahead of everything else (bulk syncs, queries),
 //! so that an answer the DNS proxy lets through never waits behind a resync.
 //! Denials and audit hits go to subscribers; the `cgroup_mkdir` tracepoint's notices go to the
 //! enforcer itself ([`Enforcer::on_notice`]). While something waits for a retry (see
@@ -15,14 +15,14 @@ use tokio::{
 };
 use tracing::{error, warn};
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
-    enforcer::{Applied, Enforcer, EnforcerError, Stats},
+    enforcer::{Applied, Enforcer, EnforcerError, Owner, Stats},
     observe::events::{EgressEvent, Record},
     sys::{cgroup::CgroupId, kernel_path::KernelPath},
 };
-use egress_common::container::ContainerId;
+use egress_common::{container::ContainerId, dns::DnsRedirect};
 use egress_policy::policy::{Policy, Rule};
 
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
@@ -96,6 +96,21 @@ enum Command {
         container: ContainerId,
         rules: Vec<Rule>,
         reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    /// Sent through the urgent queue only.
+    SetLearnedRules {
+        owner: Owner,
+        rules: BTreeSet<Rule>,
+        reply: oneshot::Sender<Result<bool, EnforcerError>>,
+    },
+    /// Sent through the urgent queue only.
+    SetDnsRedirect {
+        owner: Owner,
+        redirect: Option<DnsRedirect>,
+        reply: oneshot::Sender<Result<(), EnforcerError>>,
+    },
+    DnsRedirects {
+        reply: oneshot::Sender<Vec<(Owner, DnsRedirect)>>,
     },
     /// The observer attributes an event to a container by its policy id.
     ContainerOfPolicy {
@@ -300,6 +315,47 @@ impl EnforcerHandle {
         Ok(rx.await.map_err(|_| OwnerGone)??)
     }
 
+    /// Replaces what the DNS proxy learned for `owner` (a policed container) with `rules`, now,
+    /// ahead of every command queued in the bulk queue (see [`Enforcer::set_learned_rules`]);
+    /// false if the owner is no policed container.
+    pub async fn set_learned_rules(
+        &self,
+        owner: Owner,
+        rules: BTreeSet<Rule>,
+    ) -> Result<bool, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SetLearnedRules {
+            owner,
+            rules,
+            reply,
+        };
+        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
+        Ok(rx.await.map_err(|_| OwnerGone)??)
+    }
+
+    /// Sets or removes the DNS redirect of `owner` now, ahead of every command queued in the
+    /// bulk queue (see [`Enforcer::set_dns_redirect`]).
+    pub async fn set_dns_redirect(
+        &self,
+        owner: Owner,
+        redirect: Option<DnsRedirect>,
+    ) -> Result<(), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SetDnsRedirect {
+            owner,
+            redirect,
+            reply,
+        };
+        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
+        Ok(rx.await.map_err(|_| OwnerGone)??)
+    }
+
+    /// Every owner's DNS redirect, also those a restarted agent found pinned (see
+    /// [`Enforcer::dns_redirects`]).
+    pub async fn dns_redirects(&self) -> Result<Vec<(Owner, DnsRedirect)>, OwnerGone> {
+        self.ask(|reply| Command::DnsRedirects { reply }).await
+    }
+
     /// What cgroups of containers unknown to the agent get (see
     /// [`Enforcer::set_unclassified_deny`]).
     pub async fn set_unclassified_deny(&self, deny: bool) -> Result<(), CommandError> {
@@ -473,6 +529,23 @@ fn apply(enforcer: &mut Enforcer, cmd: Command) {
             reply,
         } => {
             let _ = reply.send(enforcer.add_container_rules(&container, &rules));
+        }
+        Command::SetLearnedRules {
+            owner,
+            rules,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_learned_rules(owner, rules));
+        }
+        Command::SetDnsRedirect {
+            owner,
+            redirect,
+            reply,
+        } => {
+            let _ = reply.send(enforcer.set_dns_redirect(owner, redirect));
+        }
+        Command::DnsRedirects { reply } => {
+            let _ = reply.send(enforcer.dns_redirects());
         }
         Command::ContainerOfPolicy { policy_id, reply } => {
             let _ = reply.send(enforcer.container_of_policy(policy_id));

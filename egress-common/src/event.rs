@@ -21,6 +21,29 @@ pub enum Reason {
     /// The agent could not write the cgroup's policy (a map was full): everything is denied
     /// ([`crate::policy::FLAG_DENY_ALL`]).
     PolicyNotWritten = 3,
+    /// A port-53 destination of a policy that has no DNS redirect ([`crate::maps::DNS_REDIRECT`]):
+    /// the agent's DNS proxy for it is not (or no longer) there, so its DNS fails closed.
+    DnsProxyNotReady = 4,
+}
+
+impl Reason {
+    /// Every reason, in code order.
+    pub const ALL: [Self; 4] = [
+        Self::NoMatchingRule,
+        Self::Unclassified,
+        Self::PolicyNotWritten,
+        Self::DnsProxyNotReady,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::NoMatchingRule),
+            2 => Some(Self::Unclassified),
+            3 => Some(Self::PolicyNotWritten),
+            4 => Some(Self::DnsProxyNotReady),
+            _ => None,
+        }
+    }
 }
 
 /// [`Event::verdict`] of a notice: not a verdict on a destination but news from the

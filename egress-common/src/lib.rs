@@ -2,7 +2,8 @@
 //!
 //! Every map key, map value and event record is defined here once, `#[repr(C)]` with explicit
 //! padding so that the kernel and user space agree byte for byte. Map names and sizes, and the
-//! table of all maps, live in [`maps`]; the table of programs and their hooks in [`programs`].
+//! table of all maps, live in [`maps`]; the table of programs and their hooks in [`programs`];
+//! the DNS redirect's addresses and records in [`dns`].
 //! The layout version in [`LAYOUT_VERSION`] changes whenever a map does, so that an agent can
 //! tell a compatible pinned state from an incompatible one.
 //!
@@ -14,6 +15,7 @@
 
 pub mod cgroup_path;
 pub mod container;
+pub mod dns;
 pub mod event;
 pub mod maps;
 pub mod policy;
@@ -23,7 +25,7 @@ pub mod stats;
 
 /// Version of the pinned map layout. Bump it on any change to a map's name, type, key, value or
 /// size: an agent that finds pinned maps of another layout replaces them instead of reusing them.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Address families as they appear in `bpf_sock_addr.user_family` and in events.
 pub const AF_INET: u8 = 2;

@@ -40,6 +40,14 @@ pub const PATH_POLICY: &str = "EG_PATH_POLICY";
 /// parents. A cgroup that looks like a container of no known container gets the unclassified
 /// default only when its parent is one of them.
 pub const CONTAINER_PARENTS: &str = "EG_CT_PARENTS";
+/// Policy id (u32) -> [`crate::dns::DnsRedirect`]: where the port-53 traffic of the policy's
+/// cgroups goes (the agent's DNS proxy). Written by the agent; a policy without an entry has
+/// its DNS denied ([`crate::event::Reason::DnsProxyNotReady`]).
+pub const DNS_REDIRECT: &str = "EG_DNS_REDIR";
+/// LRU hash of socket cookie (u64) -> [`crate::dns::DnsOrigin`]: the destination a socket's
+/// redirected DNS was sent to, written by the connect and sendmsg programs, read by the
+/// recvmsg and getpeername programs. LRU: a socket that is gone needs no delete.
+pub const DNS_ORIGIN: &str = "EG_DNS_ORIG";
 
 /// How many cgroups the agent polices on its own (`--policy`) at most: its share of
 /// [`CGROUP_POLICY`]. It refuses more, so that they never take the room of container cgroups.
@@ -71,6 +79,11 @@ pub const MAX_UNPOLICED: u32 = 16_384;
 pub const MAX_POLICY_PATHS: u32 = 1024;
 /// Docker cgroup parents (the driver's default, every `--cgroup-parent` seen).
 pub const MAX_CONTAINER_PARENTS: u32 = 1024;
+/// Policies with a DNS redirect at once ([`DNS_REDIRECT`]): one per policed container.
+pub const MAX_DNS_REDIRECTS: u32 = MAX_CONTAINERS;
+/// Sockets whose redirected DNS destination is remembered at once ([`DNS_ORIGIN`]); the least
+/// recently used goes first.
+pub const DNS_ORIGIN_ENTRIES: u32 = 65_536;
 /// [`CONFIG`] slot: what a new container cgroup gets when the agent has not classified its
 /// container: [`UNCLASSIFIED_ALLOW`] or [`UNCLASSIFIED_DENY`] (the default, 0, denies).
 pub const CONFIG_UNCLASSIFIED: u32 = 0;
@@ -86,6 +99,7 @@ pub enum MapKind {
     Hash = 1,
     Array = 2,
     PerCpuArray = 6,
+    LruHash = 9,
     LpmTrie = 11,
     RingBuf = 27,
 }
@@ -134,6 +148,7 @@ pub const MAPS: &[MapSpec] = {
     use crate::{
         cgroup_path::PathKey,
         container::ContainerKey,
+        dns::{DnsOrigin, DnsRedirect},
         policy::CgroupPolicy,
         rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
     };
@@ -195,6 +210,20 @@ pub const MAPS: &[MapSpec] = {
             sz::<PathKey>(),
             sz::<u32>(),
             MAX_CONTAINER_PARENTS,
+        ),
+        spec(
+            DNS_REDIRECT,
+            Hash,
+            sz::<u32>(),
+            sz::<DnsRedirect>(),
+            MAX_DNS_REDIRECTS,
+        ),
+        spec(
+            DNS_ORIGIN,
+            LruHash,
+            sz::<u64>(),
+            sz::<DnsOrigin>(),
+            DNS_ORIGIN_ENTRIES,
         ),
     ]
 };

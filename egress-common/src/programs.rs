@@ -11,6 +11,10 @@ pub enum CgroupAttachType {
     Connect6 = 11,
     Sendmsg4 = 14,
     Sendmsg6 = 15,
+    Recvmsg4 = 19,
+    Recvmsg6 = 20,
+    Getpeername4 = 29,
+    Getpeername6 = 30,
 }
 
 /// Where a program is attached.
@@ -52,6 +56,10 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     cgroup("connect6", CgroupAttachType::Connect6),
     cgroup("sendmsg4", CgroupAttachType::Sendmsg4),
     cgroup("sendmsg6", CgroupAttachType::Sendmsg6),
+    cgroup("recvmsg4", CgroupAttachType::Recvmsg4),
+    cgroup("recvmsg6", CgroupAttachType::Recvmsg6),
+    cgroup("getpeername4", CgroupAttachType::Getpeername4),
+    cgroup("getpeername6", CgroupAttachType::Getpeername6),
     tracepoint("cgroup_mkdir", "cgroup"),
     tracepoint("cgroup_rmdir", "cgroup"),
 ];
@@ -104,7 +112,7 @@ mod tests {
 
     #[test]
     fn every_cgroup_hook_is_listed_once_with_its_name() {
-        assert_eq!(CgroupAttachType::ALL.len(), 4);
+        assert_eq!(CgroupAttachType::ALL.len(), 8);
         for t in CgroupAttachType::ALL {
             assert_eq!(CgroupAttachType::of_program(t.name()), Some(t));
         }

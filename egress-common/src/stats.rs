@@ -18,7 +18,7 @@ pub const CGROUP_MKDIR_INSERT_FAILED: u32 = 2;
 /// without racing a program.
 pub const INSERT_FAILED_BASE: u32 = 3;
 /// The maps the agent inserts into, in the order of their [`INSERT_FAILED_BASE`] counters.
-pub const INSERT_FAILED_MAPS: [&str; 7] = [
+pub const INSERT_FAILED_MAPS: [&str; 8] = [
     maps::CGROUP_POLICY,
     maps::ALLOW_V4,
     maps::ALLOW_V6,
@@ -26,7 +26,17 @@ pub const INSERT_FAILED_MAPS: [&str; 7] = [
     maps::CIDR_V6,
     maps::CONTAINERS,
     maps::UNPOLICED,
+    maps::DNS_REDIRECT,
 ];
+/// A policed cgroup's port-53 destination was rewritten to its DNS proxy
+/// ([`maps::DNS_REDIRECT`]).
+pub const DNS_REDIRECTED: u32 = INSERT_FAILED_BASE + INSERT_FAILED_MAPS.len() as u32;
+/// A policed cgroup's port-53 destination was left alone and allowed: a rule of its policy
+/// names that address (or CIDR) and port 53 explicitly.
+pub const DNS_DIRECT: u32 = DNS_REDIRECTED + 1;
+/// The program could not store a redirected socket's origin in [`maps::DNS_ORIGIN`]; the
+/// connect or send was denied (the answer could not have been given its origin back).
+pub const DNS_ORIGIN_FAILED: u32 = DNS_DIRECT + 1;
 /// First slot of the per-reason denial counters.
 pub const DENIED_BASE: u32 = REASON_SLOTS;
 /// First slot of the per-reason audit counters.
@@ -34,7 +44,7 @@ pub const AUDITED_BASE: u32 = 2 * REASON_SLOTS;
 /// Number of slots.
 pub const SLOTS: u32 = 3 * REASON_SLOTS;
 
-const _: () = assert!(INSERT_FAILED_BASE + INSERT_FAILED_MAPS.len() as u32 <= DENIED_BASE);
+const _: () = assert!(DNS_ORIGIN_FAILED < DENIED_BASE);
 
 /// The slot counting `verdict` for `reason`.
 pub const fn slot(verdict: Verdict, reason: Reason) -> u32 {
@@ -67,7 +77,7 @@ mod tests {
         let a = slot(Verdict::Audited, Reason::NoMatchingRule);
         assert!((EVENTS_LOST + 1..AUDITED_BASE).contains(&d));
         assert!((AUDITED_BASE..SLOTS).contains(&a));
-        let last = slot(Verdict::Denied, Reason::PolicyNotWritten);
+        let last = slot(Verdict::Denied, Reason::DnsProxyNotReady);
         assert!(last < AUDITED_BASE);
     }
 
@@ -84,5 +94,9 @@ mod tests {
             seen[s as usize] = true;
         }
         assert_eq!(insert_failed_slot(maps::EVENTS), None);
+        for s in [DNS_REDIRECTED, DNS_DIRECT, DNS_ORIGIN_FAILED] {
+            assert!(s < DENIED_BASE && !seen[s as usize], "dns slot {s}");
+            seen[s as usize] = true;
+        }
     }
 }

@@ -16,8 +16,9 @@ pub struct Dest {
     pub port: u16,
 }
 
+/// The port in the context, host byte order.
 #[inline(always)]
-fn port(ctx: &SockAddrContext) -> u16 {
+pub fn port(ctx: &SockAddrContext) -> u16 {
     // SAFETY: the kernel hands every sock_addr program a valid context; the verifier checks the
     // access (user_port is read with a 4-byte load, the port is in its low 16 bits, big-endian).
     let raw = unsafe { (*ctx.sock_addr).user_port };

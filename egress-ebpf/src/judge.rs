@@ -1,10 +1,12 @@
-//! The verdict: unpoliced cgroups pass after one lookup; policed ones must match a rule.
+//! The verdict: unpoliced cgroups pass after one lookup; policed ones must match a rule, and
+//! their DNS (port 53) goes to their DNS proxy ([`crate::dns`]) before any rule is looked at.
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id, maps::lpm_trie::Key, programs::SockAddrContext,
 };
 use egress_common::{
     AF_INET, AF_INET6,
+    dns::DNS_PORT,
     event::{Hook, Reason, Verdict},
     policy::{
         CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6,
@@ -16,6 +18,7 @@ use egress_common::{
 
 use crate::{
     dest::{Addr, Dest},
+    dns::{self, Outcome},
     maps::{ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CIDR_V4, CIDR_V6},
     report::{count, send},
 };
@@ -41,6 +44,14 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         Reason::Unclassified
     } else if policy.flags & FLAG_DENY_ALL != 0 {
         Reason::PolicyNotWritten
+    } else if dest.port == DNS_PORT
+        && let Some(outcome) = dns::redirect(ctx, hook, &policy, &dest)
+    {
+        match outcome {
+            Outcome::Allow => return ALLOW,
+            Outcome::Deny => return DENY,
+            Outcome::NotReady => Reason::DnsProxyNotReady,
+        }
     } else if own_loopback(&policy, &dest) || allowed(&policy, &dest) {
         count(stats::ALLOWED);
         return ALLOW;
@@ -61,7 +72,6 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
 
 /// Docker's embedded DNS server, a loopback address that forwards outward.
 const EMBEDDED_DNS: [u8; 4] = [127, 0, 0, 11];
-const DNS_PORT: u16 = 53;
 
 /// True if `policy` may reach its own loopback ([`FLAG_LOOPBACK`]) and `dest` is loopback
 /// (`127.0.0.0/8`, `::1`), neither port 53 nor the embedded resolver. No map lookup.
@@ -107,12 +117,12 @@ fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
 }
 
 #[inline(always)]
-fn cidr4(data: Cidr4Data) -> bool {
+pub fn cidr4(data: Cidr4Data) -> bool {
     CIDR_V4.get(Key::new(CIDR_PREFIX_BITS + 32, data)).is_some()
 }
 
 #[inline(always)]
-fn cidr6(data: Cidr6Data) -> bool {
+pub fn cidr6(data: Cidr6Data) -> bool {
     CIDR_V6
         .get(Key::new(CIDR_PREFIX_BITS + 128, data))
         .is_some()

@@ -1,5 +1,6 @@
-//! Entry points of the egress programs, thin wrappers: the cgroup sock_addr hooks over
-//! [`judge::judge`], the cgroup tracepoints over [`classify`]. The maps are in [`maps`], the
+//! Entry points of the egress programs, thin wrappers: the cgroup connect and sendmsg hooks
+//! over [`judge::judge`] (with the DNS redirect of [`dns`]), the recvmsg and getpeername hooks
+//! over [`unredirect`], the cgroup tracepoints over [`classify`]. The maps are in [`maps`], the
 //! destination decoding in [`dest`].
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -9,11 +10,15 @@ mod classify;
 #[cfg(target_arch = "bpf")]
 mod dest;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod judge;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod report;
+#[cfg(target_arch = "bpf")]
+mod unredirect;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -23,7 +28,7 @@ mod programs {
     };
     use egress_common::event::Hook;
 
-    use crate::{classify, dest, judge::judge};
+    use crate::{classify, dest, judge::judge, unredirect};
 
     #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
     pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
@@ -53,6 +58,26 @@ mod programs {
     #[cgroup_sock_addr(sendmsg6)]
     pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
         judge(&ctx, Hook::Sendmsg6, dest::v6(&ctx))
+    }
+
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+        unredirect::v4(&ctx)
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+        unredirect::v6(&ctx)
+    }
+
+    #[cgroup_sock_addr(getpeername4)]
+    pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+        unredirect::v4(&ctx)
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+        unredirect::v6(&ctx)
     }
 }
 

@@ -5,14 +5,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
     cgroup_path::{PATH_BUF, PathKey, PathWalk},
     container::ContainerKey,
+    dns::{DnsOrigin, DnsRedirect},
     maps::{
-        CGROUP_POLICY_ENTRIES, CONFIG_SLOTS, EVENTS_BYTES, MAX_ADDR_RULES, MAX_CIDR_RULES,
-        MAX_CONTAINER_PARENTS, MAX_CONTAINERS, MAX_POLICY_PATHS, MAX_UNPOLICED, META_SLOTS,
+        CGROUP_POLICY_ENTRIES, CONFIG_SLOTS, DNS_ORIGIN_ENTRIES, EVENTS_BYTES, MAX_ADDR_RULES,
+        MAX_CIDR_RULES, MAX_CONTAINER_PARENTS, MAX_CONTAINERS, MAX_DNS_REDIRECTS, MAX_POLICY_PATHS,
+        MAX_UNPOLICED, META_SLOTS,
     },
     policy::CgroupPolicy,
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
@@ -59,6 +61,14 @@ pub static PATH_POLICY: HashMap<PathKey, CgroupPolicy> = HashMap::pinned(MAX_POL
 
 #[map(name = "EG_CT_PARENTS")]
 pub static CONTAINER_PARENTS: HashMap<PathKey, u32> = HashMap::pinned(MAX_CONTAINER_PARENTS, 0);
+
+/// Written by the agent: the DNS proxy of each policy id.
+#[map(name = "EG_DNS_REDIR")]
+pub static DNS_REDIRECT: HashMap<u32, DnsRedirect> = HashMap::pinned(MAX_DNS_REDIRECTS, 0);
+
+/// Socket cookie -> the destination its redirected DNS was sent to.
+#[map(name = "EG_DNS_ORIG")]
+pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGIN_ENTRIES, 0);
 
 /// Per-CPU scratch space for the cgroup path a tracepoint reads (too big for the stack).
 #[map(name = "EG_PATH_SCRATCH")]

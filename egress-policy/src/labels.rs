@@ -7,6 +7,7 @@
 //! |----------------|------------------------------------------------------------|-----------|
 //! | `egress.allow` | comma-separated list of allowed destinations (see below)   | nothing   |
 //! | `egress.mode`  | `enforce` (block the rest) or `audit` (log it, block none) | `enforce` |
+//! | `egress.dns`   | `learn` or `resolve`: where a name's addresses come from ([`DnsMode`]) | the agent's |
 //!
 //! Label keys are case-sensitive. Any other key that starts with `egress.` is an error (an
 //! unknown key), so a typo such as `egress.alow` is never silently ignored. So is a *near
@@ -17,7 +18,9 @@
 //!   `egress-allow`, `egress-gateway`): the dot spelled otherwise is still the agent's prefix;
 //! - another character that is neither a letter nor a digit (`:`, `/`, ...) or none, then a
 //!   word (letters and digits) that is `allow` or `mode` or at most two edits from one
-//!   (`egress:allow`, `egressallow`, `EgressMode`), or no word at all (`egress`).
+//!   (`egress:allow`, `egressallow`, `EgressMode`), or `dns` or one edit from it (`egressdns`,
+//!   `egress:dsn`; two edits from a three-letter word would take in `egresses`), or no word at
+//!   all (`egress`).
 //!
 //! So a key of another tool that starts with `egress-` or `egress_` denies the container too
 //! (with a log line naming it): the `egress` prefix is the agent's. Keys that merely contain it
@@ -45,8 +48,11 @@
 //!   ignored;
 //! - the image's `egress.mode=audit` is always ignored (so an image's audit label alone leaves
 //!   the container as if unlabelled);
-//! - anything else the image sets applies: `egress.mode=enforce`, and every error (an unknown
-//!   key, a near miss, a malformed value), which denies the container everything.
+//! - the image's `egress.dns=resolve` is always ignored: in resolve mode the agent allows the
+//!   addresses it resolves itself, which the container never asked for;
+//! - anything else the image sets applies: `egress.mode=enforce`, `egress.dns=learn`, and every
+//!   error (an unknown key, a near miss, a malformed value), which denies the container
+//!   everything.
 //!
 //! An ignored label is not read at all (its errors do not count) and is reported in
 //! [`Screened::ignored`], to be logged naming the image and the label. An image the operator
@@ -58,7 +64,8 @@
 //! allow    = [ item *( "," item ) ]          ; whitespace around items is ignored,
 //!                                            ; empty items (e.g. a trailing comma) are ignored
 //! item     = domain [ ":" port ]             ; that name, exactly
-//!          | "*." domain [ ":" port ]        ; any subdomain of it, at any depth, not the name itself
+//!          | "*." domain [ ":" port ]        ; a name exactly one label below it
+//!          | "**." domain [ ":" port ]       ; a name any number of labels below it
 //!          | address                         ; an IPv4/IPv6 address or CIDR, see below
 //! domain   = dlabel *( "." dlabel ) [ "." ]  ; at most 253 characters without the final dot
 //! dlabel   = 1*63( ALPHA / DIGIT / "-" )     ; not starting or ending with "-"
@@ -72,27 +79,36 @@
 //!   `API.Example.COM.` is `api.example.com`. Single-label names (`db`) are allowed. The last
 //!   DNS label must not be all digits (`foo.123`), so a name never reads as an address.
 //!   Internationalised names are written in their ASCII (`xn--`) form.
-//! - `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`; allow
-//!   both to get both. The `*` is only allowed as the whole first DNS label.
+//! - `*.example.com` matches exactly one label more: `a.example.com`, not `a.b.example.com`;
+//!   `**.example.com` matches any depth: `a.example.com` and `a.b.example.com`. Neither
+//!   matches `example.com` itself; allow it too to get it. `*` and `**` are only allowed as the
+//!   whole first DNS label ([`Pattern`]).
 //! - Without a port, an entry allows every port; `name:443` allows only port 443.
 //! - Addresses follow [`crate::policy::parse_ip_entry`]: `10.0.0.1`, `10.1.0.0/16:5432`,
 //!   `2001:db8::/32`, `[2001:db8::1]:443`.
 //! - The same entry twice is fine (it is kept once).
-//! - Anything else is an error naming the item: `*foo.com`, `a.*.com`, `**.x`, `*`,
+//! - Anything else is an error naming the item: `*foo.com`, `a.*.com`, `***.x`, `*`,
 //!   `http://x`, `x.com/path`, `x.com:0`, `x.com:http`, `-a.com`, `a..com`, `a_b.com`.
 //!
 //! # Wildcards
 //!
-//! The agent resolves domain names ahead of time, which cannot cover "any subdomain", so a
-//! wildcard entry is accepted only when the caller says it can honour it
-//! ([`Capabilities::wildcards`]). Otherwise it is an error (the container is denied all
-//! egress), never silently ignored.
+//! A wildcard can only be honoured by learning the addresses of the names the container looks
+//! up (the agent's DNS proxy), so a wildcard entry is accepted only when the caller says it
+//! can honour it ([`Capabilities::wildcards`]). Otherwise it is an error (the container is
+//! denied all egress), never silently ignored.
+//!
+//! # `egress.dns`
+//!
+//! `learn`: the addresses a container may reach for a name are exactly those its own DNS
+//! answers carried. `resolve`: the agent also resolves the exact names itself and allows what
+//! it got (for applications that connect to addresses they did not look up); wildcards are
+//! learned in both modes. Without the label, the agent's default applies.
 
 use std::{collections::HashMap, fmt};
 
-pub use crate::domain::{DomainError, DomainName};
+pub use crate::domain::{DomainError, DomainName, Pattern};
 use crate::{
-    domain::MAX_NAME_LEN,
+    dns::DnsMode,
     policy::{EntryError, Mode, Rule, parse_ip_entry, parse_mode},
 };
 
@@ -102,18 +118,25 @@ pub const LABEL_PREFIX: &str = "egress.";
 pub const ALLOW_LABEL: &str = "egress.allow";
 /// `enforce` or `audit`.
 pub const MODE_LABEL: &str = "egress.mode";
+/// `learn` or `resolve`.
+pub const DNS_LABEL: &str = "egress.dns";
+/// Every key the agent reads, for messages.
+const KEYS_READ: &str = "`egress.allow`, `egress.mode` and `egress.dns`";
 
-const WILDCARD_SHAPE: &str = "a wildcard must be `*.` followed by a domain (`*.example.com`)";
 pub(crate) const WILDCARDS_UNAVAILABLE: &str = "wildcard entries need the DNS-aware mode, which is not \
      available yet (list the names, or allow the addresses)";
 
 /// The word a near miss starts with (in any case).
 const PREFIX_WORD: &str = "egress";
-/// What comes after `egress.` in the agent's keys.
-const KEY_WORDS: [&str; 2] = ["allow", "mode"];
-/// A word at most this many edits (insertions, deletions, substitutions, transpositions) from
-/// one of [`KEY_WORDS`] is meant to be it.
-const MAX_KEY_WORD_EDITS: usize = 2;
+/// What comes after `egress.` in the agent's keys, with how many edits (insertions, deletions,
+/// substitutions, transpositions) a word may be from it and still be meant to be it: two for
+/// the long words, one for `dns` (two edits from a three-letter word take in `es`, so
+/// `egresses` would be a near miss).
+const KEY_WORDS: [(&str, &str, usize); 3] = [
+    ("allow", ALLOW_LABEL, 2),
+    ("mode", MODE_LABEL, 2),
+    ("dns", DNS_LABEL, 1),
+];
 
 /// How the agent reads a label key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +147,8 @@ pub enum KeyKind {
     Allow,
     /// `egress.mode`.
     Mode,
+    /// `egress.dns`.
+    Dns,
     /// Another key starting with `egress.` (an error).
     Unknown,
     /// The `egress.` prefix spelled otherwise (an error): see the module docs.
@@ -135,6 +160,7 @@ impl KeyKind {
         match key {
             ALLOW_LABEL => Self::Allow,
             MODE_LABEL => Self::Mode,
+            DNS_LABEL => Self::Dns,
             k if k.starts_with(LABEL_PREFIX) => Self::Unknown,
             k if near_miss_word(k).is_some() => Self::NearMiss,
             _ => Self::Other,
@@ -166,22 +192,19 @@ fn near_miss_word(key: &str) -> Option<String> {
     (dotted || next.is_empty() || meant_word(&next).is_some()).then_some(next)
 }
 
-/// The key word `w` is (nearly) spelled as.
+/// The key whose word `w` is (nearly) spelled as.
 fn meant_word(w: &str) -> Option<&'static str> {
     KEY_WORDS
         .into_iter()
-        .map(|k| (strsim::damerau_levenshtein(w, k), k))
-        .filter(|(d, _)| *d <= MAX_KEY_WORD_EDITS)
+        .map(|(word, key, edits)| (strsim::damerau_levenshtein(w, word), edits, key))
+        .filter(|(d, edits, _)| d <= edits)
         .min()
-        .map(|(_, k)| k)
+        .map(|(_, _, key)| key)
 }
 
 /// The key a near miss was probably meant to be.
 fn meant_key(near_miss: &str) -> Option<&'static str> {
-    let word = meant_word(&near_miss_word(near_miss)?)?;
-    [ALLOW_LABEL, MODE_LABEL]
-        .into_iter()
-        .find(|k| k.ends_with(word))
+    meant_word(&near_miss_word(near_miss)?)
 }
 
 /// True for a policy label key: one the agent reads, or rejects as unknown or as a near miss.
@@ -199,20 +222,15 @@ pub fn is_policed(labels: &HashMap<String, String>) -> bool {
 pub enum AllowEntry {
     /// An address or CIDR, on one port or on every port.
     Addr(Rule),
-    /// Exactly this name (its addresses, once resolved).
-    Domain { name: DomainName, port: Option<u16> },
-    /// Any strict subdomain of `suffix`, at any depth (`*.suffix`).
-    Wildcard {
-        suffix: DomainName,
-        port: Option<u16>,
-    },
+    /// A name or a wildcard ([`Pattern`]): the addresses of the names it matches.
+    Name { pattern: Pattern, port: Option<u16> },
 }
 
 impl AllowEntry {
     pub fn port(&self) -> Option<u16> {
         match self {
             AllowEntry::Addr(r) => r.port(),
-            AllowEntry::Domain { port, .. } | AllowEntry::Wildcard { port, .. } => *port,
+            AllowEntry::Name { port, .. } => *port,
         }
     }
 }
@@ -220,15 +238,16 @@ impl AllowEntry {
 impl fmt::Display for AllowEntry {
     /// The entry in the label grammar (it parses back to the same entry).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (star, name, port) = match self {
-            AllowEntry::Addr(r) => return r.fmt(f),
-            AllowEntry::Domain { name, port } => ("", name, port),
-            AllowEntry::Wildcard { suffix, port } => ("*.", suffix, port),
-        };
-        write!(f, "{star}{name}")?;
-        match port {
-            Some(p) => write!(f, ":{p}"),
-            None => Ok(()),
+        match self {
+            AllowEntry::Addr(r) => r.fmt(f),
+            AllowEntry::Name {
+                pattern,
+                port: None,
+            } => pattern.fmt(f),
+            AllowEntry::Name {
+                pattern,
+                port: Some(p),
+            } => write!(f, "{pattern}:{p}"),
         }
     }
 }
@@ -236,7 +255,7 @@ impl fmt::Display for AllowEntry {
 /// What the agent can enforce; entries it cannot honour are errors (fail closed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// `*.example.com` entries can be enforced (needs the DNS-aware mode, not available yet).
+    /// `*.example.com` and `**.example.com` entries can be enforced (needs the DNS proxy).
     pub wildcards: bool,
 }
 
@@ -282,7 +301,7 @@ fn ip_entry_message(e: EntryError) -> String {
     }
 }
 
-/// `domain[:port]` or `*.domain[:port]`; `token` is trimmed, non-empty and not an address.
+/// `pattern[:port]` ([`Pattern`]); `token` is trimmed, non-empty and not an address.
 fn parse_name_entry(token: &str, caps: Capabilities) -> Result<AllowEntry, String> {
     // Not an address, so at most one colon is left (two or more read as IPv6).
     let (host, port) = match token.split_once(':') {
@@ -296,31 +315,12 @@ fn parse_name_entry(token: &str, caps: Capabilities) -> Result<AllowEntry, Strin
                 .into(),
         );
     }
-    let wildcard = host.contains('*');
-    let name = if wildcard {
-        let suffix = host
-            .strip_prefix("*.")
-            .filter(|rest| !rest.is_empty() && !rest.contains('*'))
-            .ok_or_else(|| WILDCARD_SHAPE.to_owned())?;
-        let suffix = DomainName::parse(suffix).map_err(|e| e.0)?;
-        if suffix.as_str().len() > MAX_NAME_LEN - 2 {
-            return Err(format!(
-                "a wildcard's domain can be at most {} characters long (`*.` counts)",
-                MAX_NAME_LEN - 2
-            ));
-        }
-        suffix
-    } else {
-        DomainName::parse(host).map_err(|e| e.0)?
-    };
+    let pattern = Pattern::parse(host).map_err(|e| e.0)?;
     let port = port.map(parse_port).transpose()?;
-    if !wildcard {
-        return Ok(AllowEntry::Domain { name, port });
-    }
-    if !caps.wildcards {
+    if pattern.is_wildcard() && !caps.wildcards {
         return Err(WILDCARDS_UNAVAILABLE.into());
     }
-    Ok(AllowEntry::Wildcard { suffix: name, port })
+    Ok(AllowEntry::Name { pattern, port })
 }
 
 /// `1*DIGIT` in 1-65535 (no sign, no service names).
@@ -332,21 +332,29 @@ fn parse_port(p: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("bad port `{p}` (expected 1-65535)"))
 }
 
-/// What a policed container may reach: the mode and the allowed entries (no duplicates, in the
-/// order first written).
+/// What a policed container may reach: the mode, the allowed entries (no duplicates, in the
+/// order first written) and its DNS mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub mode: Mode,
     pub entries: Vec<AllowEntry>,
+    /// `egress.dns` (or the policy file's `dns`); None: the agent's default.
+    pub dns: Option<DnsMode>,
 }
 
 impl ContainerSpec {
-    /// Nothing allowed, in `mode`.
+    /// Nothing allowed, in `mode`, with the agent's default DNS mode.
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
             entries: Vec::new(),
+            dns: None,
         }
+    }
+
+    /// The DNS mode it asks for, or `default`.
+    pub fn dns_mode(&self, default: DnsMode) -> DnsMode {
+        self.dns.unwrap_or(default)
     }
 
     /// Adds `entry` unless it is already there; returns whether it was added.
@@ -366,20 +374,25 @@ impl ContainerSpec {
         })
     }
 
-    /// The exact-name entries, with their ports.
-    pub fn domains(&self) -> impl Iterator<Item = (&DomainName, Option<u16>)> + '_ {
+    /// The name and wildcard entries, with their ports.
+    pub fn names(&self) -> impl Iterator<Item = (&Pattern, Option<u16>)> + '_ {
         self.entries.iter().filter_map(|e| match e {
-            AllowEntry::Domain { name, port } => Some((name, *port)),
+            AllowEntry::Name { pattern, port } => Some((pattern, *port)),
+            AllowEntry::Addr(_) => None,
+        })
+    }
+
+    /// The exact names (as [`crate::domain::key`]s), with their ports.
+    pub fn domains(&self) -> impl Iterator<Item = (&str, Option<u16>)> + '_ {
+        self.names().filter_map(|(p, port)| match p {
+            Pattern::Exact(name) => Some((name.as_str(), port)),
             _ => None,
         })
     }
 
     /// The wildcard entries, with their ports.
-    pub fn wildcards(&self) -> impl Iterator<Item = (&DomainName, Option<u16>)> + '_ {
-        self.entries.iter().filter_map(|e| match e {
-            AllowEntry::Wildcard { suffix, port } => Some((suffix, *port)),
-            _ => None,
-        })
+    pub fn wildcards(&self) -> impl Iterator<Item = (&Pattern, Option<u16>)> + '_ {
+        self.names().filter(|(p, _)| p.is_wildcard())
     }
 }
 
@@ -436,6 +449,7 @@ pub fn classify(labels: &HashMap<String, String>, caps: Capabilities) -> Classif
         Classification::Policed(ContainerSpec {
             mode: parsed.mode.unwrap_or(Mode::Enforce),
             entries: parsed.entries,
+            dns: parsed.dns,
         })
     }
 }
@@ -448,6 +462,8 @@ pub(crate) struct ParsedLabels {
     pub policed: bool,
     /// `egress.mode`, if given and valid.
     pub mode: Option<Mode>,
+    /// `egress.dns`, if given and valid.
+    pub dns: Option<DnsMode>,
     /// The valid entries of `egress.allow`, deduplicated.
     pub entries: Vec<AllowEntry>,
     pub errors: Vec<LabelError>,
@@ -493,9 +509,22 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     )),
                 },
             },
+            KeyKind::Dns => match value.trim() {
+                "" => out.errors.push(error(
+                    "",
+                    "empty value: expected `learn` or `resolve`".into(),
+                )),
+                v => match DnsMode::parse(v) {
+                    Ok(m) => out.dns = Some(m),
+                    Err(_) => out.errors.push(error(
+                        v,
+                        "unknown DNS mode: expected `learn` or `resolve`".into(),
+                    )),
+                },
+            },
             KeyKind::Unknown => out.errors.push(error(
                 "",
-                format!("unknown key (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"),
+                format!("unknown key (the agent reads {KEYS_READ})"),
             )),
             KeyKind::NearMiss => out.errors.push(error(
                 "",
@@ -506,7 +535,7 @@ pub(crate) fn parse_labels(labels: &HashMap<String, String>, caps: Capabilities)
                     ),
                     None => format!(
                         "not a label the agent reads: keys are case-sensitive, with a dot \
-                         (the agent reads `{ALLOW_LABEL}` and `{MODE_LABEL}`)"
+                         (the agent reads {KEYS_READ})"
                     ),
                 },
             )),
@@ -549,6 +578,9 @@ pub enum IgnoredWhy {
     Audit,
     /// An image's `egress.allow` beside the operator's own policy labels or policy-file rules.
     BesideOperator,
+    /// An image's `egress.dns=resolve`: the agent would allow addresses the container never
+    /// asked for.
+    DnsResolve,
 }
 
 /// A label of the image that [`screen`] set aside.
@@ -571,6 +603,10 @@ impl fmt::Display for IgnoredLabel {
             IgnoredWhy::BesideOperator => {
                 "the operator's own egress labels or policy-file rules decide what the \
                  container may reach; an image may not add to them"
+            }
+            IgnoredWhy::DnsResolve => {
+                "an image may make its container's policy stricter, never looser, and resolve \
+                 mode allows addresses the agent resolves, which the container never asked for"
             }
         })
     }
@@ -609,6 +645,9 @@ pub fn screen(
         }
         let why = match KeyKind::of(key) {
             KeyKind::Mode if matches!(parse_mode(value), Ok(Mode::Audit)) => IgnoredWhy::Audit,
+            KeyKind::Dns if matches!(DnsMode::parse(value), Ok(DnsMode::Resolve)) => {
+                IgnoredWhy::DnsResolve
+            }
             KeyKind::Allow if operator => IgnoredWhy::BesideOperator,
             _ => continue,
         };
@@ -645,17 +684,36 @@ mod tests {
     }
 
     fn domain(name: &str, port: Option<u16>) -> AllowEntry {
-        AllowEntry::Domain {
-            name: DomainName::parse(name).unwrap(),
+        AllowEntry::Name {
+            pattern: Pattern::Exact(name.into()),
             port,
         }
     }
 
-    fn wildcard(suffix: &str, port: Option<u16>) -> AllowEntry {
-        AllowEntry::Wildcard {
-            suffix: DomainName::parse(suffix).unwrap(),
+    /// `*.suffix`
+    fn one_label(suffix: &str, port: Option<u16>) -> AllowEntry {
+        AllowEntry::Name {
+            pattern: Pattern::OneLabel(suffix.into()),
             port,
         }
+    }
+
+    /// `**.suffix`
+    fn any_depth(suffix: &str, port: Option<u16>) -> AllowEntry {
+        AllowEntry::Name {
+            pattern: Pattern::AnyDepth(suffix.into()),
+            port,
+        }
+    }
+
+    fn is_exact(e: &AllowEntry) -> bool {
+        matches!(
+            e,
+            AllowEntry::Name {
+                pattern: Pattern::Exact(_),
+                ..
+            }
+        )
     }
 
     fn addr(s: &str) -> AllowEntry {
@@ -714,7 +772,7 @@ mod tests {
         assert_eq!(entry("API.Example.COM"), domain("api.example.com", None));
         assert_eq!(
             entry("*.Example.COM:443"),
-            wildcard("example.com", Some(443))
+            one_label("example.com", Some(443))
         );
         assert_eq!(entry("API.example.com").to_string(), "api.example.com");
     }
@@ -726,7 +784,7 @@ mod tests {
             entry("api.example.com.:443"),
             domain("api.example.com", Some(443))
         );
-        assert_eq!(entry("*.example.com."), wildcard("example.com", None));
+        assert_eq!(entry("*.example.com."), one_label("example.com", None));
         assert!(bad("api.example.com..").message.contains("empty DNS label"));
         // `.` reads as a malformed address; as a name it is empty.
         assert_eq!(bad(".").token, ".");
@@ -750,12 +808,17 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert_eq!(entry("*.example.com"), wildcard("example.com", None));
+        assert_eq!(entry("*.example.com"), one_label("example.com", None));
         assert_eq!(
             entry("*.example.com:443"),
-            wildcard("example.com", Some(443))
+            one_label("example.com", Some(443))
         );
-        assert_eq!(entry("*.internal"), wildcard("internal", None));
+        assert_eq!(entry("*.internal"), one_label("internal", None));
+        assert_eq!(entry("**.example.com"), any_depth("example.com", None));
+        assert_eq!(
+            entry("**.Example.com.:8443"),
+            any_depth("example.com", Some(8443))
+        );
     }
 
     #[test]
@@ -763,9 +826,11 @@ mod tests {
         let e = parse_allow_entry("*.example.com", NO_WILD).unwrap_err();
         assert_eq!(e.token, "*.example.com");
         assert!(e.message.contains("DNS-aware mode"), "{e}");
+        let e = parse_allow_entry("**.example.com:443", NO_WILD).unwrap_err();
+        assert!(e.message.contains("DNS-aware mode"), "{e}");
         // A malformed wildcard reports its shape first, whatever the capabilities.
         let e = parse_allow_entry("*foo.com", NO_WILD).unwrap_err();
-        assert!(e.message.contains("`*.` followed by a domain"), "{e}");
+        assert!(e.message.contains("`*.` (exactly one more label)"), "{e}");
     }
 
     #[test]
@@ -807,13 +872,22 @@ mod tests {
     #[test]
     fn bad_entries_name_the_token() {
         for (s, want) in [
-            ("*foo.com", "`*.` followed by a domain"),
-            ("a.*.com", "`*.` followed by a domain"),
-            ("**.x", "`*.` followed by a domain"),
-            ("*.*.x", "`*.` followed by a domain"),
-            ("*", "`*.` followed by a domain"),
-            ("*.", "`*.` followed by a domain"),
-            ("*.com*", "`*.` followed by a domain"),
+            ("*foo.com", "`*foo` is not a wildcard label"),
+            ("***.x", "`***` is not a wildcard label"),
+            ("*x.y", "`*x` is not a wildcard label"),
+            (
+                "a.*.com",
+                "`*`: `*` is only allowed as the whole first label",
+            ),
+            ("*.*.x", "`*`: `*` is only allowed as the whole first label"),
+            (
+                "**.**.x",
+                "`**`: `*` is only allowed as the whole first label",
+            ),
+            ("*", "a wildcard needs a domain after it"),
+            ("**", "a wildcard needs a domain after it"),
+            ("*.", "a wildcard needs a domain after it"),
+            ("*.com*", "`com*`: `*` is only allowed"),
             ("http://x", "a URL is not an entry"),
             ("https://x.com:443/", "a URL is not an entry"),
             ("x.com/path", "`/` is not allowed"),
@@ -837,6 +911,7 @@ mod tests {
             ("foo.123", "all digits"),
             ("*.-a.com", "DNS label `-a`"),
             ("*.10.0.0.1", "all digits"),
+            ("**.-a.com", "DNS label `-a`"),
         ] {
             let p = bad(s);
             assert_eq!(p.token, s);
@@ -848,25 +923,21 @@ mod tests {
     fn length_limits() {
         let l63 = "a".repeat(63);
         let l64 = "a".repeat(64);
-        assert!(matches!(
-            entry(&format!("{l63}.com")),
-            AllowEntry::Domain { .. }
-        ));
+        assert!(is_exact(&entry(&format!("{l63}.com"))));
         assert!(bad(&format!("{l64}.com")).message.contains("at most 63"));
         // 4 * 63 + 3 dots = 255 > 253; 3 * 63 + 61 + 3 = 253.
         let long = [l63.as_str(); 4].join(".");
         assert!(bad(&long).message.contains("at most 253"));
         let max = format!("{l63}.{l63}.{l63}.{}", "b".repeat(61));
         assert_eq!(max.len(), 253);
-        assert!(matches!(entry(&max), AllowEntry::Domain { .. }));
-        assert!(matches!(
-            entry(&format!("{max}.")),
-            AllowEntry::Domain { .. }
-        ));
+        assert!(is_exact(&entry(&max)));
+        assert!(is_exact(&entry(&format!("{max}."))));
         // `*.` + 253 cannot match any name.
         assert!(bad(&format!("*.{max}")).message.contains("at most 251"));
         let wild = format!("*.{l63}.{l63}.{l63}.{}", "b".repeat(59));
-        assert!(matches!(entry(&wild), AllowEntry::Wildcard { .. }));
+        assert_eq!(entry(&wild), one_label(&wild[2..], None));
+        assert!(bad(&format!("**.{max}")).message.contains("at most 251"));
+        assert_eq!(entry(&format!("*{wild}")), any_depth(&wild[2..], None));
     }
 
     #[test]
@@ -876,6 +947,8 @@ mod tests {
             "api.example.com:443",
             "*.example.com",
             "*.example.com:8443",
+            "**.example.com",
+            "**.example.com:8443",
             "10.0.0.0/8:5432",
             "[2001:db8::1]:443",
             "2001:db8::/32",
@@ -910,7 +983,9 @@ mod tests {
         for (k, want) in [
             ("egress.allow", KeyKind::Allow),
             ("egress.mode", KeyKind::Mode),
+            ("egress.dns", KeyKind::Dns),
             ("egress.alow", KeyKind::Unknown),
+            ("egress.DNS", KeyKind::Unknown),
             ("egress.", KeyKind::Unknown),
             ("egress.allow ", KeyKind::Unknown),
             ("egress.Allow", KeyKind::Unknown),
@@ -932,6 +1007,11 @@ mod tests {
             ("EGRESS_ALLOW_LIST", KeyKind::NearMiss),
             ("egressallow", KeyKind::NearMiss),
             ("EgressMode", KeyKind::NearMiss),
+            ("Egress.dns", KeyKind::NearMiss),
+            ("EGRESS_DNS", KeyKind::NearMiss),
+            ("egressdns", KeyKind::NearMiss),
+            ("egress:dsn", KeyKind::NearMiss),
+            ("EgressDNS", KeyKind::NearMiss),
             ("egress", KeyKind::NearMiss),
             ("Egress", KeyKind::NearMiss),
             ("egress-", KeyKind::NearMiss),
@@ -944,6 +1024,8 @@ mod tests {
             ("bench.egress-enforcer", KeyKind::Other),
             ("egressor", KeyKind::Other),
             ("egresses.allow", KeyKind::Other),
+            ("egresses", KeyKind::Other),
+            ("egressd", KeyKind::Other),
             ("egres.allow", KeyKind::Other),
             ("com.egress.allow", KeyKind::Other),
             ("", KeyKind::Other),
@@ -965,6 +1047,8 @@ mod tests {
             ("egressallow", Some("egress.allow")),
             ("Egress.alow", Some("egress.allow")),
             ("egress-mdoe", Some("egress.mode")),
+            ("EGRESS_DNS", Some("egress.dns")),
+            ("egress:dsn", Some("egress.dns")),
             ("Egress.deny", None),
             ("egress", None),
         ] {
@@ -1015,6 +1099,7 @@ mod tests {
         Classification::Policed(ContainerSpec {
             mode,
             entries: list.iter().map(|e| entry(e)).collect(),
+            dns: None,
         })
     }
 
@@ -1360,13 +1445,14 @@ mod tests {
         assert_eq!(
             shown,
             vec![
-                "label `egress.allow`: `*foo.com`: a wildcard must be `*.` followed by a domain \
-                 (`*.example.com`)",
+                "label `egress.allow`: `*foo.com`: `*foo` is not a wildcard label: a wildcard is \
+                 `*.` (exactly one more label) or `**.` (any depth) followed by a domain, e.g. \
+                 `*.example.com`",
                 "label `egress.allow`: `x.com:0`: bad port `0` (expected 1-65535)",
                 "label `egress.allow`: `-a.com`: DNS label `-a` must not start or end with a \
                  hyphen",
-                "label `egress.deny`: unknown key (the agent reads `egress.allow` and \
-                 `egress.mode`)",
+                "label `egress.deny`: unknown key (the agent reads `egress.allow`, `egress.mode` \
+                 and `egress.dns`)",
                 "label `egress.mode`: `block`: unknown mode: expected `enforce` or `audit`",
             ]
         );
@@ -1383,10 +1469,135 @@ mod tests {
         assert_eq!(
             s.entries,
             vec![
-                wildcard("example.com", Some(443)),
+                one_label("example.com", Some(443)),
                 domain("example.com", None)
             ]
         );
         assert_eq!(s.wildcards().count(), 1);
+    }
+
+    #[test]
+    fn dns_label() {
+        let s = policed(
+            &[("egress.dns", " resolve "), ("egress.allow", "x.com")],
+            NO_WILD,
+        );
+        assert_eq!(s.dns, Some(DnsMode::Resolve));
+        assert_eq!(s.dns_mode(DnsMode::Learn), DnsMode::Resolve);
+        let s = policed(&[("egress.dns", "learn")], NO_WILD);
+        assert_eq!((s.mode, s.dns), (Mode::Enforce, Some(DnsMode::Learn)));
+        assert!(
+            s.entries.is_empty(),
+            "a DNS label alone polices: nothing allowed"
+        );
+        let s = policed(&[("egress.allow", "x.com")], NO_WILD);
+        assert_eq!(s.dns, None);
+        assert_eq!(s.dns_mode(DnsMode::Resolve), DnsMode::Resolve);
+    }
+
+    #[test]
+    fn dns_label_errors_name_the_token() {
+        let e = invalid(
+            &[("egress.dns", "Resolve"), ("egress.allow", "x.com")],
+            NO_WILD,
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].label.as_str(), e[0].token.as_str()),
+            ("egress.dns", "Resolve")
+        );
+        assert_eq!(
+            e[0].to_string(),
+            "label `egress.dns`: `Resolve`: unknown DNS mode: expected `learn` or `resolve`"
+        );
+        let e = invalid(&[("egress.dns", "")], NO_WILD);
+        assert_eq!(
+            e[0].to_string(),
+            "label `egress.dns`: empty value: expected `learn` or `resolve`"
+        );
+    }
+
+    #[test]
+    fn an_image_dns_learn_applies_and_resolve_is_ignored_unless_trusted() {
+        let img = image(&[("egress.allow", "x.com"), ("egress.dns", "learn")]);
+        let c = [("egress.allow", "x.com"), ("egress.dns", "learn")];
+        let (class, ignored) = screened(&c, &img, false, false);
+        let Classification::Policed(s) = class else {
+            panic!("{class:?}")
+        };
+        assert_eq!((s.dns, ignored), (Some(DnsMode::Learn), vec![]));
+
+        let img = image(&[("egress.allow", "x.com"), ("egress.dns", "resolve")]);
+        let c = [("egress.allow", "x.com"), ("egress.dns", "resolve")];
+        let (class, ignored) = screened(&c, &img, false, false);
+        let Classification::Policed(s) = class else {
+            panic!("{class:?}")
+        };
+        assert_eq!(s.dns, None, "the agent's default applies");
+        assert_eq!(ignored, vec![("egress.dns".into(), IgnoredWhy::DnsResolve)]);
+        // Alone, it leaves the container unlabelled (like an image's audit mode).
+        let img = image(&[("egress.dns", "resolve")]);
+        let (class, _) = screened(&[("egress.dns", "resolve")], &img, false, false);
+        assert_eq!(class, Classification::Unpoliced);
+        // Labels of an image the agent could not read count as the image's.
+        let (class, ignored) = screened(&c, &unknown(), false, false);
+        assert!(matches!(
+            class,
+            Classification::Policed(ContainerSpec { dns: None, .. })
+        ));
+        assert_eq!(ignored.len(), 1);
+        // A trusted image counts as the operator.
+        let (class, ignored) = screened(&c, &img, true, false);
+        let Classification::Policed(s) = class else {
+            panic!("{class:?}")
+        };
+        assert_eq!((s.dns, ignored), (Some(DnsMode::Resolve), vec![]));
+        // The operator's own resolve (a value other than the image's) stands.
+        let img = image(&[("egress.dns", "learn")]);
+        let (class, _) = screened(&c, &img, false, false);
+        assert!(matches!(
+            class,
+            Classification::Policed(ContainerSpec {
+                dns: Some(DnsMode::Resolve),
+                ..
+            })
+        ));
+        // An image's malformed DNS mode denies.
+        let img = image(&[("egress.dns", "both")]);
+        let (class, _) = screened(&[("egress.dns", "both")], &img, false, false);
+        assert!(matches!(class, Classification::Invalid(_)));
+    }
+
+    #[test]
+    fn an_ignored_dns_label_says_why() {
+        let s = screen(
+            &labels(&[("egress.dns", "resolve")]),
+            &unknown(),
+            false,
+            false,
+        );
+        assert_eq!(s.ignored.len(), 1);
+        assert!(
+            s.ignored[0]
+                .to_string()
+                .starts_with("`egress.dns=resolve` is ignored: an image may make"),
+            "{}",
+            s.ignored[0]
+        );
+    }
+
+    #[test]
+    fn names_domains_and_wildcards_of_a_spec() {
+        let s = policed(
+            &[(
+                "egress.allow",
+                "a.test:443, *.b.test, **.c.test:80, 10.0.0.1",
+            )],
+            WILD,
+        );
+        assert_eq!(s.names().count(), 3);
+        assert_eq!(s.domains().collect::<Vec<_>>(), vec![("a.test", Some(443))]);
+        let wild: Vec<String> = s.wildcards().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(wild, vec!["*.b.test", "**.c.test"]);
     }
 }

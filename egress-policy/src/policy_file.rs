@@ -13,6 +13,7 @@
 //! [[container]]
 //! name = "billing"
 //! mode = "audit"                                  # optional: overrides egress.mode
+//! dns = "resolve"                                 # optional: overrides egress.dns
 //! allow = ["api.stripe.com", "10.0.0.0/8:5432"]   # same entry grammar as the label
 //! replace = false                                 # true: replaces the label's entries
 //!
@@ -29,6 +30,7 @@
 //!   value is compared exactly and may be empty). At least one of `name` and `label` is
 //!   required; when both are given, both must match.
 //! - `mode`: `enforce` or `audit`; overrides `egress.mode`.
+//! - `dns`: `learn` or `resolve`; overrides `egress.dns` (see [`crate::dns::DnsMode`]).
 //! - `allow`: a list of entries, one per string, in the grammar of `egress.allow` (see
 //!   [`crate::labels`]), checked with the same [`Capabilities`]. An empty string or a comma in a
 //!   string is an error (commas separate entries only in the label).
@@ -59,7 +61,8 @@
 //! beside which an image's `egress.allow` is ignored; a trusted image's labels all apply),
 //! classify them ([`crate::labels::classify`]), then apply every matching `[[container]]` in
 //! file order: `allow` adds (without duplicates) or, with
-//! `replace = true`, replaces the entries; `mode` overrides the mode (the last one wins).
+//! `replace = true`, replaces the entries; `mode` and `dns` override the mode and the DNS mode
+//! (the last one wins).
 //!
 //! - A container without `egress.*` labels that some rule selects is policed by the file alone,
 //!   starting from "enforce, nothing allowed". So a rule with only a selector cuts a container
@@ -67,8 +70,8 @@
 //! - A container that no rule selects is classified by its labels alone.
 //! - Malformed labels: a rule only takes over the parts of the labels it fully supersedes. The
 //!   errors of `egress.allow` no longer matter if a matching rule has `replace = true` (the
-//!   label's entries are discarded anyway), and those of `egress.mode` no longer matter if a
-//!   matching rule sets `mode`. Any other error (an unknown `egress.*` key, whose intent the
+//!   label's entries are discarded anyway), and those of `egress.mode` (`egress.dns`) no longer
+//!   matter if a matching rule sets `mode` (`dns`). Any other error (an unknown `egress.*` key, whose intent the
 //!   agent cannot know, or an error in a label no rule supersedes) keeps the container
 //!   [`Classification::Invalid`]: all egress denied. This is stricter than ignoring bad labels
 //!   and more useful than "a file can never fix a label": the result is exactly what the
@@ -88,17 +91,18 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::{
+    dns::DnsMode,
     image_ref::ImageRef,
     labels::{
-        self, ALLOW_LABEL, AllowEntry, Capabilities, Classification, ContainerSpec, IgnoredLabel,
-        ImageLabels, LabelError, MODE_LABEL,
+        self, ALLOW_LABEL, AllowEntry, Capabilities, Classification, ContainerSpec, DNS_LABEL,
+        IgnoredLabel, ImageLabels, LabelError, MODE_LABEL,
     },
     policy::{Mode, parse_mode},
 };
 
 /// What `parse` calls the file in its errors (`load` uses the path).
 const UNNAMED: &str = "policy file";
-const FIELDS: &[&str] = &["name", "label", "mode", "allow", "replace"];
+const FIELDS: &[&str] = &["name", "label", "mode", "dns", "allow", "replace"];
 /// The top-level list of trusted images.
 const TRUSTED_IMAGES: &str = "trusted_images";
 
@@ -121,6 +125,7 @@ pub struct FileRule {
     pub name: Option<String>,
     pub label: Option<LabelSelector>,
     pub mode: Option<Mode>,
+    pub dns: Option<DnsMode>,
     /// Deduplicated, in the order written.
     pub allow: Vec<AllowEntry>,
     pub replace: bool,
@@ -230,6 +235,7 @@ struct RawRule {
     name: Option<String>,
     label: Option<String>,
     mode: Option<String>,
+    dns: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
     #[serde(default)]
@@ -394,25 +400,23 @@ impl PolicyFile {
         }
         let replaces = matching.iter().any(|r| r.replace);
         let sets_mode = matching.iter().any(|r| r.mode.is_some());
+        let sets_dns = matching.iter().any(|r| r.dns.is_some());
         let (superseded, mut errors): (Vec<LabelError>, Vec<LabelError>) =
             parsed.errors.into_iter().partition(|e| {
-                (e.label == ALLOW_LABEL && replaces) || (e.label == MODE_LABEL && sets_mode)
+                (e.label == ALLOW_LABEL && replaces)
+                    || (e.label == MODE_LABEL && sets_mode)
+                    || (e.label == DNS_LABEL && sets_dns)
             });
         // Wildcards in the file pass `parse` only with wildcard capabilities; if the caller
         // now says otherwise, fail closed rather than drop them.
         if !caps.wildcards {
             for rule in &matching {
-                for (suffix, port) in rule.allow.iter().filter_map(|e| match e {
-                    AllowEntry::Wildcard { suffix, port } => Some((suffix, port)),
-                    _ => None,
-                }) {
+                for entry in rule.allow.iter().filter(
+                    |e| matches!(e, AllowEntry::Name { pattern, .. } if pattern.is_wildcard()),
+                ) {
                     errors.push(LabelError {
                         label: format!("{}: [[container]] #{}", self.origin, rule.index),
-                        token: AllowEntry::Wildcard {
-                            suffix: suffix.clone(),
-                            port: *port,
-                        }
-                        .to_string(),
+                        token: entry.to_string(),
                         message: labels::WILDCARDS_UNAVAILABLE.into(),
                     });
                 }
@@ -422,6 +426,7 @@ impl PolicyFile {
             let mut spec = ContainerSpec {
                 mode: parsed.mode.unwrap_or(Mode::Enforce),
                 entries: parsed.entries,
+                dns: parsed.dns,
             };
             for rule in &matching {
                 if rule.replace {
@@ -432,6 +437,9 @@ impl PolicyFile {
                 }
                 if let Some(mode) = rule.mode {
                     spec.mode = mode;
+                }
+                if let Some(dns) = rule.dns {
+                    spec.dns = Some(dns);
                 }
             }
             Classification::Policed(spec)
@@ -683,6 +691,18 @@ fn validate(
             None
         }
     };
+    let dns = match raw.dns.as_deref().map(|d| (d, DnsMode::parse(d))) {
+        None => None,
+        Some((_, Ok(d))) => Some(d),
+        Some((d, Err(_))) => {
+            problems.push(problem(
+                Some("dns"),
+                Some(d),
+                "unknown DNS mode: expected `learn` or `resolve`".into(),
+            ));
+            None
+        }
+    };
     let mut spec = ContainerSpec::new(Mode::Enforce);
     for item in &raw.allow {
         if item.contains(',') {
@@ -708,6 +728,7 @@ fn validate(
         name,
         label,
         mode,
+        dns,
         allow: spec.entries,
         replace: raw.replace,
     })
@@ -980,7 +1001,7 @@ mod tests {
             "{shown}"
         );
         for want in [
-            "`allow`: `*foo.com`: a wildcard must be `*.` followed by a domain",
+            "`allow`: `*foo.com`: `*foo` is not a wildcard label",
             "`allow`: `x.com:0`: bad port `0`",
             "`allow`: ``: empty entry",
             "`allow`: `a.com, b.com`: one entry per string",
@@ -1422,5 +1443,73 @@ mod tests {
                 labels::WILDCARDS_UNAVAILABLE
             )
         );
+    }
+
+    #[test]
+    fn a_rule_sets_the_dns_mode() {
+        let f = file(
+            "[[container]]\nname = \"web\"\ndns = \"resolve\"\n\
+             [[container]]\nlabel = \"tier=db\"\ndns = \"learn\"\n",
+        );
+        assert_eq!(f.rules()[0].dns, Some(DnsMode::Resolve));
+        // Alone it polices (nothing allowed); it overrides the label; the last rule wins.
+        let s = policed(f.effective("web", &labels(&[]), NO_WILD));
+        assert_eq!((s.mode, s.dns), (Mode::Enforce, Some(DnsMode::Resolve)));
+        assert!(s.entries.is_empty());
+        let l = labels(&[("egress.dns", "learn"), ("egress.allow", "x.com")]);
+        let s = policed(f.effective("web", &l, NO_WILD));
+        assert_eq!(s.dns, Some(DnsMode::Resolve));
+        let l = labels(&[("tier", "db")]);
+        let s = policed(f.effective("web", &l, NO_WILD));
+        assert_eq!(s.dns, Some(DnsMode::Learn));
+        // Without a `dns` rule, the label's stands.
+        let f = file("[[container]]\nname = \"web\"\nallow = [\"y.com\"]\n");
+        let l = labels(&[("egress.dns", "resolve")]);
+        assert_eq!(
+            policed(f.effective("web", &l, NO_WILD)).dns,
+            Some(DnsMode::Resolve)
+        );
+    }
+
+    #[test]
+    fn a_dns_rule_supersedes_a_malformed_dns_label_only() {
+        let l = labels(&[("egress.dns", "Learn"), ("egress.allow", "x.com")]);
+        let f = file("[[container]]\nname = \"web\"\nallow = [\"y.com\"]\n");
+        assert!(matches!(
+            f.effective("web", &l, NO_WILD),
+            Classification::Invalid(_)
+        ));
+        let f = file("[[container]]\nname = \"web\"\ndns = \"learn\"\n");
+        let r = f.resolve("web", &l, NO_WILD);
+        assert_eq!(r.superseded.len(), 1);
+        assert_eq!(r.superseded[0].label, "egress.dns");
+        assert_eq!(policed(r.classification).dns, Some(DnsMode::Learn));
+    }
+
+    #[test]
+    fn a_bad_dns_field_names_the_token() {
+        let (shown, p) = problems("[[container]]\nname = \"web\"\ndns = \"both\"\n", NO_WILD);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field.as_deref(), Some("dns"));
+        assert_eq!(p[0].token.as_deref(), Some("both"));
+        assert!(
+            shown.ends_with("`dns`: `both`: unknown DNS mode: expected `learn` or `resolve`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn file_wildcards_of_both_kinds_parse() {
+        let f = PolicyFile::parse(
+            "[[container]]\nname = \"web\"\nallow = [\"*.a.test\", \"**.b.test:443\"]\n",
+            WILD,
+        )
+        .unwrap();
+        assert_eq!(f.rules()[0].allow, entries(&["*.a.test", "**.b.test:443"]));
+        let Classification::Invalid(e) = f.effective("web", &labels(&[]), NO_WILD) else {
+            panic!()
+        };
+        let tokens: Vec<&str> = e.iter().map(|e| e.token.as_str()).collect();
+        assert_eq!(tokens, vec!["*.a.test", "**.b.test:443"]);
     }
 }

@@ -9,11 +9,11 @@ use std::{
 };
 
 use egress_agent::{
-    enforcer::{Applied, Enforcer, EnforcerConfig, OpenReport, Stats},
+    enforcer::{Applied, Enforcer, EnforcerConfig, OpenReport, Owner, Stats},
     observe::events::EgressEvent,
     owner::{self, EnforcerHandle},
 };
-use egress_common::container::ContainerId;
+use egress_common::{container::ContainerId, dns::DnsRedirect};
 use egress_policy::policy::{Mode, Policy, parse_ip_entries};
 use tokio::{runtime::Runtime, sync::broadcast};
 
@@ -211,6 +211,25 @@ impl InProcess {
         self.rt()
             .block_on(self.handle().release_previous())
             .unwrap_or_else(|e| panic!("release_previous(): {e}"))
+    }
+
+    /// Sets (or with None removes) the DNS redirect of the cgroup `cg` policed on its own.
+    #[track_caller]
+    pub fn set_dns_redirect(&self, cg: &Cgroup, redirect: Option<DnsRedirect>) {
+        self.rt()
+            .block_on(
+                self.handle()
+                    .set_dns_redirect(Owner::Cgroup(cg.id), redirect),
+            )
+            .unwrap_or_else(|e| panic!("set_dns_redirect({}): {e}", cg.path.display()))
+    }
+
+    /// Every owner's DNS redirect.
+    #[track_caller]
+    pub fn dns_redirects(&self) -> Vec<(Owner, DnsRedirect)> {
+        self.rt()
+            .block_on(self.handle().dns_redirects())
+            .unwrap_or_else(|e| panic!("dns_redirects(): {e}"))
     }
 
     /// The kernel counters.

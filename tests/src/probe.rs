@@ -20,6 +20,10 @@
 //!                      stderr after the first attempt)
 //!   --spray N          N connects/sends to N distinct destinations: ADDR's port + k (ports
 //!                      1024-65023, then the next address); UDP sends share one socket
+//!   --connect          (UDP) connect to ADDR first, then send without an address
+//!   --exchange         after the connect/send, send the payload (TCP), wait (2 s at most) for
+//!                      an answer and report it, where it came from (recvfrom) and the
+//!                      socket's peer (getpeername, connected sockets)
 //! ```
 //!
 //! It prints one JSON line, an [`Outcome`].
@@ -110,6 +114,8 @@ pub enum Step {
     Move,
     Connect,
     Sendto,
+    /// Waiting for the answer (`--exchange`).
+    Recv,
 }
 
 /// What the probe reports (one JSON line on stdout).
@@ -135,6 +141,15 @@ pub struct Outcome {
     pub errnos: BTreeMap<i32, u64>,
     /// Longest single connect or sendto, in microseconds.
     pub max_elapsed_us: u64,
+    /// `--exchange`: the answer received.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// `--exchange`: the address the answer came from, as `recvfrom` gave it (UDP).
+    #[serde(default)]
+    pub reply_from: Option<SocketAddr>,
+    /// `--exchange`: the socket's peer as `getpeername` gave it (TCP, connected UDP).
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 impl Outcome {
@@ -187,6 +202,10 @@ pub struct Probe {
     pub netns: Option<PathBuf>,
     /// `--spray N`.
     pub spray: Option<u32>,
+    /// `--connect` (UDP).
+    pub connect: bool,
+    /// `--exchange`.
+    pub exchange: bool,
 }
 
 impl Probe {
@@ -199,6 +218,8 @@ impl Probe {
             loop_until: None,
             netns: None,
             spray: None,
+            connect: false,
+            exchange: false,
         }
     }
 
@@ -245,6 +266,18 @@ impl Probe {
         self
     }
 
+    /// UDP: connect to the address first, then send without one.
+    pub fn connected(mut self) -> Self {
+        self.connect = true;
+        self
+    }
+
+    /// Wait for an answer and report it, its source and the socket's peer.
+    pub fn exchange(mut self) -> Self {
+        self.exchange = true;
+        self
+    }
+
     /// Run in the network namespace `ns` (the cgroup programs judge it all the same).
     pub fn in_netns(mut self, ns: &NetNs) -> Self {
         self.netns = Some(ns.path());
@@ -265,6 +298,12 @@ impl Probe {
         }
         if let Some(n) = self.spray {
             a.extend(["--spray".into(), n.to_string()]);
+        }
+        if self.connect {
+            a.push("--connect".into());
+        }
+        if self.exchange {
+            a.push("--exchange".into());
         }
         a
     }

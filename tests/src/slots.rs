@@ -50,6 +50,8 @@ pub const MAPS_LEFTOVERS_RESTART: u8 = 141;
 pub const PATH_POLICY_REMADE: u8 = 142;
 pub const PATH_POLICY_NESTED: u8 = 143;
 pub const PATH_VERIFIER: u8 = 144;
+/// `tests/kernel_dns_redirect.rs`: the addresses its cgroups ask on port 53.
+pub const DNS_REDIRECT: u8 = 146;
 
 #[cfg(test)]
 mod tests {
@@ -101,6 +103,7 @@ mod tests {
             super::PATH_POLICY_REMADE,
             super::PATH_POLICY_NESTED,
             super::PATH_VERIFIER,
+            super::DNS_REDIRECT,
         ];
         let set: std::collections::BTreeSet<u8> = all.iter().copied().collect();
         assert_eq!(set.len(), all.len(), "two tests share a slot");

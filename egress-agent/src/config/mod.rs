@@ -16,7 +16,8 @@ use std::{
 
 pub use self::policy_spec::{PolicySpec, SpecError, parse_policy_spec};
 use crate::{
-    cli::{DockerMode, RunArgs, Unclassified},
+    cli::{DnsModeArg, DockerMode, RunArgs, Unclassified},
+    dns::{DnsConfig, DnsMode},
     host::{Host, HostError},
     resolver::RefreshConfig,
     resolver::{ResolverError, parse_dns_server},
@@ -95,6 +96,8 @@ pub struct Config {
     pub host: Host,
     /// What the agent can enforce (label entries it cannot honour are errors).
     pub caps: Capabilities,
+    /// The DNS proxy's settings (`--dns-*`).
+    pub dns: DnsConfig,
 }
 
 impl Config {
@@ -161,6 +164,18 @@ impl Config {
             deny_log_interval: Duration::from_secs(args.deny_log_interval),
             host,
             caps,
+            dns: DnsConfig {
+                default_mode: match args.dns_mode {
+                    DnsModeArg::Learn => DnsMode::Learn,
+                    DnsModeArg::Resolve => DnsMode::Resolve,
+                },
+                deny: args.dns_deny,
+                hold: args.dns_hold,
+                upstream_timeout: args.dns_upstream_timeout,
+                grace: args.dns_grace,
+                max_ips_per_name: args.dns_max_ips_per_name as usize,
+                ..DnsConfig::default()
+            },
         })
     }
 }

@@ -12,6 +12,7 @@ use super::ready::Ready;
 use crate::{
     cli::{DockerMode, Unclassified},
     config::Config,
+    dns::DnsService,
     docker::watch,
     host,
     owner::EnforcerHandle,
@@ -101,18 +102,23 @@ pub async fn follow(
     let host_resolvers = std::fs::read_to_string(host::get().resolv_conf())
         .map(|t| resolvers::parse_resolv_conf(&t))
         .unwrap_or_default();
+    let dns = DnsService::start(config.dns.clone(), handle.clone())
+        .await
+        .context("starting the DNS proxy")?;
     let reconciler = Reconciler::new(
         ReconcileConfig {
             caps: config.caps,
             cgroup_mount,
             host_resolvers,
             attach_cgroup: ready.report.attach_cgroup.clone(),
+            dns_default: config.dns.default_mode,
         },
         handle.clone(),
         resolver,
         config.policy_file.as_ref().map(|f| f.loaded.clone()),
         index,
-    );
+    )
+    .with_dns(dns);
     // The task starts first: it registers the default cgroup parents while Docker is awaited.
     // Dropping `tx` (no Docker after all) ends it.
     let (tx, events) = mpsc::channel(1024);

@@ -42,6 +42,15 @@ pub enum EnforcerError {
         name: &'static str,
         source: MapError,
     },
+    #[error(
+        "{owner}: writing its DNS redirect (policy {policy_id}) into map EG_DNS_REDIR: {source}; its DNS is denied (reason dns_proxy_not_ready) until it fits"
+    )]
+    DnsRedirect {
+        /// The owner, as `Owner` displays it.
+        owner: String,
+        policy_id: u32,
+        source: MapError,
+    },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error(transparent)]

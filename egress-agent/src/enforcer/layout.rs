@@ -307,6 +307,7 @@ mod tests {
             (MapKind::Array, MapType::Array),
             (MapKind::PerCpuArray, MapType::PerCpuArray),
             (MapKind::LpmTrie, MapType::LpmTrie),
+            (MapKind::LruHash, MapType::LruHash),
             (MapKind::RingBuf, MapType::RingBuf),
         ] {
             assert_eq!(kind as u32, kind_number(t), "{kind:?}");

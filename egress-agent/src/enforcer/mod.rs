@@ -37,7 +37,9 @@
 
 mod attach;
 pub mod containers;
+mod dns;
 mod error;
+mod learned;
 pub mod ids;
 pub mod index;
 pub mod layout;
@@ -60,6 +62,7 @@ use aya::{
 use egress_common::{
     cgroup_path::PathKey,
     container::{ContainerKey, UNPOLICED_MARK},
+    dns::DnsRedirect,
     maps,
     policy::{CgroupPolicy, FLAG_UNCLASSIFIED, NO_RULES_POLICY_ID, NOTE_KILLED},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey, RuleValue},
@@ -69,6 +72,7 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     containers::ContainerTable,
+    dns::Redirects,
     error::is_not_found,
     ids::{Leftover, PolicyIds},
     index::CgroupIndex,
@@ -144,6 +148,7 @@ struct Maps {
     config: Array<MapData, u64>,
     path_policy: HashMap<MapData, PathKey, CgroupPolicy>,
     parents: HashMap<MapData, PathKey, u32>,
+    dns_redirect: HashMap<MapData, u32, DnsRedirect>,
 }
 
 /// Most policies at once: one per cgroup of the agent's own and one per policed container.
@@ -199,7 +204,14 @@ pub struct Enforcer {
     failed_cgroups: BTreeMap<CgroupId, PathBuf>,
     /// Links of an earlier run with an incompatible layout, still enforcing its policies.
     previous_links: Vec<PathBuf>,
+    /// The DNS redirect of each owner (see [`Enforcer::set_dns_redirect`]).
+    redirects: Redirects,
+    /// The cgroup id of each policed path's directory: the [`Owner`] its DNS redirect is set
+    /// for.
+    path_dirs: BTreeMap<CgroupId, PathKey>,
     pin: PinDir,
+    /// What containers' policies were given and what the DNS proxy learned for them.
+    learned: learned::LearnedLayer,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> EnforcerError {
@@ -272,6 +284,7 @@ impl Enforcer {
             config: take(&mut ebpf, maps::CONFIG)?,
             path_policy: take(&mut ebpf, maps::PATH_POLICY)?,
             parents: take(&mut ebpf, maps::CONTAINER_PARENTS)?,
+            dns_redirect: take(&mut ebpf, maps::DNS_REDIRECT)?,
         };
         let events: RingBuf<MapData> = take(&mut ebpf, maps::EVENTS)?;
 
@@ -306,7 +319,10 @@ impl Enforcer {
             cgroup_mount: mounts::cgroup2_mount().ok(),
             failed_cgroups: BTreeMap::new(),
             previous_links,
+            redirects: Redirects::default(),
+            path_dirs: BTreeMap::new(),
             pin,
+            learned: learned::LearnedLayer::default(),
         };
         let (recovered_policies, orphan_rules_removed) = enforcer.recover()?;
         let report = OpenReport {
@@ -404,6 +420,22 @@ impl Enforcer {
                 .map(|(cg, v)| (*cg, v.policy_id)),
         );
         self.index_lost_mark = self.stats().map(|s| s.events_lost).unwrap_or(0);
+        let path_ids: BTreeSet<u32> = self.path_owned.values().copied().collect();
+        let cgroup_of: BTreeMap<u32, CgroupId> = self
+            .cgroup_owned
+            .iter()
+            .map(|(cg, id)| (*id, *cg))
+            .collect();
+        let containers = &self.containers;
+        self.redirects = Redirects::recover(&mut self.maps.dns_redirect, |id| {
+            if let Some(c) = containers.owner_of(id) {
+                Ok(Owner::Container(c))
+            } else if let Some(cg) = cgroup_of.get(&id) {
+                Ok(Owner::Cgroup(*cg))
+            } else {
+                Err(path_ids.contains(&id))
+            }
+        });
         Ok((
             self.cgroup_owned.len() + self.path_owned.len() + self.containers.len(),
             orphans,
@@ -819,6 +851,14 @@ impl Enforcer {
             }
         }
         self.values.remove(&policy_id);
+        if let Err(e) = dns::remove(&mut self.maps.dns_redirect, policy_id) {
+            // Harmless but for the room it takes: ids are never handed out again.
+            warn!(
+                policy_id,
+                "removing the DNS redirect of a removed policy from {}: {e}",
+                maps::DNS_REDIRECT
+            );
+        }
         if !left.is_empty() {
             warn!(
                 policy_id,
@@ -863,6 +903,7 @@ impl Enforcer {
                 }
                 let id = self.ids.alloc()?;
                 self.cgroup_owned.insert(cgroup, id);
+                self.redirect_new_id(Owner::Cgroup(cgroup), id);
                 id
             }
         };
@@ -881,6 +922,7 @@ impl Enforcer {
         };
         let left = self.remove_entries_of(policy_id, &[cgroup]);
         self.failing.retain(|(o, _)| *o != Owner::Cgroup(cgroup));
+        self.redirects.set(Owner::Cgroup(cgroup), None);
         self.drop_policy(policy_id, left);
         Ok(true)
     }
@@ -918,12 +960,22 @@ impl Enforcer {
             });
         }
         let key = path.key();
+        let owner = Owner::Cgroup(cgroup::id_of(dir).unwrap_or(0));
+        if let Owner::Cgroup(dir_id) = owner {
+            self.path_dirs.insert(dir_id, key);
+        }
         let policy_id = match self.path_owned.get(&key) {
-            Some(id) => *id,
-            None => self.ids.alloc()?,
+            Some(id) => {
+                self.redirects.claim(owner, *id);
+                *id
+            }
+            None => {
+                let id = self.ids.alloc()?;
+                self.redirect_new_id(owner, id);
+                id
+            }
         };
         // The rules first; a policy that does not fit is failed closed at the path too.
-        let owner = Owner::Cgroup(cgroup::id_of(dir).unwrap_or(0));
         let no_entries = Targets {
             container: None,
             cgroups: &[],
@@ -1068,14 +1120,20 @@ impl Enforcer {
             Some(policy) => {
                 let policy_id = match previous.flatten() {
                     Some(id) => id,
-                    None => self.ids.alloc()?,
+                    None => {
+                        let id = self.ids.alloc()?;
+                        // Before anything points at the new id.
+                        self.redirect_new_id(owner, id);
+                        id
+                    }
                 };
                 self.containers.insert(*container, Some(policy_id));
                 let targets = Targets {
                     container: Some(container),
                     cgroups,
                 };
-                let written = self.write_policy(owner, policy_id, policy, &targets);
+                let policy = self.learned.with_learned(container, policy);
+                let written = self.write_policy(owner, policy_id, &policy, &targets);
                 if previous == Some(None) {
                     // The tracepoint prefers the container entry written above.
                     if let Err(e) = remove_key(&mut self.maps.unpoliced, &key) {
@@ -1109,6 +1167,7 @@ impl Enforcer {
                     }
                 };
                 self.containers.insert(*container, None);
+                self.learned.forget(container);
                 if let Some(Some(id)) = previous {
                     let mut left = BTreeSet::new();
                     if remove_key(&mut self.maps.containers, &key).is_err() {
@@ -1171,9 +1230,11 @@ impl Enforcer {
         let Some(previous) = self.containers.remove(container) else {
             return Ok(false);
         };
+        self.learned.forget(container);
         let key = container.key();
         let owner = Owner::Container(*container);
         self.failing.retain(|(o, _)| *o != owner);
+        self.redirects.set(owner, None);
         match previous {
             Some(id) => {
                 let mut left = BTreeSet::new();
@@ -1298,6 +1359,65 @@ impl Enforcer {
                 _ => true,
             },
         }
+    }
+
+    /// Sets (Some) or removes (None) the DNS redirect of `owner`: where the port-53 traffic of
+    /// its cgroups goes (see `egress_common::dns`). It follows the owner's policy id: written
+    /// at once if the owner has one, else when it gets one, before any cgroup entry points at
+    /// it; deleted when the owner goes. Without a redirect in the map the owner's DNS is denied
+    /// (`dns_proxy_not_ready`); so is it when the write fails (counted, and the error says so).
+    pub fn set_dns_redirect(&mut self, owner: Owner, redirect: Option<DnsRedirect>) -> Result<()> {
+        self.redirects.set(owner, redirect);
+        let Some(policy_id) = self.policy_id_of(owner) else {
+            return Ok(());
+        };
+        match redirect {
+            Some(_) => self.write_redirect(owner, policy_id),
+            None => dns::remove(&mut self.maps.dns_redirect, policy_id)
+                .map_err(map_err(maps::DNS_REDIRECT)),
+        }
+    }
+
+    /// Every owner's DNS redirect: those set since the start, and those a restarted agent found
+    /// pinned under the policy ids of known owners (a `--policy` path's once its policy is set
+    /// again).
+    pub fn dns_redirects(&self) -> Vec<(Owner, DnsRedirect)> {
+        self.redirects.all()
+    }
+
+    /// The policy id `owner`'s cgroups point at now, if it has one.
+    fn policy_id_of(&self, owner: Owner) -> Option<u32> {
+        match owner {
+            Owner::Container(c) => self.containers.get(&c).copied().flatten(),
+            Owner::Cgroup(cg) => self.cgroup_owned.get(&cg).copied().or_else(|| {
+                self.path_dirs
+                    .get(&cg)
+                    .and_then(|key| self.path_owned.get(key))
+                    .copied()
+            }),
+        }
+    }
+
+    /// Writes `owner`'s DNS redirect (if it has one) under its new `policy_id`, before any entry
+    /// points at it. A failure is logged, not returned: the owner's DNS is denied meanwhile
+    /// (no redirect: `dns_proxy_not_ready`), its policy is written all the same.
+    fn redirect_new_id(&mut self, owner: Owner, policy_id: u32) {
+        if let Err(e) = self.write_redirect(owner, policy_id) {
+            error!("{e}");
+        }
+    }
+
+    /// Writes `owner`'s DNS redirect (if it has one) under `policy_id`; a failed insert is
+    /// counted.
+    fn write_redirect(&mut self, owner: Owner, policy_id: u32) -> Result<()> {
+        let Some(r) = self.redirects.get(&owner) else {
+            return Ok(());
+        };
+        let written = dns::write(&mut self.maps.dns_redirect, owner, policy_id, r);
+        if written.is_err() {
+            self.count_insert_failure(maps::DNS_REDIRECT);
+        }
+        written
     }
 
     /// Every cgroup entry in the kernel map (own, container and unclassified ones).

@@ -188,6 +188,12 @@ pub struct Stats {
     pub cgroup_mkdir_insert_failures: u64,
     /// The agent's failed inserts, by map (every map it writes, zero or not).
     pub insert_failures: BTreeMap<&'static str, u64>,
+    /// Port-53 destinations rewritten to the DNS proxy.
+    pub dns_redirected: u64,
+    /// Port-53 destinations allowed as they were (a rule names them with port 53).
+    pub dns_direct: u64,
+    /// Redirects denied because the socket's origin could not be stored.
+    pub dns_origin_failures: u64,
 }
 
 impl Stats {
@@ -211,14 +217,9 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::NoMatchingRule => "no_matching_rule",
         Reason::Unclassified => "unclassified_container",
         Reason::PolicyNotWritten => "policy_not_written",
+        Reason::DnsProxyNotReady => "dns_proxy_not_ready",
     }
 }
-
-const REASONS: [Reason; 3] = [
-    Reason::NoMatchingRule,
-    Reason::Unclassified,
-    Reason::PolicyNotWritten,
-];
 
 /// Reads the per-CPU counters.
 pub fn read_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Result<Stats, MapError> {
@@ -227,13 +228,16 @@ pub fn read_stats<T: Borrow<MapData>>(m: &PerCpuArray<T, u64>) -> Result<Stats, 
         allowed: sum(stats::ALLOWED)?,
         events_lost: sum(stats::EVENTS_LOST)?,
         cgroup_mkdir_insert_failures: sum(stats::CGROUP_MKDIR_INSERT_FAILED)?,
+        dns_redirected: sum(stats::DNS_REDIRECTED)?,
+        dns_direct: sum(stats::DNS_DIRECT)?,
+        dns_origin_failures: sum(stats::DNS_ORIGIN_FAILED)?,
         ..Default::default()
     };
     for (i, map) in stats::INSERT_FAILED_MAPS.into_iter().enumerate() {
         s.insert_failures
             .insert(map, sum(stats::INSERT_FAILED_BASE + i as u32)?);
     }
-    for r in REASONS {
+    for r in Reason::ALL {
         s.denied
             .insert(reason_name(r), sum(stats::slot(Verdict::Denied, r))?);
         s.audited

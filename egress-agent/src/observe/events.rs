@@ -107,12 +107,7 @@ impl EgressEvent {
             2 => Verdict::Audited,
             _ => return None,
         };
-        let reason = match e.reason {
-            1 => Reason::NoMatchingRule,
-            2 => Reason::Unclassified,
-            3 => Reason::PolicyNotWritten,
-            _ => return None,
-        };
+        let reason = Reason::from_u8(e.reason)?;
         let hook = match e.hook {
             1 => Hook::Connect4,
             2 => Hook::Connect6,

@@ -40,7 +40,7 @@ pub use self::{
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
@@ -54,6 +54,7 @@ use tracing::{debug, error, info, warn};
 
 use self::index::{ContainerMeta, SharedIndex};
 use crate::{
+    dns::{DnsService, DnsTarget, discover::NetnsSource},
     docker::{
         cgroup_path::{self, CgroupDriver},
         privileges,
@@ -64,6 +65,7 @@ use crate::{
 };
 use egress_common::container::ContainerId;
 use egress_policy::{
+    dns::{DnsMode, DnsPolicy},
     labels::{Capabilities, Classification},
     policy::{Policy, Rule, mode_name},
     policy_file::PolicyFile,
@@ -80,6 +82,8 @@ pub struct ReconcileConfig {
     /// The cgroup the programs are attached to: a container whose cgroup is outside it is not
     /// judged by them (reported as not enforceable).
     pub attach_cgroup: PathBuf,
+    /// What `egress.dns` is for a container without the label (`--dns-mode`).
+    pub dns_default: DnsMode,
 }
 
 struct Tracked {
@@ -107,6 +111,8 @@ pub struct Reconciler<W = crate::owner::EnforcerHandle, N = ResolverHandle> {
     index: SharedIndex,
     /// Cgroup parents registered by this run, with their `PARENT_*` bits.
     parents: HashMap<KernelPath, u32>,
+    /// The DNS proxy, told about every policed container (None in the unit tests).
+    dns: Option<DnsService>,
 }
 
 /// Why a container could not be brought in line (logged; the caller goes on).
@@ -138,7 +144,14 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             domain_ips: HashMap::new(),
             index,
             parents: HashMap::new(),
+            dns: None,
         }
+    }
+
+    /// Tells `dns` about every policed container from now on.
+    pub fn with_dns(mut self, dns: DnsService) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// Registers both drivers' default cgroup parents (`/docker`, `/system.slice`) until the
@@ -211,6 +224,8 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
                     t.info.running = false;
                     t.info.pid = None;
                 }
+                // Its namespace is gone: the proxy waits for the next one.
+                self.tell_dns(&id);
             }
             DockerEvent::Destroyed(id) => self.forget(&id).await,
         }
@@ -325,7 +340,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
         if changed_class {
             log_classification(&info, &class);
         }
-        let wanted = egress_policy::desired::domains(&class);
+        let wanted = egress_policy::desired::domains(&class, self.cfg.dns_default);
         let held = self
             .containers
             .get(&id)
@@ -362,6 +377,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
         if let Err(e) = self.write(&id, with_cgroups).await {
             error!("{e}");
         }
+        self.tell_dns(&id);
         // Containers sharing its network namespace may gain or lose their loopback.
         self.rewrite_netns_peers(&id).await;
         let new: Vec<String> = wanted.difference(&held).cloned().collect();
@@ -472,16 +488,13 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
 
     /// Mode and rules of a tracked container; None if it is not policed.
     fn rules_of(&self, t: &Tracked) -> Option<(egress_policy::policy::Mode, BTreeSet<Rule>)> {
-        if matches!(t.class, Classification::Unpoliced) {
-            return None;
-        }
-        let servers = resolvers::container_resolvers(
-            &t.info.dns,
-            &t.info.network_mode,
-            &t.info.networks,
-            &self.cfg.host_resolvers,
-        );
-        egress_policy::desired::rules(&t.class, &self.domain_ips, &servers)
+        // Learned addresses are the enforcer's layer of the policy (the DNS proxy writes them).
+        egress_policy::desired::rules(
+            &t.class,
+            &self.domain_ips,
+            &BTreeSet::new(),
+            self.cfg.dns_default,
+        )
     }
 
     /// True if `id` may reach its own loopback: its network namespace is its own (not the
@@ -641,6 +654,9 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             None => id.short().to_owned(),
         };
         self.index.remove_container(id);
+        if let Some(dns) = &self.dns {
+            dns.forget(id);
+        }
         match self.writer.remove_container(*id, Vec::new()).await {
             Ok(true) => {
                 info!(container = %name, id = id.short(), "container gone; its policy is removed")
@@ -662,6 +678,66 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
                 }
             }
         }
+    }
+
+    /// Tells the DNS proxy what it needs of `id`: its DNS policy, where its network namespace
+    /// is and its resolvers; or that it is not policed.
+    fn tell_dns(&self, id: &ContainerId) {
+        let Some(dns) = &self.dns else { return };
+        let Some(t) = self.containers.get(id) else {
+            return;
+        };
+        let Some(policy) = DnsPolicy::of(&t.class, self.cfg.dns_default) else {
+            dns.forget(id);
+            return;
+        };
+        dns.upsert(DnsTarget {
+            id: *id,
+            name: t.info.name.clone(),
+            policy,
+            netns: self.netns_source(&t.info),
+            servers: self.dns_servers(id, &t.info),
+        });
+    }
+
+    /// Where the proxy finds the network namespace of `info`'s container.
+    fn netns_source(&self, info: &ContainerInfo) -> NetnsSource {
+        if info.network_mode == "host" {
+            return NetnsSource::Own;
+        }
+        if info.running
+            && let Some(pid) = info.pid
+        {
+            return NetnsSource::Pid(pid);
+        }
+        // Being made: its processes join its namespace (or the one it shares) first.
+        NetnsSource::Cgroups(cgroup_path::candidates(
+            &self.cfg.cgroup_mount,
+            &info.id,
+            info.cgroup_parent.as_deref(),
+            self.driver,
+        ))
+    }
+
+    /// The resolvers the container's questions go to, as Docker set them up (never what the
+    /// container's own resolv.conf says now: it can write that file); None until Docker has
+    /// let the agent inspect it.
+    fn dns_servers(&self, id: &ContainerId, info: &ContainerInfo) -> Option<Vec<SocketAddr>> {
+        // `--network container:X` uses X's resolvers.
+        let info = match self.netns_owner(id, info) {
+            Some(owner) if owner != *id => self.containers.get(&owner).map(|t| &t.info)?,
+            _ => info,
+        };
+        if info.network_mode.is_empty() {
+            return None;
+        }
+        let servers = resolvers::upstreams(
+            &info.dns,
+            &info.network_mode,
+            &info.networks,
+            &self.cfg.host_resolvers,
+        );
+        Some(servers.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect())
     }
 
     fn publish_domains(&self) {

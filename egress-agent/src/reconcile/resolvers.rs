@@ -1,13 +1,5 @@
-//! The DNS servers a container sends its queries to. A policed container may always reach
-//! them on port 53 — without that it could not resolve the names it is allowed to reach.
-//!
-//! - `--dns` servers (HostConfig.Dns) when given;
-//! - Docker's embedded resolver 127.0.0.11 on user-defined networks (it forwards to the
-//!   `--dns` servers or the host's, from dockerd, which is not policed);
-//! - before Docker lets the agent inspect a new container (it holds the container's lock
-//!   until it has started), both the embedded server and the host's servers;
-//! - otherwise the host's /etc/resolv.conf servers (Docker copies them; on the default bridge
-//!   it drops loopback ones, which a bridged container could not reach anyway).
+//! The DNS servers a container's questions go to (through the DNS proxy: a policed container
+//! reaches no DNS server itself), as Docker configured them.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -32,29 +24,41 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The resolvers of a container with `dns` (HostConfig.Dns), on `network_mode` and networks
-/// `networks`, on a host whose resolv.conf lists `host`.
-pub fn container_resolvers(
+/// The resolvers the DNS proxy carries a container's allowed questions to, from inside its
+/// network namespace: the container's `dns` (HostConfig.Dns) on `network_mode` and networks
+/// `networks`, on a host whose resolv.conf lists `host`. These are the servers Docker gave the
+/// container's resolv.conf:
+/// - Docker's embedded resolver 127.0.0.11 alone on user-defined networks (it forwards to the
+///   `--dns` servers or the host's, and knows the network's container and service names);
+/// - else the `--dns` servers when given;
+/// - else the host's servers (on the default bridge without loopback ones, which a bridged
+///   container could not reach).
+pub fn upstreams(
     dns: &[IpAddr],
     network_mode: &str,
     networks: &[String],
     host: &[IpAddr],
 ) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = dns.to_vec();
-    // An empty mode means "not inspected yet" (Docker holds a new container's lock until it
-    // has started): assume the embedded server may be used rather than deny the first query.
-    let user_defined = network_mode.is_empty()
-        || is_user_defined_network(network_mode)
-        || networks.iter().any(|n| is_user_defined_network(n));
+    let user_defined =
+        is_user_defined_network(network_mode) || networks.iter().any(|n| is_user_defined_network(n));
     if user_defined {
-        out.push(EMBEDDED_DNS);
+        return vec![EMBEDDED_DNS];
     }
-    if dns.is_empty() {
-        let host_net = network_mode == "host";
-        out.extend(host.iter().filter(|ip| host_net || !ip.is_loopback()));
+    if !dns.is_empty() {
+        return dedup(dns.to_vec());
     }
-    out.sort();
-    out.dedup();
+    let host_net = network_mode == "host";
+    dedup(host.iter().copied().filter(|ip| host_net || !ip.is_loopback()).collect())
+}
+
+/// `ips` in their order, each once.
+fn dedup(ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(ips.len());
+    for ip in ips {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
     out
 }
 
@@ -73,19 +77,21 @@ mod tests {
     }
 
     #[test]
-    fn explicit_dns_on_a_user_network_adds_the_embedded_server() {
-        let r = container_resolvers(
+    fn a_user_defined_network_asks_the_embedded_server_only() {
+        let r = upstreams(
             &[ip("10.9.0.1")],
             "mynet",
             &["mynet".into()],
             &[ip("10.0.0.2")],
         );
-        assert_eq!(r, vec![ip("10.9.0.1"), EMBEDDED_DNS]);
+        assert_eq!(r, vec![EMBEDDED_DNS]);
     }
 
     #[test]
-    fn default_bridge_uses_non_loopback_host_servers() {
-        let r = container_resolvers(
+    fn the_default_bridge_asks_dns_servers_in_order_or_the_non_loopback_host_servers() {
+        let r = upstreams(&[ip("10.9.0.2"), ip("10.9.0.1")], "default", &["bridge".into()], &[]);
+        assert_eq!(r, vec![ip("10.9.0.2"), ip("10.9.0.1")]);
+        let r = upstreams(
             &[],
             "default",
             &["bridge".into()],
@@ -96,14 +102,8 @@ mod tests {
 
     #[test]
     fn host_network_keeps_loopback_servers() {
-        let r = container_resolvers(&[], "host", &[], &[ip("127.0.0.53")]);
+        let r = upstreams(&[], "host", &[], &[ip("127.0.0.53")]);
         assert_eq!(r, vec![ip("127.0.0.53")]);
-    }
-
-    #[test]
-    fn a_container_not_inspected_yet_may_use_the_embedded_server_and_the_hosts() {
-        let r = container_resolvers(&[], "", &[], &[ip("10.0.0.2")]);
-        assert_eq!(r, vec![ip("10.0.0.2"), EMBEDDED_DNS]);
     }
 
     #[test]

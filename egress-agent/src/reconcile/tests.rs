@@ -33,7 +33,8 @@ use egress_policy::{
     policy_file::PolicyFile,
 };
 
-/// The host's resolv.conf server every bridged container may reach on port 53.
+/// The host's resolv.conf server (no container may reach it unless an entry names it: DNS goes
+/// through the agent's proxy).
 const HOST_DNS: &str = "10.0.0.2";
 
 /// A directory standing in for the cgroup v2 mount, removed when dropped.
@@ -92,6 +93,7 @@ fn rig_on(kernel: FakeWriter, file: Option<PolicyFile>) -> Rig {
         cgroup_mount: mount.0.clone(),
         host_resolvers: vec![HOST_DNS.parse().unwrap()],
         attach_cgroup: mount.0.clone(),
+        dns_default: egress_policy::dns::DnsMode::Learn,
     };
     let r = Reconciler::new(cfg, kernel.clone(), names.clone(), file, index.clone());
     Rig {
@@ -134,16 +136,20 @@ fn allow(entries: &str) -> [(&str, &str); 1] {
     [("egress.allow", entries)]
 }
 
+/// `entries` in resolve mode: the agent resolves the exact names itself.
+fn allow_resolved(entries: &str) -> [(&str, &str); 2] {
+    [("egress.allow", entries), ("egress.dns", "resolve")]
+}
+
 fn running(mut i: ContainerInfo) -> ContainerInfo {
     i.running = true;
     i
 }
 
-/// The enforce policy of a bridged container allowed `entries` (addresses), with the host's DNS
-/// server and its own loopback.
+/// The enforce policy of a bridged container allowed `entries` (addresses), with its own
+/// loopback (and no DNS server: DNS goes through the agent's proxy).
 fn enforce(entries: &str) -> Option<Policy> {
-    let mut rules = parse_ip_entries(entries).unwrap();
-    rules.push(Rule::addr(HOST_DNS.parse().unwrap(), Some(53)).unwrap());
+    let rules = parse_ip_entries(entries).unwrap();
     Some(Policy::new(Mode::Enforce, rules).with_loopback(true))
 }
 
@@ -245,7 +251,7 @@ async fn a_destroyed_container_is_forgotten_with_its_domains() {
         .on_docker(DockerEvent::Created(info(
             1,
             "web",
-            &allow("api.example.com:443"),
+            &allow_resolved("api.example.com:443"),
         )))
         .await;
     assert!(rules_of(&rig, 1).contains(&rule("192.0.2.1:443")));
@@ -395,7 +401,11 @@ async fn domain_updates_reach_every_container_using_the_domain_and_only_those() 
     ];
     for (n, name, entries) in containers {
         rig.r
-            .on_docker(DockerEvent::Created(info(n, name, &allow(entries))))
+            .on_docker(DockerEvent::Created(info(
+                n,
+                name,
+                &allow_resolved(entries),
+            )))
             .await;
     }
     rig.r
@@ -424,13 +434,31 @@ async fn domain_updates_reach_every_container_using_the_domain_and_only_those() 
 }
 
 #[tokio::test]
+async fn a_learn_mode_container_resolves_nothing_and_reaches_no_resolver() {
+    let mut rig = rig();
+    rig.names.answer("a.example", &["192.0.2.1"]);
+    let mut web = info(1, "web", &allow("a.example,10.0.0.5"));
+    web.dns = vec![HOST_DNS.parse().unwrap()];
+    rig.r.on_docker(DockerEvent::Created(web)).await;
+    assert_eq!(
+        rig.names.refs("a.example"),
+        0,
+        "learned from its answers instead"
+    );
+    rig.r
+        .on_domains(vec![update("a.example", &["192.0.2.9"])])
+        .await;
+    assert_eq!(rules_of(&rig, 1), enforce("10.0.0.5").unwrap().rules);
+}
+
+#[tokio::test]
 async fn a_burst_of_domain_updates_rewrites_a_container_once_and_no_change_not_at_all() {
     let mut rig = rig();
     rig.r
         .on_docker(DockerEvent::Created(info(
             1,
             "ab",
-            &allow("a.example,b.example"),
+            &allow_resolved("a.example,b.example"),
         )))
         .await;
     let before = rig.kernel.writes(&cid(1));
@@ -452,7 +480,7 @@ async fn a_burst_of_domain_updates_rewrites_a_container_once_and_no_change_not_a
 async fn a_policy_that_does_not_fit_fails_closed_and_is_written_once_it_fits() {
     let mut rig = rig();
     rig.kernel.fill(cid(1), Full::Rules);
-    let web = info(1, "web", &allow("a.example"));
+    let web = info(1, "web", &allow_resolved("a.example"));
     rig.r.on_docker(DockerEvent::Created(web.clone())).await;
     let entry = rig.kernel.entry(&cid(1)).unwrap();
     assert!(entry.failed_closed, "denied all while it does not fit");
@@ -567,11 +595,15 @@ async fn the_task_follows_docker_tells_when_synced_and_takes_domain_updates_and_
     let (handle, task) = super::spawn(rig.r, docker, domains);
     assert!(!handle.is_synced());
     docker_tx
-        .send(DockerEvent::Created(info(1, "web", &allow("a.example"))))
+        .send(DockerEvent::Created(info(
+            1,
+            "web",
+            &allow_resolved("a.example"),
+        )))
         .await
         .unwrap();
     docker_tx
-        .send(sync(vec![info(1, "web", &allow("a.example"))]))
+        .send(sync(vec![info(1, "web", &allow_resolved("a.example"))]))
         .await
         .unwrap();
     handle.synced().await.unwrap();

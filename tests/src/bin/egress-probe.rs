@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! egress-probe MODE ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE]
-//!              [--spray N]
+//!              [--spray N] [--connect] [--exchange]
 //! egress-probe dns-connect|dns-query|dns-garbage|dns-expiry|sleep ...
 //! ```
 //!
@@ -33,11 +33,13 @@ struct Args {
     move_to: Option<PathBuf>,
     loop_until: Option<PathBuf>,
     spray: Option<u32>,
+    connect: bool,
+    exchange: bool,
 }
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "egress-probe: {msg}\nusage: egress-probe tcp|udp|tcp6|udp6|udp-serve|tcp-serve ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE] [--spray N]"
+        "egress-probe: {msg}\nusage: egress-probe tcp|udp|tcp6|udp6|udp-serve|tcp-serve ADDR [--payload TEXT] [--move-to CGROUP_DIR] [--loop-until FILE] [--spray N] [--connect] [--exchange]"
     );
     ExitCode::from(2)
 }
@@ -57,10 +59,14 @@ fn parse_args() -> Result<Args, String> {
         move_to: None,
         loop_until: None,
         spray: None,
+        connect: false,
+        exchange: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
+            "--connect" => args.connect = true,
+            "--exchange" => args.exchange = true,
             "--payload" => args.payload = value()?,
             "--move-to" => args.move_to = Some(value()?.into()),
             "--loop-until" => args.loop_until = Some(value()?.into()),
@@ -203,6 +209,19 @@ fn act(args: &Args, fd: &OwnedFd, dest: &SocketAddr) -> (Result<(), Failure>, Du
         cvt(unsafe { libc::connect(fd.as_raw_fd(), sa, len) })
             .map(|_| ())
             .map_err(fail(Step::Connect))
+    } else if args.connect {
+        let p = args.payload.as_bytes();
+        // SAFETY: sa/len describe a valid socket address; p is valid for the send.
+        cvt(unsafe { libc::connect(fd.as_raw_fd(), sa, len) })
+            .map_err(fail(Step::Connect))
+            .and_then(|_| {
+                let rc = unsafe { libc::send(fd.as_raw_fd(), p.as_ptr().cast(), p.len(), 0) };
+                if rc < 0 {
+                    Err(fail(Step::Sendto)(io::Error::last_os_error()))
+                } else {
+                    Ok(())
+                }
+            })
     } else {
         let p = args.payload.as_bytes();
         // SAFETY: p and sa/len are valid for the call.
@@ -328,6 +347,45 @@ fn serve(args: &Args, addr: &SocketAddr) -> (Result<(), Failure>, Duration) {
     }
 }
 
+/// How long `--exchange` waits for the answer.
+const EXCHANGE_WAIT: Duration = Duration::from_secs(2);
+
+/// `--exchange`: one attempt, then (if it worked) the payload on a TCP connection, the answer,
+/// its source and the socket's peer, into `out`.
+fn exchange(args: &Args, dest: &SocketAddr, out: &mut Outcome) {
+    use std::io::{Read as _, Write as _};
+    let fd = match open_socket(args.mode, dest) {
+        Ok(fd) => fd,
+        Err(e) => return record(out, Err(fail(Step::Socket)(e)), Duration::ZERO),
+    };
+    let (r, took) = act(args, &fd, dest);
+    let ok = r.is_ok();
+    record(out, r, took);
+    if !ok {
+        return;
+    }
+    let mut buf = [0u8; 512];
+    let answer = if args.mode.is_tcp() {
+        let mut s = std::net::TcpStream::from(fd);
+        out.peer = s.peer_addr().ok();
+        let _ = s.set_read_timeout(Some(EXCHANGE_WAIT));
+        s.write_all(args.payload.as_bytes())
+            .and_then(|()| s.read(&mut buf))
+    } else {
+        let s = std::net::UdpSocket::from(fd);
+        out.peer = s.peer_addr().ok();
+        let _ = s.set_read_timeout(Some(EXCHANGE_WAIT));
+        s.recv_from(&mut buf).map(|(n, from)| {
+            out.reply_from = Some(from);
+            n
+        })
+    };
+    match answer {
+        Ok(n) => out.reply = Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e) => record(out, Err(fail(Step::Recv)(e)), took),
+    }
+}
+
 /// One attempt: socket, optional move, connect/send; the socket closes on return.
 fn attempt(args: &Args, dest: &SocketAddr) -> (Result<(), Failure>, Duration) {
     let fd = match open_socket(args.mode, dest) {
@@ -369,6 +427,9 @@ fn main() -> ExitCode {
         successes: 0,
         errnos: Default::default(),
         max_elapsed_us: 0,
+        reply: None,
+        reply_from: None,
+        peer: None,
     };
     let started = Instant::now();
     if args.mode.is_server() {
@@ -378,7 +439,10 @@ fn main() -> ExitCode {
     if let Some(n) = args.spray {
         spray(&args, &dest, n, &mut out);
     }
-    while args.spray.is_none() && !args.mode.is_server() {
+    if args.exchange {
+        exchange(&args, &dest, &mut out);
+    }
+    while args.spray.is_none() && !args.mode.is_server() && !args.exchange {
         let (r, took) = attempt(&args, &dest);
         record(&mut out, r, took);
         let Some(stop) = &args.loop_until else { break };

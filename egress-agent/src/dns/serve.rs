@@ -1,0 +1,107 @@
+//! The listener loops of one proxied container: UDP questions each answered in a task of its
+//! own (at most [`super::upstream::MAX_IN_FLIGHT`] at once, more are dropped and counted), TCP
+//! connections (at most [`super::MAX_TCP_CONNS`]) answered one question at a time.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    task::JoinSet,
+};
+use egress_dns::Transport;
+use tracing::debug;
+
+use super::{
+    counters::{Counters, bump},
+    proxied::Proxied,
+    upstream::TCP_IDLE,
+};
+
+/// Largest UDP message read from a container.
+const MAX_UDP: usize = 4096;
+/// How long one TCP question may take to arrive once its length has.
+const TCP_READ: Duration = Duration::from_secs(5);
+
+/// Starts the loops of `proxied` on these sockets into `tasks`.
+pub fn spawn(
+    tasks: &mut JoinSet<()>,
+    proxied: &Arc<Proxied>,
+    counters: &Arc<Counters>,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+) {
+    for socket in udp {
+        tasks.spawn(serve_udp(Arc::new(socket), proxied.clone(), counters.clone()));
+    }
+    for listener in tcp {
+        tasks.spawn(serve_tcp(listener, proxied.clone()));
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<Counters>) {
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(container = %proxied.name, "DNS proxy UDP receive: {e}");
+                continue;
+            }
+        };
+        let Ok(permit) = proxied.in_flight.clone().try_acquire_owned() else {
+            bump(&counters.dropped_busy);
+            continue;
+        };
+        let question = buf[..n].to_vec();
+        let socket = socket.clone();
+        let proxied = proxied.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(reply) = proxied.answer(&question, Transport::Udp).await {
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, proxied: Arc<Proxied>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Over the limit: the connection is closed at once (the client retries or fails).
+        let Ok(permit) = proxied.tcp_conns.clone().try_acquire_owned() else {
+            continue;
+        };
+        let proxied = proxied.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, &proxied).await;
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, proxied: &Proxied) {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut question = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        match tokio::time::timeout(TCP_READ, stream.read_exact(&mut question)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let Some(reply) = proxied.answer(&question, Transport::Tcp).await else {
+            return;
+        };
+        let Ok(framed) = egress_dns::tcp::frame(&reply) else {
+            return;
+        };
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}

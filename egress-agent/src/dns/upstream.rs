@@ -1,0 +1,256 @@
+//! Carrying a container's allowed questions on to its resolvers, from sockets in the
+//! container's own network namespace (so Docker's embedded `127.0.0.11` and networks the host
+//! cannot reach work as they do for the container).
+//!
+//! UDP: one socket per family and container, its answers told apart by the id the proxy gave
+//! each question (random, never two alike in flight) and by the server they come from. TCP: a
+//! connection per question. Servers are tried in order within the deadline.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, UdpSocket},
+    sync::oneshot,
+    task::JoinHandle,
+    time::{Instant, timeout_at},
+};
+
+use super::{
+    netns::{Netns, NetnsThread},
+    sockets,
+};
+
+/// Most questions of one container in flight upstream at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Largest DNS message read from a server.
+const MAX_MESSAGE: usize = 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no resolver is known for the container")]
+    NoServers,
+    #[error("no answer from {servers} within the deadline")]
+    Timeout { servers: String },
+    #[error("{0} questions in flight already")]
+    Busy(usize),
+    #[error("{server}: {source}")]
+    Io { server: SocketAddr, source: io::Error },
+}
+
+type Waiters = Arc<Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Vec<u8>>)>>>;
+
+/// The UDP socket of one family and the questions waiting on it.
+struct UdpMux {
+    socket: Arc<UdpSocket>,
+    waiters: Waiters,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for UdpMux {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl UdpMux {
+    fn new(socket: UdpSocket) -> Self {
+        let socket = Arc::new(socket);
+        let waiters: Waiters = Arc::default();
+        let reader = tokio::spawn(read_answers(socket.clone(), waiters.clone()));
+        Self {
+            socket,
+            waiters,
+            reader,
+        }
+    }
+
+    /// Takes a free id for a question to `server`.
+    fn reserve(&self, server: SocketAddr) -> Result<(u16, oneshot::Receiver<Vec<u8>>), UpstreamError> {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= MAX_IN_FLIGHT {
+            return Err(UpstreamError::Busy(w.len()));
+        }
+        let (tx, rx) = oneshot::channel();
+        loop {
+            let id = egress_dns::upstream::random_id();
+            if let std::collections::hash_map::Entry::Vacant(e) = w.entry(id) {
+                e.insert((server, tx));
+                return Ok((id, rx));
+            }
+        }
+    }
+
+    fn release(&self, id: u16) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+async fn read_answers(socket: Arc<UdpSocket>, waiters: Waiters) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Some(id) = egress_dns::answer::id_of(&buf[..n]) else {
+            continue;
+        };
+        let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the server the question went to may answer it.
+        if w.get(&id).is_some_and(|(server, _)| *server == from)
+            && let Some((_, tx)) = w.remove(&id)
+        {
+            let _ = tx.send(buf[..n].to_vec());
+        }
+    }
+}
+
+/// The upstream side of one container.
+pub struct Upstream {
+    ns: Arc<Netns>,
+    thread: Arc<NetnsThread>,
+    v4: tokio::sync::OnceCell<UdpMux>,
+    v6: tokio::sync::OnceCell<UdpMux>,
+}
+
+impl Upstream {
+    pub fn new(ns: Arc<Netns>, thread: Arc<NetnsThread>) -> Self {
+        Self {
+            ns,
+            thread,
+            v4: tokio::sync::OnceCell::new(),
+            v6: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn mux(&self, server: &SocketAddr) -> Result<&UdpMux, UpstreamError> {
+        let cell = if server.is_ipv4() { &self.v4 } else { &self.v6 };
+        let server = *server;
+        cell.get_or_try_init(|| async {
+            let std = self
+                .thread
+                .run(self.ns.clone(), move || sockets::upstream_udp(&server))
+                .await
+                .map_err(|source| UpstreamError::Io { server, source })?;
+            let socket =
+                UdpSocket::from_std(std).map_err(|source| UpstreamError::Io { server, source })?;
+            Ok(UdpMux::new(socket))
+        })
+        .await
+    }
+
+    /// Sends the question `build` makes for an id to each of `servers` in turn over UDP until
+    /// one answers, by `deadline`; returns the answer and the id it was asked with.
+    pub async fn udp(
+        &self,
+        servers: &[SocketAddr],
+        build: impl Fn(u16) -> io::Result<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, u16), UpstreamError> {
+        if servers.is_empty() {
+            return Err(UpstreamError::NoServers);
+        }
+        let mut last = None;
+        for (i, server) in servers.iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // An even share of what is left for each server not tried yet.
+            let share = (deadline - now) / (servers.len() - i) as u32;
+            let mux = self.mux(server).await?;
+            let (id, rx) = mux.reserve(*server)?;
+            let sent = match build(id) {
+                Ok(q) => mux.socket.send_to(&q, server).await,
+                Err(e) => Err(e),
+            };
+            if let Err(source) = sent {
+                mux.release(id);
+                last = Some(UpstreamError::Io {
+                    server: *server,
+                    source,
+                });
+                continue;
+            }
+            match timeout_at(now + share, rx).await {
+                Ok(Ok(answer)) => return Ok((answer, id)),
+                _ => mux.release(id),
+            }
+        }
+        Err(last.unwrap_or_else(|| timeout(servers)))
+    }
+
+    /// The same over TCP: a connection per question.
+    pub async fn tcp(
+        &self,
+        servers: &[SocketAddr],
+        build: impl Fn(u16) -> io::Result<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, u16), UpstreamError> {
+        if servers.is_empty() {
+            return Err(UpstreamError::NoServers);
+        }
+        let mut last = None;
+        for (i, server) in servers.iter().enumerate() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let share = (deadline - now) / (servers.len() - i) as u32;
+            let id = egress_dns::upstream::random_id();
+            let query = build(id).map_err(|source| UpstreamError::Io {
+                server: *server,
+                source,
+            })?;
+            match timeout_at(now + share, self.tcp_once(*server, query)).await {
+                Ok(Ok(answer)) => return Ok((answer, id)),
+                Ok(Err(source)) => {
+                    last = Some(UpstreamError::Io {
+                        server: *server,
+                        source,
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        Err(last.unwrap_or_else(|| timeout(servers)))
+    }
+
+    async fn tcp_once(&self, server: SocketAddr, query: Vec<u8>) -> io::Result<Vec<u8>> {
+        let std = self
+            .thread
+            .run(self.ns.clone(), move || sockets::upstream_tcp(&server))
+            .await?;
+        let mut stream = TcpSocket::from_std_stream(std).connect(server).await?;
+        stream
+            .write_all(&egress_dns::tcp::frame(&query).map_err(io::Error::other)?)
+            .await?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await?;
+        Ok(answer)
+    }
+}
+
+fn timeout(servers: &[SocketAddr]) -> UpstreamError {
+    UpstreamError::Timeout {
+        servers: servers
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// How long a TCP client connection may stay idle between questions.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);

@@ -1,0 +1,486 @@
+//! One owner's learned addresses: the addresses its DNS answers carried, per name, until they
+//! expire.
+//!
+//! - [`Store::learn`] holds each address of an answer under the name asked until
+//!   `now + ttl + grace` (the TTL capped at [`MAX_TTL`]). An address the name already holds is
+//!   refreshed: it keeps the later of its two expiries and counts as just learned.
+//! - Each name holds at most [`Limits::max_addrs_per_name`] addresses: a new one pushes the
+//!   oldest learned out first. An answer with more addresses than that holds its first ones
+//!   (the ones clients try first); the rest are not held. The store holds at most
+//!   [`Limits::max_names`] names: a new name pushes out the name learned least recently, with
+//!   its addresses. Both are counted ([`Store::counters`]), so memory is bounded by
+//!   `max_names × max_addrs_per_name` entries.
+//! - An address held under several names stays until the last of them lets it go.
+//!   [`Store::expire`] returns the addresses that left the store entirely, as
+//!   [`Learned::removed`] does for those a cap pushed out.
+//!
+//! Time is a [`std::time::Instant`] the caller passes in; the store never reads a clock.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// The longest TTL the store honours, in seconds (a week: longer TTLs are cut to it).
+pub const MAX_TTL: u32 = 7 * 24 * 3600;
+
+/// The store's limits, set at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// How long an address stays after its TTL ran out.
+    pub grace: Duration,
+    /// The most addresses one name holds (at least 1).
+    pub max_addrs_per_name: usize,
+    /// The most names the store holds (at least 1).
+    pub max_names: usize,
+}
+
+impl Default for Limits {
+    /// 30 s of grace, 32 addresses per name, 256 names.
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+            max_addrs_per_name: 32,
+            max_names: 256,
+        }
+    }
+}
+
+/// What one [`Store::learn`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Addresses new to the store (no name held them before).
+    pub added: Vec<IpAddr>,
+    /// Addresses that left the store entirely because a cap pushed them out.
+    pub removed: Vec<IpAddr>,
+    /// Addresses of this answer the name does not hold: beyond the per-name cap.
+    pub not_held: Vec<IpAddr>,
+    /// How many (name, address) entries the caps pushed out or refused in this call.
+    pub evicted: usize,
+}
+
+/// How often the caps pushed something out, since the store was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Addresses pushed out of a name, or not held by it, by the per-name cap.
+    pub addrs_evicted: u64,
+    /// Names pushed out by the cap on names.
+    pub names_evicted: u64,
+}
+
+/// One owner's learned addresses.
+#[derive(Debug)]
+pub struct Store {
+    limits: Limits,
+    names: HashMap<Arc<str>, NameEntry>,
+    /// Each held address and the names holding it.
+    holders: HashMap<IpAddr, Vec<Arc<str>>>,
+    /// Every (name, address) entry by expiry.
+    expiries: BTreeSet<(Instant, Arc<str>, IpAddr)>,
+    /// Orders names by their last learn (for the cap on names).
+    clock: u64,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+struct NameEntry {
+    /// Oldest learned first.
+    held: Vec<Held>,
+    last_learned: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    addr: IpAddr,
+    expires: Instant,
+}
+
+impl Store {
+    /// An empty store with `limits` (caps below 1 count as 1).
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits: Limits {
+                max_addrs_per_name: limits.max_addrs_per_name.max(1),
+                max_names: limits.max_names.max(1),
+                ..limits
+            },
+            names: HashMap::new(),
+            holders: HashMap::new(),
+            expiries: BTreeSet::new(),
+            clock: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Holds `addrs` under `name` (a domain key) until `now + ttl + grace` (`ttl` in seconds).
+    pub fn learn(&mut self, name: &str, addrs: &[IpAddr], ttl: u32, now: Instant) -> Learned {
+        let mut learned = Learned::default();
+        let mut unique: Vec<IpAddr> = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if !unique.contains(addr) {
+                unique.push(*addr);
+            }
+        }
+        if unique.is_empty() {
+            return learned;
+        }
+        let cap = self.limits.max_addrs_per_name;
+        if unique.len() > cap {
+            learned.not_held = unique.split_off(cap);
+            learned.evicted += learned.not_held.len();
+            self.counters.addrs_evicted += learned.not_held.len() as u64;
+        }
+        let expires = now
+            .checked_add(Duration::from_secs(u64::from(ttl.min(MAX_TTL))) + self.limits.grace)
+            .unwrap_or(now);
+        let name = self.entry_for(name, &mut learned);
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(entry) = self.names.get_mut(&name) {
+            entry.last_learned = clock;
+        }
+        for addr in unique {
+            self.hold(&name, addr, expires, &mut learned);
+        }
+        learned
+    }
+
+    /// Lets go of every entry expired at `now`; returns the addresses that left the store
+    /// entirely (no name holds them any more).
+    pub fn expire(&mut self, now: Instant) -> Vec<IpAddr> {
+        let mut gone = Vec::new();
+        while let Some((expires, name, addr)) = self.expiries.first().cloned() {
+            if expires > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(entry) = self.names.get_mut(&name) {
+                entry.held.retain(|h| h.addr != addr);
+                if entry.held.is_empty() {
+                    self.names.remove(&name);
+                }
+            }
+            if self.release(&name, addr) {
+                gone.push(addr);
+            }
+        }
+        gone
+    }
+
+    /// When the next entry expires, if any is held.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.first().map(|(expires, _, _)| *expires)
+    }
+
+    /// Every address held (under any name), each once, in no particular order.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.holders.keys().copied()
+    }
+
+    /// Whether some name holds `addr`.
+    pub fn holds(&self, addr: IpAddr) -> bool {
+        self.holders.contains_key(&addr)
+    }
+
+    /// The names holding `addr`.
+    pub fn names_of(&self, addr: IpAddr) -> impl Iterator<Item = &str> + '_ {
+        self.holders
+            .get(&addr)
+            .into_iter()
+            .flatten()
+            .map(|name| &**name)
+    }
+
+    /// The addresses `name` holds and when each expires, oldest learned first.
+    pub fn addrs_of(&self, name: &str) -> impl Iterator<Item = (IpAddr, Instant)> + '_ {
+        self.names
+            .get(name)
+            .into_iter()
+            .flat_map(|entry| entry.held.iter().map(|h| (h.addr, h.expires)))
+    }
+
+    /// How many names hold at least one address.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// How many distinct addresses are held.
+    pub fn addr_count(&self) -> usize {
+        self.holders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The store's key for `name`, making room (the cap on names) when it is new.
+    fn entry_for(&mut self, name: &str, learned: &mut Learned) -> Arc<str> {
+        if let Some((key, _)) = self.names.get_key_value(name) {
+            return key.clone();
+        }
+        if self.names.len() >= self.limits.max_names {
+            self.evict_oldest_name(learned);
+        }
+        let key: Arc<str> = name.into();
+        self.names.insert(
+            key.clone(),
+            NameEntry {
+                held: Vec::new(),
+                last_learned: 0,
+            },
+        );
+        key
+    }
+
+    fn evict_oldest_name(&mut self, learned: &mut Learned) {
+        let Some(oldest) = self
+            .names
+            .iter()
+            .min_by_key(|(_, entry)| entry.last_learned)
+            .map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        let Some(entry) = self.names.remove(&oldest) else {
+            return;
+        };
+        self.counters.names_evicted += 1;
+        learned.evicted += entry.held.len();
+        for held in entry.held {
+            self.expiries
+                .remove(&(held.expires, oldest.clone(), held.addr));
+            if self.release(&oldest, held.addr) {
+                learned.removed.push(held.addr);
+            }
+        }
+    }
+
+    /// Holds (or refreshes) `addr` under `name` until `expires`.
+    fn hold(&mut self, name: &Arc<str>, addr: IpAddr, expires: Instant, learned: &mut Learned) {
+        let cap = self.limits.max_addrs_per_name;
+        let Some(entry) = self.names.get_mut(name) else {
+            return;
+        };
+        if let Some(i) = entry.held.iter().position(|h| h.addr == addr) {
+            let old = entry.held.remove(i);
+            let expires = old.expires.max(expires);
+            entry.held.push(Held { addr, expires });
+            self.expiries.remove(&(old.expires, name.clone(), addr));
+            self.expiries.insert((expires, name.clone(), addr));
+            return;
+        }
+        let pushed_out = (entry.held.len() >= cap).then(|| entry.held.remove(0));
+        entry.held.push(Held { addr, expires });
+        self.expiries.insert((expires, name.clone(), addr));
+        let holders = self.holders.entry(addr).or_default();
+        if holders.is_empty() {
+            learned.added.push(addr);
+        }
+        holders.push(name.clone());
+        if let Some(old) = pushed_out {
+            self.counters.addrs_evicted += 1;
+            learned.evicted += 1;
+            self.expiries.remove(&(old.expires, name.clone(), old.addr));
+            if self.release(name, old.addr) {
+                learned.removed.push(old.addr);
+            }
+        }
+    }
+
+    /// Drops `name` from `addr`'s holders; true when no name holds `addr` any more.
+    fn release(&mut self, name: &str, addr: IpAddr) -> bool {
+        let Some(holders) = self.holders.get_mut(&addr) else {
+            return false;
+        };
+        holders.retain(|n| &**n != name);
+        if holders.is_empty() {
+            self.holders.remove(&addr);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn store(grace: u64, per_name: usize, names: usize) -> Store {
+        Store::new(Limits {
+            grace: secs(grace),
+            max_addrs_per_name: per_name,
+            max_names: names,
+        })
+    }
+
+    fn sorted(mut addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+        addrs.sort();
+        addrs
+    }
+
+    #[test]
+    fn learn_then_expire_after_ttl_and_grace() {
+        let t0 = Instant::now();
+        let mut s = store(30, 8, 8);
+        let learned = s.learn("cdn.test", &[ip(1), ip(2), ip(1)], 60, t0);
+        assert_eq!(learned.added, vec![ip(1), ip(2)]);
+        assert_eq!((learned.removed.len(), learned.evicted), (0, 0));
+        assert_eq!(s.next_expiry(), Some(t0 + secs(90)));
+        assert_eq!(sorted(s.addrs().collect()), vec![ip(1), ip(2)]);
+        assert_eq!(s.names_of(ip(1)).collect::<Vec<_>>(), ["cdn.test"]);
+        assert!(s.expire(t0 + secs(89)).is_empty());
+        assert_eq!(sorted(s.expire(t0 + secs(90))), vec![ip(1), ip(2)]);
+        assert!(s.is_empty() && s.next_expiry().is_none() && s.addr_count() == 0);
+    }
+
+    #[test]
+    fn refresh_keeps_the_later_expiry() {
+        let t0 = Instant::now();
+        let mut s = store(0, 8, 8);
+        s.learn("a.test", &[ip(1)], 10, t0);
+        let again = s.learn("a.test", &[ip(1)], 10, t0 + secs(5));
+        assert!(again.added.is_empty(), "already held");
+        assert_eq!(s.next_expiry(), Some(t0 + secs(15)));
+        // A shorter TTL later does not cut the expiry.
+        s.learn("a.test", &[ip(1)], 1, t0 + secs(6));
+        assert_eq!(
+            s.addrs_of("a.test").collect::<Vec<_>>(),
+            [(ip(1), t0 + secs(15))]
+        );
+        assert!(s.expire(t0 + secs(14)).is_empty());
+        assert_eq!(s.expire(t0 + secs(15)), vec![ip(1)]);
+    }
+
+    #[test]
+    fn per_name_cap_pushes_the_oldest_out() {
+        let t0 = Instant::now();
+        let mut s = store(0, 2, 8);
+        s.learn("cdn.test", &[ip(1)], 60, t0);
+        s.learn("cdn.test", &[ip(2)], 60, t0 + secs(1));
+        // Refreshing 1 makes 2 the oldest.
+        s.learn("cdn.test", &[ip(1)], 60, t0 + secs(2));
+        let learned = s.learn("cdn.test", &[ip(3)], 60, t0 + secs(3));
+        assert_eq!(learned.added, vec![ip(3)]);
+        assert_eq!(learned.removed, vec![ip(2)]);
+        assert_eq!(learned.evicted, 1);
+        assert_eq!(sorted(s.addrs().collect()), vec![ip(1), ip(3)]);
+        assert_eq!(s.counters().addrs_evicted, 1);
+        // 2's old expiry is gone with it.
+        assert_eq!(s.next_expiry(), Some(t0 + secs(62)));
+    }
+
+    #[test]
+    fn an_answer_longer_than_the_cap_keeps_its_first_addresses() {
+        let t0 = Instant::now();
+        let mut s = store(0, 2, 8);
+        let learned = s.learn("big.test", &[ip(1), ip(2), ip(3), ip(4)], 60, t0);
+        assert_eq!(learned.added, vec![ip(1), ip(2)]);
+        assert_eq!(learned.not_held, vec![ip(3), ip(4)]);
+        assert_eq!(learned.evicted, 2);
+        assert_eq!(s.counters().addrs_evicted, 2);
+    }
+
+    #[test]
+    fn a_shared_address_stays_until_the_last_name_lets_go() {
+        let t0 = Instant::now();
+        let mut s = store(0, 1, 8);
+        s.learn("a.test", &[ip(1)], 10, t0);
+        let learned = s.learn("b.test", &[ip(1)], 20, t0);
+        assert!(learned.added.is_empty(), "held by a.test already");
+        assert_eq!(sorted_names(&s, ip(1)), ["a.test", "b.test"]);
+        assert!(s.expire(t0 + secs(10)).is_empty(), "b.test still holds it");
+        assert_eq!(sorted_names(&s, ip(1)), ["b.test"]);
+        // The per-name cap of b.test pushes it out: now it leaves.
+        let learned = s.learn("b.test", &[ip(2)], 20, t0 + secs(11));
+        assert_eq!(learned.removed, vec![ip(1)]);
+        assert!(!s.holds(ip(1)));
+        assert_eq!(s.expire(t0 + secs(31)), vec![ip(2)]);
+    }
+
+    fn sorted_names(s: &Store, addr: IpAddr) -> Vec<String> {
+        let mut names: Vec<String> = s.names_of(addr).map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn name_cap_pushes_the_least_recently_learned_name_out() {
+        let t0 = Instant::now();
+        let mut s = store(0, 4, 2);
+        s.learn("a.test", &[ip(1), ip(9)], 60, t0);
+        s.learn("b.test", &[ip(2), ip(9)], 60, t0);
+        s.learn("a.test", &[ip(1)], 60, t0 + secs(1));
+        let learned = s.learn("c.test", &[ip(3)], 60, t0 + secs(2));
+        assert_eq!(learned.removed, vec![ip(2)], "9 is still held by a.test");
+        assert_eq!(learned.evicted, 2);
+        assert_eq!(s.counters().names_evicted, 1);
+        assert_eq!(s.name_count(), 2);
+        assert_eq!(s.addrs_of("b.test").count(), 0);
+        assert_eq!(sorted(s.addrs().collect()), vec![ip(1), ip(3), ip(9)]);
+        // Nothing of b.test is left to expire.
+        assert_eq!(sorted(s.expire(t0 + secs(100))), vec![ip(1), ip(3), ip(9)]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut s = store(5, 3, 4);
+        for i in 0..200u32 {
+            let name = format!("n{}.test", i % 9);
+            let addrs: Vec<IpAddr> = (0..5)
+                .map(|j| IpAddr::V4(Ipv4Addr::from(i * 7 + j)))
+                .collect();
+            s.learn(&name, &addrs, i % 13, t0 + secs(u64::from(i)));
+            assert!(s.name_count() <= 4);
+            assert!(s.addr_count() <= 12);
+            assert!(s.expiries.len() <= 12);
+            assert!(s.names.values().all(|e| e.held.len() <= 3));
+        }
+        s.expire(t0 + secs(10_000));
+        assert!(s.is_empty() && s.holders.is_empty() && s.expiries.is_empty());
+    }
+
+    #[test]
+    fn edge_cases() {
+        let t0 = Instant::now();
+        let mut s = Store::new(Limits {
+            grace: secs(1),
+            max_addrs_per_name: 0,
+            max_names: 0,
+        });
+        assert_eq!(s.limits().max_addrs_per_name, 1);
+        assert_eq!(s.learn("a.test", &[], 60, t0), Learned::default());
+        assert!(s.is_empty());
+        s.learn("a.test", &[ip(1)], u32::MAX, t0);
+        assert_eq!(
+            s.next_expiry(),
+            Some(t0 + secs(u64::from(MAX_TTL)) + secs(1)),
+            "TTL capped"
+        );
+        s.learn("b.test", &[ip(2)], 0, t0);
+        assert_eq!(s.name_count(), 1);
+        assert_eq!(s.expire(t0 + secs(1)), vec![ip(2)]);
+        assert!(s.names_of(ip(7)).next().is_none());
+    }
+}
