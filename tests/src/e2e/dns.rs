@@ -112,17 +112,26 @@ impl Lab {
     #[track_caller]
     pub fn wait_dns_proxy(&self, container: &str, server: &str) {
         let name = format!("proxy-ready.{}.test", self.tag);
-        wait_until(
-            &format!("the DNS proxy to answer {container} (asking {server})"),
-            Duration::from_secs(20),
-            || {
-                let (r, _) = self.probe(
+        let mut last = String::new();
+        let answered =
+            crate::wait::poll(Duration::from_secs(20), Duration::from_millis(100), || {
+                let (r, text) = self.probe(
                     container,
                     &["dns-query", server, &name, "--timeout-ms", "500"],
                 );
+                last = text;
                 r.into_iter().find(|r| r.rcode.is_some())
-            },
-        );
+            });
+        if answered.is_none() {
+            panic!(
+                "the DNS proxy did not answer {container} (asking {server}) within 20 s; the \
+                 last try: {last}\nagent log:\n{}",
+                self.agent
+                    .as_ref()
+                    .map(|a| a.log_text())
+                    .unwrap_or_default()
+            );
+        }
     }
 
     /// A target host (see [`Lab::start_target`]) at `10.231.<n>.<hosts[0]>` that also owns the
