@@ -13,7 +13,7 @@ use std::{
 use super::{LAB_LABEL, Lab, PORT, Started, answers_ok, wait_until};
 use crate::{
     dns::TestDns,
-    dns_client::{Report, reports},
+    dns_client::{Report, Via, reports},
     docker::{Docker, PROBE_PATH, ensure_glibc_probe_image},
 };
 
@@ -95,9 +95,22 @@ impl Lab {
     /// UDP unless `tcp`).
     #[track_caller]
     pub fn ask(&self, container: &str, server: &str, name: &str, tcp: bool) -> Report {
+        self.ask_via(
+            container,
+            server,
+            name,
+            if tcp { Via::Tcp } else { Via::Udp },
+        )
+    }
+
+    /// [`Lab::ask`] over `via` (connected UDP too).
+    #[track_caller]
+    pub fn ask_via(&self, container: &str, server: &str, name: &str, via: Via) -> Report {
         let mut args = vec!["dns-query", server, name, "--timeout-ms", "3000"];
-        if tcp {
-            args.push("--tcp");
+        match via {
+            Via::Tcp => args.push("--tcp"),
+            Via::ConnectedUdp => args.push("--connected"),
+            Via::Udp => {}
         }
         let (r, text) = self.probe(container, &args);
         r.into_iter()
