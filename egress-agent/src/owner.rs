@@ -193,6 +193,16 @@ impl EnforcerHandle {
         rx.await.map_err(|_| OwnerGone)
     }
 
+    /// Like `ask`, through the urgent queue.
+    async fn ask_urgent<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, OwnerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.urgent.send(make(reply)).await.map_err(|_| OwnerGone)?;
+        rx.await.map_err(|_| OwnerGone)
+    }
+
     /// Sets or replaces the policy of a cgroup.
     pub async fn set_policy(&self, cgroup: CgroupId, policy: Policy) -> Result<(), CommandError> {
         Ok(self
@@ -305,14 +315,13 @@ impl EnforcerHandle {
         container: ContainerId,
         rules: Vec<Rule>,
     ) -> Result<bool, CommandError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::AddContainerRules {
-            container,
-            rules,
-            reply,
-        };
-        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
-        Ok(rx.await.map_err(|_| OwnerGone)??)
+        Ok(self
+            .ask_urgent(|reply| Command::AddContainerRules {
+                container,
+                rules,
+                reply,
+            })
+            .await??)
     }
 
     /// Replaces what the DNS proxy learned for `owner` (a policed container) with `rules`, now,
@@ -340,14 +349,13 @@ impl EnforcerHandle {
         owner: Owner,
         redirect: Option<DnsRedirect>,
     ) -> Result<(), CommandError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::SetDnsRedirect {
-            owner,
-            redirect,
-            reply,
-        };
-        self.urgent.send(cmd).await.map_err(|_| OwnerGone)?;
-        Ok(rx.await.map_err(|_| OwnerGone)??)
+        Ok(self
+            .ask_urgent(|reply| Command::SetDnsRedirect {
+                owner,
+                redirect,
+                reply,
+            })
+            .await??)
     }
 
     /// Every owner's DNS redirect, also those a restarted agent found pinned (see

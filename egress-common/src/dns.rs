@@ -26,6 +26,32 @@ pub const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 /// destinations go there; without it they go to [`PROXY_V4_MAPPED`].
 pub const REDIRECT_V6_LOOPBACK: u8 = 1 << 0;
 
+/// The second octet of the first peer address (see [`peer_addr`]); peer addresses are
+/// `127.128.0.0` to `127.254.255.255`, away from `127.0.0.1`, Docker's `127.0.0.11` and the
+/// proxy's `127.255.53.1`.
+pub const PEER_FIRST: u8 = 128;
+/// How many values the second octet of a peer address takes.
+pub const PEER_SPAN: u64 = 127;
+
+/// The loopback source address the programs give a redirected IPv4 socket (`bpf_bind` at
+/// connect, the message's source at sendmsg), made from its cookie: the DNS proxy sees it as
+/// its client's address and finds the destination asked under it in
+/// [`crate::maps::DNS_PEER`]. About eight million sockets get distinct addresses; an older
+/// socket's entry is replaced by a newer one with the same address only after that many.
+pub const fn peer_addr(cookie: u64) -> [u8; 4] {
+    [
+        127,
+        PEER_FIRST + ((cookie >> 16) % PEER_SPAN) as u8,
+        (cookie >> 8) as u8,
+        cookie as u8,
+    ]
+}
+
+/// True for an address [`peer_addr`] makes.
+pub const fn is_peer_addr(a: [u8; 4]) -> bool {
+    a[0] == 127 && a[1] >= PEER_FIRST && (a[1] as u64) < PEER_FIRST as u64 + PEER_SPAN
+}
+
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
 pub const fn mapped(a: [u8; 4]) -> [u8; 16] {
     [
@@ -131,6 +157,26 @@ mod tests {
     fn records_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<DnsRedirect>(), 4);
         assert_eq!(core::mem::size_of::<DnsOrigin>(), 16 + 2 + 2 + 1 + 3);
+    }
+
+    #[test]
+    fn peer_addresses_stay_clear_of_the_loopback_addresses_in_use() {
+        for cookie in [
+            0u64,
+            1,
+            0xffff,
+            0x1_0000,
+            0x7e_ffff,
+            u64::MAX,
+            0x1234_5678_9abc,
+        ] {
+            let a = peer_addr(cookie);
+            assert!(is_peer_addr(a), "{a:?}");
+            assert_ne!(a, PROXY_V4);
+        }
+        assert!(!is_peer_addr([127, 0, 0, 1]) && !is_peer_addr([127, 0, 0, 11]));
+        assert!(!is_peer_addr(PROXY_V4) && !is_peer_addr([10, 200, 0, 1]));
+        assert_ne!(peer_addr(1), peer_addr(2));
     }
 
     #[test]

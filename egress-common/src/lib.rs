@@ -25,7 +25,7 @@ pub mod stats;
 
 /// Version of the pinned map layout. Bump it on any change to a map's name, type, key, value or
 /// size: an agent that finds pinned maps of another layout replaces them instead of reusing them.
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 
 /// Address families as they appear in `bpf_sock_addr.user_family` and in events.
 pub const AF_INET: u8 = 2;

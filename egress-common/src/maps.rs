@@ -48,6 +48,11 @@ pub const DNS_REDIRECT: &str = "EG_DNS_REDIR";
 /// redirected DNS was sent to, written by the connect and sendmsg programs, read by the
 /// recvmsg and getpeername programs. LRU: a socket that is gone needs no delete.
 pub const DNS_ORIGIN: &str = "EG_DNS_ORIG";
+/// LRU hash of peer address (u32, network order, see [`crate::dns::peer_addr`]) ->
+/// [`crate::dns::DnsOrigin`]: the same destination, under the loopback source address the
+/// programs gave the redirected IPv4 socket, so that the DNS proxy, which sees that address as
+/// its client's, forwards the question to the server the application asked.
+pub const DNS_PEER: &str = "EG_DNS_PEER";
 
 /// How many cgroups the agent polices on its own (`--policy`) at most: its share of
 /// [`CGROUP_POLICY`]. It refuses more, so that they never take the room of container cgroups.
@@ -222,6 +227,13 @@ pub const MAPS: &[MapSpec] = {
             DNS_ORIGIN,
             LruHash,
             sz::<u64>(),
+            sz::<DnsOrigin>(),
+            DNS_ORIGIN_ENTRIES,
+        ),
+        spec(
+            DNS_PEER,
+            LruHash,
+            sz::<u32>(),
             sz::<DnsOrigin>(),
             DNS_ORIGIN_ENTRIES,
         ),

@@ -1,9 +1,13 @@
 //! The DNS redirect of the connect and sendmsg programs: a policed cgroup's TCP or UDP
 //! destination on port 53 goes to its DNS proxy, unless a rule names it with port 53.
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::{bpf_bind, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
 use egress_common::{
-    dns::{DnsOrigin, PROXY_V4, PROXY_V4_MAPPED, REDIRECT_V6_LOOPBACK},
+    AF_INET,
+    dns::{DnsOrigin, PROXY_V4, PROXY_V4_MAPPED, REDIRECT_V6_LOOPBACK, peer_addr},
     event::Hook,
     policy::{CgroupPolicy, FLAG_ANY_PORT_ONLY4, FLAG_ANY_PORT_ONLY6, FLAG_CIDR4, FLAG_CIDR6},
     rule::{Cidr4Data, Cidr6Data, Ip4RuleKey, Ip6RuleKey},
@@ -13,7 +17,7 @@ use egress_common::{
 use crate::{
     dest::{Addr, Dest},
     judge::{cidr4, cidr6},
-    maps::{ALLOW_V4, ALLOW_V6, DNS_ORIGIN, DNS_REDIRECT},
+    maps::{ALLOW_V4, ALLOW_V6, DNS_ORIGIN, DNS_PEER, DNS_REDIRECT},
     report::count,
 };
 
@@ -94,8 +98,68 @@ pub fn redirect(
         }
         (*sa).user_port = u32::from(r.port.to_be());
     }
+    if !v6_socket {
+        name_the_peer(ctx, hook, cookie, &origin);
+    }
     count(stats::DNS_REDIRECTED);
     Some(Outcome::Allow)
+}
+
+/// `struct sockaddr_in`, for `bpf_bind`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+/// Gives the redirected IPv4 socket the loopback source address [`peer_addr`] makes of its
+/// cookie — bound at connect (port left to the kernel), the message's source at sendmsg — and
+/// stores the destination asked under it, so the proxy forwards the question to the server the
+/// application asked. A socket bound already keeps its address (`bpf_bind` fails): the proxy
+/// then asks the container's resolvers.
+#[inline(always)]
+fn name_the_peer(ctx: &SockAddrContext, hook: Hook, cookie: u64, origin: &DnsOrigin) {
+    let peer = u32::from_ne_bytes(peer_addr(cookie));
+    if DNS_PEER.insert(peer, *origin, 0).is_err() {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    if hook == Hook::Sendmsg4 {
+        // SAFETY: msg_src_ip4 of a sendmsg4 context is writable with a 4-byte store.
+        unsafe { (*sa).msg_src_ip4 = peer };
+        return;
+    }
+    let mut bind = SockaddrIn {
+        family: AF_INET as u16,
+        port: 0,
+        addr: peer,
+        zero: [0; 8],
+    };
+    // SAFETY: the helper takes the program's context and a sockaddr_in of the given size on
+    // the program's stack; its result (already bound: no effect) is ignored.
+    unsafe {
+        bpf_bind(
+            sa,
+            (&mut bind as *mut SockaddrIn).cast(),
+            core::mem::size_of::<SockaddrIn>() as i32,
+        );
+    }
+}
+
+/// True if `dest` is the policy's DNS proxy itself (`127.255.53.1:port`). The kernel sends a
+/// datagram of an IPv6 UDP socket connected to a v4-mapped address through `udp_sendmsg` with
+/// that address, which runs sendmsg4: the socket a connect6 redirected sends to its proxy. Only
+/// asked for a destination no rule allows, so it costs nothing on the way of the others.
+#[inline(always)]
+pub fn is_proxy(policy: &CgroupPolicy, dest: &Dest) -> bool {
+    let Addr::V4(a) = dest.addr else {
+        return false;
+    };
+    // SAFETY: the value is plain data, only its port is read.
+    a == PROXY_V4
+        && unsafe { DNS_REDIRECT.get(policy.policy_id) }.is_some_and(|r| r.port == dest.port)
 }
 
 /// An IPv6 address as the four words of `user_ip6`.

@@ -55,6 +55,8 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     } else if own_loopback(&policy, &dest) || allowed(&policy, &dest) {
         count(stats::ALLOWED);
         return ALLOW;
+    } else if dns::is_proxy(&policy, &dest) {
+        return ALLOW;
     } else {
         Reason::NoMatchingRule
     };

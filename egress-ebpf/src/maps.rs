@@ -70,6 +70,10 @@ pub static DNS_REDIRECT: HashMap<u32, DnsRedirect> = HashMap::pinned(MAX_DNS_RED
 #[map(name = "EG_DNS_ORIG")]
 pub static DNS_ORIGIN: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(DNS_ORIGIN_ENTRIES, 0);
 
+/// Peer address given to a redirected IPv4 socket -> the destination asked (read by the agent).
+#[map(name = "EG_DNS_PEER")]
+pub static DNS_PEER: LruHashMap<u32, DnsOrigin> = LruHashMap::pinned(DNS_ORIGIN_ENTRIES, 0);
+
 /// Per-CPU scratch space for the cgroup path a tracepoint reads (too big for the stack).
 #[map(name = "EG_PATH_SCRATCH")]
 pub static PATH_SCRATCH: PerCpuArray<[u8; PATH_BUF]> = PerCpuArray::with_max_entries(1, 0);

@@ -8,7 +8,7 @@
 
 use std::{fs, path::PathBuf};
 
-use egress_common::maps;
+use egress_common::{maps, programs::CgroupAttachType};
 use egress_tests::{
     agent::{self, Agent},
     bpf,
@@ -44,10 +44,7 @@ impl Drop for StopFile {
 }
 
 fn hook_links(status: &serde_json::Value) -> Vec<&serde_json::Value> {
-    let hooks: Vec<&str> = egress_agent::sys::bpf::CgroupAttachType::ALL
-        .iter()
-        .map(|t| t.name())
-        .collect();
+    let hooks: Vec<&str> = CgroupAttachType::ALL.iter().map(|t| t.name()).collect();
     status["links"]
         .as_array()
         .expect("status.links")
@@ -145,7 +142,7 @@ fn sigkilled_agent_keeps_enforcing_and_a_new_agent_takes_over_without_a_window()
     let links = hook_links(&status);
     assert_eq!(
         links.len(),
-        4,
+        CgroupAttachType::ALL.len(),
         "one link per hook after the restart: {status:#}"
     );
     for l in links {
@@ -187,8 +184,8 @@ fn cleanup_leaves_nothing_attached_or_pinned_and_can_run_twice() {
     }
     assert_eq!(
         bpf::bpftool_cgroup_show(&attach).len(),
-        4,
-        "bpftool sees the four programs while the agent runs"
+        CgroupAttachType::ALL.len(),
+        "bpftool sees every cgroup program while the agent runs"
     );
     running.sigkill();
     lab.tcp(&cg, forbidden.addr).assert_denied("before cleanup");

@@ -24,7 +24,7 @@ use std::{
 use egress_agent::enforcer::Owner;
 use egress_common::{
     dns::{DnsRedirect, PROXY_V4, REDIRECT_V6_LOOPBACK},
-    event::Reason,
+    event::{Reason, Verdict},
 };
 use egress_tests::{
     cgroup::Cgroup,
@@ -251,6 +251,17 @@ fn connected_udp_and_tcp_reach_the_proxy_and_their_peer_is_the_address_asked() {
     );
     assert_eq!(o.reply_from, Some(asked), "{o:?}");
 
+    // An IPv6 socket connected to ::ffff:X:53: the kernel sends its datagrams through
+    // sendmsg4, to the proxy address the connect wrote.
+    let udp_mapped = redirected(&lab, "udp-connected-mapped", &proxy, REDIRECT_V6_LOOPBACK);
+    let o = lab.probe(
+        &udp_mapped,
+        Probe::udp6(asked, "c-udp-mapped").connected().exchange(),
+    );
+    answered(&o, "proxy:c-udp-mapped", "connect ::ffff:X:53, send, recv");
+    assert_eq!(o.peer, Some(mapped(asked)), "{o:?}");
+    assert_eq!(o.reply_from, Some(mapped(asked)), "{o:?}");
+
     let tcp = redirected(&lab, "tcp", &proxy, REDIRECT_V6_LOOPBACK);
     let o = lab.probe(&tcp, Probe::tcp(asked).payload("c-tcp").exchange());
     answered(&o, "proxy:c-tcp", "TCP connect X:53");
@@ -348,6 +359,15 @@ fn without_a_redirect_dns_is_denied_as_dns_proxy_not_ready() {
     lab.probe(&cg, Probe::udp(asked, "n-removed"))
         .assert_denied("once the redirect is removed");
     assert!(server.got().is_empty(), "{:?}", server.got());
+
+    // Audit mode: allowed as asked, and reported.
+    let audit = lab.cgroup("audit");
+    lab.audit(&audit, "10.255.255.1:443");
+    let o = lab.probe(&audit, Probe::udp(asked, "n-audit").exchange());
+    answered(&o, "server:n-audit", "audit mode without a redirect");
+    lab.enforcer().expect_event("the audit hit", |e| {
+        e.pid == o.pid && e.reason == Reason::DnsProxyNotReady && e.verdict == Verdict::Audited
+    });
 }
 
 #[test]

@@ -104,7 +104,8 @@ impl Config {
     /// Validates the flags of `run`: parses every `--policy` and `--dns-server`, loads the
     /// `--policy-file`, checks the resolver's timings, the pin directory and the host root.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let caps = Capabilities::default();
+        // The DNS proxy enforces wildcard entries (it learns their addresses from the answers).
+        let caps = Capabilities { wildcards: true };
         let policies = args
             .policies
             .iter()

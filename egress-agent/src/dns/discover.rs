@@ -8,12 +8,7 @@
 //!   namespace before it runs the container's program, so the proxy can be listening before
 //!   the program asks its first question.
 
-use std::{
-    fs,
-    io,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-};
+use std::{fs, io, os::unix::fs::MetadataExt, path::PathBuf};
 
 use super::netns::Netns;
 

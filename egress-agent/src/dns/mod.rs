@@ -11,6 +11,7 @@
 //! - [`service`]: which containers are proxied, where their namespaces are, their listeners;
 //! - [`proxied`]: one container, and the answer to one question;
 //! - [`serve`]: the listener loops; [`upstream`]: the resolver side;
+//! - [`peers`]: the server a redirected client asked;
 //! - [`discover`], [`netns`], [`sockets`]: finding a container's namespace and making sockets
 //!   in it;
 //! - [`counters`]: what it counts.
@@ -18,6 +19,7 @@
 pub mod counters;
 pub mod discover;
 pub mod netns;
+pub mod peers;
 pub mod proxied;
 pub mod serve;
 pub mod service;

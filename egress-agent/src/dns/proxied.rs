@@ -26,8 +26,9 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
-    DnsConfig, DenyRcode,
+    DenyRcode, DnsConfig,
     counters::{Counters, bump},
+    peers::Peers,
     upstream::Upstream,
 };
 use crate::{enforcer::Owner, owner::EnforcerHandle};
@@ -55,6 +56,7 @@ pub struct Proxied {
     pub name: String,
     policy: RwLock<Arc<DnsPolicy>>,
     servers: watch::Receiver<Option<Vec<SocketAddr>>>,
+    peers: Arc<Peers>,
     upstream: Upstream,
     learned: tokio::sync::Mutex<LearnState>,
     log_limit: Mutex<LogLimit>,
@@ -73,6 +75,7 @@ impl Proxied {
         name: String,
         policy: DnsPolicy,
         servers: watch::Receiver<Option<Vec<SocketAddr>>>,
+        peers: Arc<Peers>,
         upstream: Upstream,
         cfg: Arc<DnsConfig>,
         counters: Arc<Counters>,
@@ -83,6 +86,7 @@ impl Proxied {
             name,
             policy: RwLock::new(Arc::new(policy)),
             servers,
+            peers,
             upstream,
             learned: tokio::sync::Mutex::new(LearnState {
                 store: Store::new(Limits {
@@ -123,7 +127,12 @@ impl Proxied {
     }
 
     /// The answer to the message `bytes` (None: drop it).
-    pub async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub async fn answer(
+        &self,
+        bytes: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         bump(&self.counters.questions);
         let query = match egress_dns::query::parse(bytes) {
             Ok(q) => q,
@@ -148,7 +157,13 @@ impl Proxied {
             self.log_refused(&query, true);
         }
         let deadline = tokio::time::Instant::now() + self.cfg.upstream_timeout;
-        let Some(servers) = self.servers_by(deadline).await else {
+        // The server the application asked; else the container's resolvers.
+        let asked = self.peers.origin(client.ip()).map(|s| vec![s]);
+        let servers = match asked {
+            Some(s) => Some(s),
+            None => self.servers_by(deadline).await,
+        };
+        let Some(servers) = servers else {
             bump(&self.counters.failed);
             warn!(container = %self.name, name = %query.key,
                 "no resolver known for the container yet: SERVFAIL");

@@ -2,14 +2,14 @@
 //! own (at most [`super::upstream::MAX_IN_FLIGHT`] at once, more are dropped and counted), TCP
 //! connections (at most [`super::MAX_TCP_CONNS`]) answered one question at a time.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use egress_dns::Transport;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
     task::JoinSet,
 };
-use egress_dns::Transport;
 use tracing::debug;
 
 use super::{
@@ -32,7 +32,11 @@ pub fn spawn(
     tcp: Vec<TcpListener>,
 ) {
     for socket in udp {
-        tasks.spawn(serve_udp(Arc::new(socket), proxied.clone(), counters.clone()));
+        tasks.spawn(serve_udp(
+            Arc::new(socket),
+            proxied.clone(),
+            counters.clone(),
+        ));
     }
     for listener in tcp {
         tasks.spawn(serve_tcp(listener, proxied.clone()));
@@ -58,7 +62,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<
         let proxied = proxied.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(reply) = proxied.answer(&question, Transport::Udp).await {
+            if let Some(reply) = proxied.answer(&question, from, Transport::Udp).await {
                 let _ = socket.send_to(&reply, from).await;
             }
         });
@@ -67,7 +71,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<
 
 async fn serve_tcp(listener: TcpListener, proxied: Arc<Proxied>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         // Over the limit: the connection is closed at once (the client retries or fails).
@@ -77,12 +81,12 @@ async fn serve_tcp(listener: TcpListener, proxied: Arc<Proxied>) {
         let proxied = proxied.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, &proxied).await;
+            serve_connection(stream, peer, &proxied).await;
         });
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, proxied: &Proxied) {
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, proxied: &Proxied) {
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -94,7 +98,7 @@ async fn serve_connection(mut stream: TcpStream, proxied: &Proxied) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(reply) = proxied.answer(&question, Transport::Tcp).await else {
+        let Some(reply) = proxied.answer(&question, peer, Transport::Tcp).await else {
             return;
         };
         let Ok(framed) = egress_dns::tcp::frame(&reply) else {

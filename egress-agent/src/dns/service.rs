@@ -35,6 +35,7 @@ use super::{
     counters::{Counters, Snapshot},
     discover::{self, NetnsSource},
     netns::{Netns, NetnsThread},
+    peers::Peers,
     proxied::Proxied,
     serve, sockets,
     upstream::Upstream,
@@ -89,6 +90,7 @@ struct Entry {
 }
 
 struct Inner {
+    peers: Arc<Peers>,
     cfg: Arc<DnsConfig>,
     counters: Arc<Counters>,
     thread: Arc<NetnsThread>,
@@ -108,7 +110,11 @@ pub struct DnsService {
 
 impl DnsService {
     /// Starts the proxy (its expiry sweep); reads the redirects a previous agent pinned.
-    pub async fn start(cfg: DnsConfig, enforcer: EnforcerHandle) -> anyhow::Result<Self> {
+    pub async fn start(
+        cfg: DnsConfig,
+        enforcer: EnforcerHandle,
+        pin_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let own_ns = Netns::current()
             .map_err(|e| anyhow::anyhow!("reading the agent's network namespace: {e}"))?
             .inode();
@@ -120,6 +126,7 @@ impl DnsService {
             .map(|(owner, r)| (owner, r.port))
             .collect();
         let inner = Arc::new(Inner {
+            peers: Arc::new(Peers::open(pin_dir)),
             cfg: Arc::new(cfg),
             counters: Arc::default(),
             thread: Arc::new(NetnsThread::new()),
@@ -258,7 +265,9 @@ async fn find_and_serve(inner: Arc<Inner>, id: ContainerId, source: NetnsSource,
         match discover::find(&source, inner.own_ns) {
             Ok(Some(ns)) => break ns,
             Ok(None) => {}
-            Err(e) => debug!(container = %id.short(), ?source, "network namespace not found yet: {e}"),
+            Err(e) => {
+                debug!(container = %id.short(), ?source, "network namespace not found yet: {e}")
+            }
         }
         let wait = if started.elapsed() < FAST_FOR {
             POLL_FAST
@@ -315,6 +324,7 @@ async fn serve_in(
             entry.target.name.clone(),
             entry.target.policy.clone(),
             entry.servers.subscribe(),
+            inner.peers.clone(),
             Upstream::new(ns.clone(), inner.thread.clone()),
             inner.cfg.clone(),
             inner.counters.clone(),

@@ -33,9 +33,15 @@ pub fn proxy_v4() -> Ipv4Addr {
 
 /// Binds the listeners in the calling thread's namespace, on `port` if given and free
 /// (a restarted agent reopens the port the pinned redirect names), else on a port the kernel
-/// picks. The proxy address is bound with IP_FREEBIND: a namespace whose loopback is not up
-/// yet (a container being made) has no 127/8 route until it is.
+/// picks.
+///
+/// A container's namespace is found while runc makes it, often before its loopback is up; a
+/// socket bound to 127.255.53.1 then would answer from 127.0.0.1 (the kernel takes the bound
+/// address as the source only if it was local at bind time), and resolvers drop answers from
+/// an address they did not ask. So the loopback is brought up first (Docker brings it up in
+/// every container namespace anyway, `--network none` included).
 pub fn bind_listeners(port: Option<u16>) -> io::Result<Listeners> {
+    loopback_up()?;
     if let Some(p) = port
         && let Ok(l) = bind_on(p)
     {
@@ -53,6 +59,31 @@ pub fn bind_listeners(port: Option<u16>) -> io::Result<Listeners> {
     Err(last)
 }
 
+/// Sets the namespace's `lo` up if it is not.
+fn loopback_up() -> io::Result<()> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: a zeroed ifreq is a valid argument; the name fits with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq this function owns.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = req.ifr_ifru.ifru_flags;
+        if flags & libc::IFF_UP as libc::c_short == 0 {
+            req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bind_on(port: u16) -> io::Result<Listeners> {
     let udp4 = udp(SocketAddr::V4(SocketAddrV4::new(proxy_v4(), port)))?;
     finish(port, udp4)
@@ -60,17 +91,22 @@ fn bind_on(port: u16) -> io::Result<Listeners> {
 
 fn finish(port: u16, udp4: std::net::UdpSocket) -> io::Result<Listeners> {
     let tcp4 = tcp_listener(SocketAddr::V4(SocketAddrV4::new(proxy_v4(), port)))?;
-    let v6 = udp(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0)))
-        .and_then(|u| {
-            let t = tcp_listener(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::LOCALHOST,
-                port,
-                0,
-                0,
-            )))?;
-            Ok((u, t))
-        })
-        .ok();
+    let v6 = udp(SocketAddr::V6(SocketAddrV6::new(
+        Ipv6Addr::LOCALHOST,
+        port,
+        0,
+        0,
+    )))
+    .and_then(|u| {
+        let t = tcp_listener(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::LOCALHOST,
+            port,
+            0,
+            0,
+        )))?;
+        Ok((u, t))
+    })
+    .ok();
     Ok(Listeners {
         port,
         udp4,

@@ -41,7 +41,10 @@ pub enum UpstreamError {
     #[error("{0} questions in flight already")]
     Busy(usize),
     #[error("{server}: {source}")]
-    Io { server: SocketAddr, source: io::Error },
+    Io {
+        server: SocketAddr,
+        source: io::Error,
+    },
 }
 
 type Waiters = Arc<Mutex<HashMap<u16, (SocketAddr, oneshot::Sender<Vec<u8>>)>>>;
@@ -72,7 +75,10 @@ impl UdpMux {
     }
 
     /// Takes a free id for a question to `server`.
-    fn reserve(&self, server: SocketAddr) -> Result<(u16, oneshot::Receiver<Vec<u8>>), UpstreamError> {
+    fn reserve(
+        &self,
+        server: SocketAddr,
+    ) -> Result<(u16, oneshot::Receiver<Vec<u8>>), UpstreamError> {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() >= MAX_IN_FLIGHT {
             return Err(UpstreamError::Busy(w.len()));

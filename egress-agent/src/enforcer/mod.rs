@@ -31,6 +31,12 @@
 //! at it, including those the tracepoint wrote. The enforcer keeps an index of them
 //! ([`index::CgroupIndex`]) and rewrites them all when the value changes.
 //!
+//! **DNS redirects.** Each owner may have a DNS redirect ([`Enforcer::set_dns_redirect`]): the
+//! proxy port its cgroups' port-53 traffic goes to (`EG_DNS_REDIR`, keyed by policy id; see
+//! `egress_common::dns`). It follows the owner's policy id (written under a new id before any
+//! entry points at it, deleted with the policy) and is found again by a restarted agent. An
+//! owner without one has its DNS denied (`dns_proxy_not_ready`).
+//!
 //! **Policy ids** come from [`ids::PolicyIds`]: handed out in increasing order, never one whose
 //! rules may still be in the maps, so a removal that fails part way leaks nothing into the next
 //! owner.
@@ -39,10 +45,10 @@ mod attach;
 pub mod containers;
 mod dns;
 mod error;
-mod learned;
 pub mod ids;
 pub mod index;
 pub mod layout;
+mod learned;
 mod notices;
 mod state;
 #[cfg(test)]

@@ -737,7 +737,12 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             &info.networks,
             &self.cfg.host_resolvers,
         );
-        Some(servers.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect())
+        Some(
+            servers
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect(),
+        )
     }
 
     fn publish_domains(&self) {

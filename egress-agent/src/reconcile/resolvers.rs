@@ -39,8 +39,8 @@ pub fn upstreams(
     networks: &[String],
     host: &[IpAddr],
 ) -> Vec<IpAddr> {
-    let user_defined =
-        is_user_defined_network(network_mode) || networks.iter().any(|n| is_user_defined_network(n));
+    let user_defined = is_user_defined_network(network_mode)
+        || networks.iter().any(|n| is_user_defined_network(n));
     if user_defined {
         return vec![EMBEDDED_DNS];
     }
@@ -48,7 +48,12 @@ pub fn upstreams(
         return dedup(dns.to_vec());
     }
     let host_net = network_mode == "host";
-    dedup(host.iter().copied().filter(|ip| host_net || !ip.is_loopback()).collect())
+    dedup(
+        host.iter()
+            .copied()
+            .filter(|ip| host_net || !ip.is_loopback())
+            .collect(),
+    )
 }
 
 /// `ips` in their order, each once.
@@ -89,7 +94,12 @@ mod tests {
 
     #[test]
     fn the_default_bridge_asks_dns_servers_in_order_or_the_non_loopback_host_servers() {
-        let r = upstreams(&[ip("10.9.0.2"), ip("10.9.0.1")], "default", &["bridge".into()], &[]);
+        let r = upstreams(
+            &[ip("10.9.0.2"), ip("10.9.0.1")],
+            "default",
+            &["bridge".into()],
+            &[],
+        );
         assert_eq!(r, vec![ip("10.9.0.2"), ip("10.9.0.1")]);
         let r = upstreams(
             &[],
