@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! egress-probe dns-connect NAME PORT [--count N]         resolve (getaddrinfo) + TCP connect, N times
-//! egress-probe dns-query SERVER NAME [--type T] [--tcp] [--timeout-ms MS]
+//! egress-probe dns-query SERVER NAME [--type T] [--tcp | --connected] [--timeout-ms MS]
 //!                       [--repeat N | --for-ms MS] [--every-ms MS]
-//! egress-probe dns-garbage SERVER [--tcp]                 malformed bytes to a DNS server
+//! egress-probe dns-garbage SERVER [--tcp | --connected]   malformed bytes to a DNS server
 //! egress-probe dns-expiry NAME [--wait-ms MS]             a connection outliving its learned IP
 //! egress-probe sleep SECS                                 keeps a probe-only container running
 //! ```
@@ -128,11 +128,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 if i > 0 {
                     thread::sleep(every);
                 }
-                query(server, &name, opts.rtype, opts.tcp, opts.timeout).print();
+                query(server, &name, opts.rtype, opts.transport(), opts.timeout).print();
                 i += 1;
             }
         }
-        "dns-garbage" => garbage(parse_server(&opts.pos(0)?)?, opts.tcp, opts.timeout).print(),
+        "dns-garbage" => {
+            garbage(parse_server(&opts.pos(0)?)?, opts.transport(), opts.timeout).print()
+        }
         "dns-expiry" => {
             let wait = Duration::from_millis(opts.wait_ms.take().unwrap_or(5000));
             for r in expiry(&opts.pos(0)?, wait) {
@@ -165,6 +167,7 @@ struct Opts {
     wait_ms: Option<u64>,
     rtype: RecordType,
     tcp: bool,
+    connected: bool,
     timeout: Duration,
 }
 
@@ -178,6 +181,7 @@ impl Opts {
             wait_ms: None,
             rtype: RecordType::A,
             tcp: false,
+            connected: false,
             timeout: Duration::from_secs(3),
         };
         let mut it = args.iter();
@@ -191,11 +195,20 @@ impl Opts {
                 "--timeout-ms" => o.timeout = Duration::from_millis(value()?.parse().map_err(err)?),
                 "--type" => o.rtype = RecordType::from_str(&value()?).map_err(err)?,
                 "--tcp" => o.tcp = true,
+                "--connected" => o.connected = true,
                 flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
                 p => o.positional.push(p.to_owned()),
             }
         }
         Ok(o)
+    }
+
+    fn transport(&self) -> Via {
+        match (self.tcp, self.connected) {
+            (true, _) => Via::Tcp,
+            (false, true) => Via::ConnectedUdp,
+            (false, false) => Via::Udp,
+        }
     }
 
     fn pos(&self, i: usize) -> Result<String, String> {
@@ -234,12 +247,25 @@ fn resolve_and_connect(name: &str, port: u16) -> Report {
     r.finish(t0, res)
 }
 
-/// One question to `server` over UDP or TCP; the answer's code and addresses.
+/// How a question is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// An unconnected UDP socket: `sendto` and `recvfrom` (the sendmsg and recvmsg hooks).
+    Udp,
+    /// A connected UDP socket: `connect`, `send`, `recv` (the connect hook), as glibc, musl
+    /// and busybox resolvers do.
+    ConnectedUdp,
+    /// TCP with the 2-byte length prefix.
+    Tcp,
+}
+
+/// One question to `server`; the answer's code and addresses, and (unconnected UDP) the
+/// address the answer came from as `peer`.
 pub fn query(
     server: SocketAddr,
     name: &str,
     rtype: RecordType,
-    tcp: bool,
+    via: Via,
     timeout: Duration,
 ) -> Report {
     let mut r = Report::new("query");
@@ -252,12 +278,8 @@ pub fn query(
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(qname, rtype));
         let bytes = msg.to_vec().map_err(err)?;
-        let answer = if tcp {
-            exchange_tcp(server, &bytes, timeout)
-        } else {
-            exchange_udp(server, &bytes, timeout)
-        }
-        .map_err(err)?;
+        let (answer, from) = exchange(server, &bytes, via, timeout).map_err(err)?;
+        r.peer = from;
         let answer = Message::from_bytes(&answer).map_err(|e| format!("unparsable answer: {e}"))?;
         if answer.metadata.id != msg.metadata.id {
             return Err(format!(
@@ -280,7 +302,17 @@ pub fn query(
     r.finish(t0, res)
 }
 
-fn exchange_udp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+/// Sends `bytes` to `server` and reads one answer; for unconnected UDP also where it came
+/// from.
+fn exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    via: Via,
+    timeout: Duration,
+) -> io::Result<(Vec<u8>, Option<SocketAddr>)> {
+    if via == Via::Tcp {
+        return exchange_tcp(server, bytes, timeout).map(|b| (b, None));
+    }
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
@@ -288,12 +320,18 @@ fn exchange_udp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> io::Resu
     };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
-    // An unconnected socket: sendto, as resolvers that do not connect (the sendmsg hooks).
-    s.send_to(bytes, server)?;
     let mut buf = vec![0u8; 4096];
-    let (n, _) = s.recv_from(&mut buf)?;
+    let (n, from) = if via == Via::ConnectedUdp {
+        s.connect(server)?;
+        s.send(bytes)?;
+        (s.recv(&mut buf)?, None)
+    } else {
+        s.send_to(bytes, server)?;
+        let (n, from) = s.recv_from(&mut buf)?;
+        (n, Some(from))
+    };
     buf.truncate(n);
-    Ok(buf)
+    Ok((buf, from))
 }
 
 fn exchange_tcp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
@@ -311,17 +349,12 @@ fn exchange_tcp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> io::Resu
 
 /// Bytes that are no DNS message (a header that claims 5 questions, then noise) to `server`;
 /// any answer's response code.
-fn garbage(server: SocketAddr, tcp: bool, timeout: Duration) -> Report {
+fn garbage(server: SocketAddr, via: Via, timeout: Duration) -> Report {
     let mut r = Report::new("garbage");
     let t0 = Instant::now();
     let junk = b"\x12\x34\x01\x00\x00\x05\x00\x00\x00\x00\x00\x00\xff\xfe\xfd garbage \x00";
-    let res = if tcp {
-        exchange_tcp(server, junk, timeout)
-    } else {
-        exchange_udp(server, junk, timeout)
-    };
-    match res {
-        Ok(bytes) => {
+    match exchange(server, junk, via, timeout) {
+        Ok((bytes, _)) => {
             r.rcode = Some(match Message::from_bytes(&bytes) {
                 Ok(m) => format!("{:?}", m.metadata.response_code),
                 Err(_) => "unparsable".into(),

@@ -27,16 +27,7 @@ fn cdn_lab(tag: &str, n: u8) -> (Lab, Vec<std::net::IpAddr>) {
 fn glibc_client_connects_fifty_times_to_a_rotating_name() {
     let (lab, ips) = cdn_lab("dns-cdn-glibc", 80);
     let c = lab.dns_client("glibc", &[(ALLOW, "cdn.test")]);
-    let (reports, text) = lab.probe(
-        &c.name,
-        &[
-            "dns-connect",
-            "cdn.test",
-            &PORT.to_string(),
-            "--count",
-            &TRIES.to_string(),
-        ],
-    );
+    let (reports, text) = lab.connect_by_name(&c.name, "cdn.test", PORT, TRIES);
     assert_eq!(reports.len(), TRIES, "one report per try: {text}");
     let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
     let peers: BTreeSet<_> = reports.iter().filter_map(|r| r.peer).collect();

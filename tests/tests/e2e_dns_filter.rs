@@ -2,7 +2,8 @@
 //! the agent (NXDOMAIN, or REFUSED with `--dns-deny refused`) and never forwarded — the test
 //! servers' logs show it never arrived — whichever way the container sends it: UDP or TCP, to
 //! Docker's embedded `127.0.0.11`, to the network's gateway, or straight to another test
-//! host's port 53. An allowed name asked the same ways reaches the server it was sent to.
+//! host's port 53 (unconnected and connected UDP, TCP). An allowed name asked the same ways is
+//! answered by the server it was sent to, from the address asked.
 //! Wildcards, one case per rule: `*.x` matches one label, not two, not the apex; `**.x`
 //! matches any depth, not the apex.
 //!
@@ -10,7 +11,10 @@
 //! `leak.test` that no table holds. Needs root, a dockerd and the test image:
 //! `cargo xtask test --with-docker -- e2e_dns_filter`.
 
-use egress_tests::e2e::{AgentOpts, EMBEDDED_DNS, Lab, assert_answered, assert_stopped};
+use egress_tests::{
+    dns_client::Via,
+    e2e::{AgentOpts, EMBEDDED_DNS, Lab, assert_answered, assert_stopped},
+};
 
 const ALLOW: &str = "egress.allow";
 
@@ -29,17 +33,24 @@ fn names_not_allowed_get_nxdomain_and_never_leave() {
 
     let gateway = format!("{}:53", lab.gateway);
     let host = format!("{}:53", other.ip.unwrap());
-    let paths = [
-        ("embedded-udp", EMBEDDED_DNS, false),
-        ("embedded-tcp", EMBEDDED_DNS, true),
-        ("gateway-udp", gateway.as_str(), false),
-        ("gateway-tcp", gateway.as_str(), true),
-        ("host-udp", host.as_str(), false),
-        ("host-tcp", host.as_str(), true),
-    ];
-    for (how, server, tcp) in paths {
+    let mut paths = Vec::new();
+    for (to, server) in [
+        ("embedded", EMBEDDED_DNS),
+        ("gateway", gateway.as_str()),
+        ("host", host.as_str()),
+    ] {
+        for (by, via) in [
+            ("udp", Via::Udp),
+            ("connected", Via::ConnectedUdp),
+            ("tcp", Via::Tcp),
+        ] {
+            paths.push((format!("{to}-{by}"), server, via));
+        }
+    }
+    for (how, server, via) in &paths {
+        let (how, server, via) = (how.as_str(), *server, *via);
         let marker = lab.marker(how);
-        let r = lab.ask(&c.name, server, &marker, tcp);
+        let r = lab.ask_via(&c.name, server, &marker, via);
         assert_stopped(&r, "NXDomain", &marker, &[&lab.dns, &other_dns], how);
         let logged = lab.agent().log_text();
         assert!(
@@ -47,27 +58,37 @@ fn names_not_allowed_get_nxdomain_and_never_leave() {
             "{how}: the refused question is logged with its name; log:\n{logged}"
         );
     }
-    // The allowed name, the same ways: answered, by the server it was sent to.
-    for (how, server, tcp) in paths {
+    // The allowed name, the same ways: answered, by the server it was sent to, and (to a
+    // `recvfrom`) from the address asked.
+    for (how, server, via) in &paths {
+        let (how, server, via) = (how.as_str(), *server, *via);
         let (before_lab, before_other) = (
             lab.dns.queries_for("allowed.filter.test"),
             other_dns.queries_for("allowed.filter.test"),
         );
-        let r = lab.ask(&c.name, server, "allowed.filter.test", tcp);
+        let r = lab.ask_via(&c.name, server, "allowed.filter.test", via);
         assert_answered(&r, ip_a, how);
+        if via == Via::Udp {
+            assert_eq!(
+                r.peer.map(|p| p.to_string()).as_deref(),
+                Some(server),
+                "{how}: the answer comes from the address asked"
+            );
+        }
         let (to_lab, to_other) = (
             lab.dns.queries_for("allowed.filter.test") - before_lab,
             other_dns.queries_for("allowed.filter.test") - before_other,
         );
+        let counts = format!("lab's server got {to_lab}, the other host {to_other}");
         if how.starts_with("host") {
             assert!(
                 to_other >= 1 && to_lab == 0,
-                "{how}: forwarded to the host it was sent to"
+                "{how}: forwarded to the host it was sent to ({counts})"
             );
         } else {
             assert!(
                 to_lab >= 1 && to_other == 0,
-                "{how}: forwarded to the lab's server"
+                "{how}: forwarded to the lab's server ({counts})"
             );
         }
     }
@@ -123,7 +144,12 @@ fn wildcards_match_one_label_or_any_depth_never_the_apex() {
     for (name, allowed, rule) in cases {
         let r = lab.ask(&c.name, EMBEDDED_DNS, name, false);
         if allowed {
-            assert_answered(&r, ip_a, rule);
+            let rule = format!(
+                "{rule} (the server got {} questions for {name}; agent log:\n{})",
+                lab.dns.queries_for(name),
+                lab.agent().log_text()
+            );
+            assert_answered(&r, ip_a, &rule);
             assert!(lab.dns.queries_for(name) >= 1, "{rule}: forwarded");
         } else {
             assert_stopped(&r, "NXDomain", name, &[&lab.dns], rule);

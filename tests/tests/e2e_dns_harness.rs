@@ -64,16 +64,7 @@ fn pool_log_dns_host_and_glibc_probe_work_without_an_agent() {
     assert_eq!(other_dns.queries_for("there.test"), 3, "still logged");
 
     // getaddrinfo (glibc) and a connect, to whichever 2 of the pool each lookup got.
-    let (reports, text) = lab.probe(
-        &c.name,
-        &[
-            "dns-connect",
-            "cdn.test",
-            &PORT.to_string(),
-            "--count",
-            "10",
-        ],
-    );
+    let (reports, text) = lab.connect_by_name(&c.name, "cdn.test", PORT, 10);
     assert_eq!(reports.len(), 10, "{text}");
     assert!(reports.iter().all(|r| r.ok), "{text}");
 

@@ -54,7 +54,7 @@ fn resolve_mode_allows_the_agents_own_answers_and_still_filters() {
         r.first().is_some_and(|r| r.denied()),
         "learn mode: the IP is not allowed before an answer carried it: {text}"
     );
-    let (r, text) = lab.probe(&learn.name, &["dns-connect", "fixed.mode.test", &by_ip[1]]);
+    let (r, text) = lab.connect_by_name(&learn.name, "fixed.mode.test", PORT, 1);
     assert!(
         r.first().is_some_and(|r| r.ok),
         "learn mode, by name: {text}"

@@ -21,14 +21,14 @@ fn db_by_name(lab: &Lab, net: Net<'_>, context: &str) {
         lab.wait_registered(&c.id, &[]);
         lab.wait_dns_proxy(&c.name, EMBEDDED_DNS);
     }
-    let (r, text) = lab.probe(&allowed.name, &["dns-connect", "db", &PORT.to_string()]);
+    let (r, text) = lab.connect_by_name(&allowed.name, "db", PORT, 1);
     assert!(
         r.first().is_some_and(|r| r.ok),
         "{context}: `db` by name: {text}"
     );
     let r = lab.ask(&other.name, EMBEDDED_DNS, "db", false);
     assert_stopped(&r, "NXDomain", "db", &[], context);
-    let (r, text) = lab.probe(&other.name, &["dns-connect", "db", &PORT.to_string()]);
+    let (r, text) = lab.connect_by_name(&other.name, "db", PORT, 1);
     assert!(
         r.first().is_some_and(|r| !r.ok && r.peer.is_none()),
         "{context}: `db` does not resolve for the other client: {text}"

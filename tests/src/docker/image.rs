@@ -72,35 +72,48 @@ pub fn ensure_busybox_image(docker: &Docker, tag: &str) -> Result<()> {
     )?;
     let rootfs = tmp.0.join("rootfs");
     make_rootfs(&pkg.join("bin/busybox"), &rootfs)?;
-    let tar = tmp.0.join("rootfs.tar");
-    run_ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-        STEP_TIMEOUT,
-    )?;
     let deb_name = deb.file_name().unwrap_or_default().to_string_lossy();
     let message = format!("egress-enforcer test image from {deb_name}");
-    let tar = tar.to_string_lossy();
-    docker
-        .try_run(&[
-            "import",
-            "--change",
-            r#"CMD ["/bin/sh"]"#,
-            "--message",
-            &message,
-            &tar,
-            tag,
-        ])
-        .map_err(anyhow::Error::msg)?;
+    import_rootfs(docker, &rootfs, r#"CMD ["/bin/sh"]"#, &message, tag)?;
     say(&format!(
         "imported {tag} in {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Imports the directory `rootfs` as image `tag` (`docker import` of its tar, owned by root,
+/// with the Dockerfile instruction `change` and the commit `message`).
+pub(crate) fn import_rootfs(
+    docker: &Docker,
+    rootfs: &Path,
+    change: &str,
+    message: &str,
+    tag: &str,
+) -> Result<()> {
+    let tar = rootfs.with_extension("tar");
+    run_ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        STEP_TIMEOUT,
+    )?;
+    let imported = docker
+        .try_run(&[
+            "import",
+            "--change",
+            change,
+            "--message",
+            message,
+            &tar.to_string_lossy(),
+            tag,
+        ])
+        .map_err(anyhow::Error::msg);
+    let _ = fs::remove_file(&tar);
+    imported.map(|_| ())
 }
 
 /// A root filesystem: /bin/busybox, a symlink to it for every applet at the path busybox

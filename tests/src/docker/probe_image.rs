@@ -2,7 +2,8 @@
 //! `egress-probe` binary (as `/egress-probe`, its entry point), the shared libraries `ldd`
 //! names for it, and an `/etc/nsswitch.conf` that sends host lookups to DNS — so the probe's
 //! `getaddrinfo` is glibc's resolver, reading the `/etc/resolv.conf` Docker mounts. The tag
-//! carries a hash of the binary, so a rebuilt probe gets a fresh image.
+//! carries a hash of the binary, so a rebuilt probe gets a fresh image (and the images of
+//! earlier binaries go).
 
 use std::{
     fs,
@@ -15,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{Docker, image::TempDir};
+use super::{
+    Docker,
+    image::{TempDir, import_rootfs},
+};
 use crate::{bins, command::run_ok};
 
 /// Repository of the glibc probe image (the tag is the binary's hash).
@@ -57,28 +61,30 @@ pub fn ensure_glibc_probe_image(docker: &Docker) -> Result<String> {
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/:/egress-probe\n",
     )?;
-    let tar = tmp.0.join("rootfs.tar");
-    run_ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-        STEP_TIMEOUT,
+    import_rootfs(
+        docker,
+        &rootfs,
+        &format!(r#"ENTRYPOINT ["{PROBE_PATH}"]"#),
+        "egress-enforcer glibc probe image",
+        &tag,
     )?;
-    docker
-        .try_run(&[
-            "import",
-            "--change",
-            &format!(r#"ENTRYPOINT ["{PROBE_PATH}"]"#),
-            "--message",
-            "egress-enforcer glibc probe image",
-            &tar.to_string_lossy(),
-            &tag,
-        ])
-        .map_err(anyhow::Error::msg)?;
+    remove_older(docker, &tag);
     Ok(tag)
+}
+
+/// Removes the images of earlier probe binaries (best effort: one still in use stays).
+fn remove_older(docker: &Docker, keep: &str) {
+    let tags = docker
+        .try_run(&[
+            "images",
+            GLIBC_PROBE_REPO,
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ])
+        .unwrap_or_default();
+    for old in tags.lines().filter(|t| *t != keep) {
+        let _ = docker.try_run(&["rmi", old]);
+    }
 }
 
 /// The absolute paths `ldd` prints for `bin` (`libc.so.6 => /lib/... (0x...)` and the loader

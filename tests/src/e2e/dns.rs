@@ -13,7 +13,7 @@ use std::{
 use super::{LAB_LABEL, Lab, PORT, Started, answers_ok, wait_until};
 use crate::{
     dns::TestDns,
-    dns_client::{Report, reports},
+    dns_client::{Report, Via, reports},
     docker::{Docker, PROBE_PATH, ensure_glibc_probe_image},
 };
 
@@ -77,13 +77,40 @@ impl Lab {
         probe_in(&self.docker, container, args)
     }
 
+    /// `dns-connect NAME PORT --count N` in `container`: getaddrinfo and a TCP connect, `count`
+    /// times; one report per try (and the whole output).
+    #[track_caller]
+    pub fn connect_by_name(
+        &self,
+        container: &str,
+        name: &str,
+        port: u16,
+        count: usize,
+    ) -> (Vec<Report>, String) {
+        let (port, count) = (port.to_string(), count.to_string());
+        self.probe(container, &["dns-connect", name, &port, "--count", &count])
+    }
+
     /// One question from `container` to `server` (`ADDR` or `ADDR:PORT`) for `name` (type A,
     /// UDP unless `tcp`).
     #[track_caller]
     pub fn ask(&self, container: &str, server: &str, name: &str, tcp: bool) -> Report {
+        self.ask_via(
+            container,
+            server,
+            name,
+            if tcp { Via::Tcp } else { Via::Udp },
+        )
+    }
+
+    /// [`Lab::ask`] over `via` (connected UDP too).
+    #[track_caller]
+    pub fn ask_via(&self, container: &str, server: &str, name: &str, via: Via) -> Report {
         let mut args = vec!["dns-query", server, name, "--timeout-ms", "3000"];
-        if tcp {
-            args.push("--tcp");
+        match via {
+            Via::Tcp => args.push("--tcp"),
+            Via::ConnectedUdp => args.push("--connected"),
+            Via::Udp => {}
         }
         let (r, text) = self.probe(container, &args);
         r.into_iter()
@@ -98,17 +125,26 @@ impl Lab {
     #[track_caller]
     pub fn wait_dns_proxy(&self, container: &str, server: &str) {
         let name = format!("proxy-ready.{}.test", self.tag);
-        wait_until(
-            &format!("the DNS proxy to answer {container} (asking {server})"),
-            Duration::from_secs(20),
-            || {
-                let (r, _) = self.probe(
+        let mut last = String::new();
+        let answered =
+            crate::wait::poll(Duration::from_secs(20), Duration::from_millis(100), || {
+                let (r, text) = self.probe(
                     container,
                     &["dns-query", server, &name, "--timeout-ms", "500"],
                 );
+                last = text;
                 r.into_iter().find(|r| r.rcode.is_some())
-            },
-        );
+            });
+        if answered.is_none() {
+            panic!(
+                "the DNS proxy did not answer {container} (asking {server}) within 20 s; the \
+                 last try: {last}\nagent log:\n{}",
+                self.agent
+                    .as_ref()
+                    .map(|a| a.log_text())
+                    .unwrap_or_default()
+            );
+        }
     }
 
     /// A target host (see [`Lab::start_target`]) at `10.231.<n>.<hosts[0]>` that also owns the
