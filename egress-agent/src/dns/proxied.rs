@@ -274,10 +274,14 @@ impl Proxied {
         if rules == st.written {
             return Ok(());
         }
-        self.enforcer
+        let written = self
+            .enforcer
             .set_learned_rules(self.owner, rules.clone())
             .await
             .map_err(|e| e.to_string())?;
+        if !written {
+            return Err("the enforcer does not police the container (yet)".into());
+        }
         st.written = rules;
         Ok(())
     }
