@@ -1,26 +1,29 @@
 //! Part 5: what the agent's DNS proxy costs, with the real `egress-agent run` and dockerd.
 //!
-//! Two `--network host` containers: one policed (`egress.allow` of one name of the bench's
-//! zone, the agent's default `learn` mode) and one unlabelled. The bench's DNS server listens
-//! on port 53 of a loopback address of the bench's ([`SERVER`]), where both containers' DNS
-//! goes: the unlabelled one's straight to it, the policed one's redirected by the programs to
-//! the agent's proxy, which filters the question, forwards it to [`SERVER`], learns the answer's
-//! address and only then answers. The load generator ([`crate::client`], the `dns-*`
-//! operations) runs in the containers' cgroups (it moves itself between the two before each
-//! batch, A B B A ..., so both are measured in the same time windows), on the host, in the
-//! host's network namespace, which is theirs:
+//! Two containers on Docker's default bridge with `--dns` at a third one: one policed
+//! (`egress.allow` of one name of the bench's zone, the agent's default `learn` mode) and one
+//! unlabelled. The bench's DNS server listens on port 53 of the third container (its sockets
+//! bound in that container's network namespace), where both containers' DNS goes: the
+//! unlabelled one's straight to it, the
+//! policed one's redirected by the programs to the agent's proxy in its network namespace,
+//! which filters the question, forwards it to the container's resolver (the same server),
+//! learns the answer's address and only then answers. The load generator ([`crate::client`],
+//! the `dns-*` operations) runs in the containers' cgroups and network namespaces (it moves
+//! itself between the two before each batch, A B B A ..., so both are measured in the same time
+//! windows):
 //!
 //! - the latency of one question (a new socket, the question, the answer, `close`), over UDP
 //!   and over TCP: p50 and p99 direct and through the proxy, and what the proxy adds;
 //! - questions per second, one at a time and with 16 in flight on one UDP socket, through the
 //!   proxy against direct (median of per-pair ratios);
-//! - the agent's RSS before, at its peak and after N more policed containers (`--network host`,
-//!   `sleep`) have each looked up 20 names of their own through the proxy (learned: 20
-//!   addresses each).
+//! - the agent's RSS before, at its peak and after N more policed containers (`sleep`, in the
+//!   policed container's network namespace: `--network container:`, so no bridge port each)
+//!   have each looked up 20 names of their own through the proxy (learned: 20 addresses each).
 //!
-//! Everything stays on loopback: the containers share the host's network namespace and the
-//! only server they ask is the bench's. Containers, agent, pins and cgroups are removed at the
-//! end.
+//! Everything stays on the machine: the only server the containers ask is the bench's, in a
+//! container of its own (never `--network host`, whose containers' resolvers are the host's
+//! own, nor the bridge's gateway, where the host may run a resolver). Containers, agent, pins
+//! and cgroups are removed at the end.
 
 use std::{
     fs,
@@ -51,9 +54,8 @@ use crate::{
     zone::{self, Zone},
 };
 
-/// Where the policed and the unlabelled containers send their DNS: port 53 of a loopback
-/// address of the bench's (never one of the host's resolvers).
-const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 77, 3, 1), 53);
+/// The network the DNS part's containers are on.
+const BRIDGE: &str = "bridge";
 /// Names each of the many containers looks up (and the proxy learns).
 const NAMES_PER_CONTAINER: usize = 20;
 /// What one more running container costs the host at most (its shim, `sleep`, dockerd's and
@@ -152,11 +154,34 @@ impl Paired {
     }
 }
 
-fn side(cgroup: PathBuf) -> SideSpec {
+/// A side of the load generator: a container's cgroup and network namespace, and the server.
+fn side(cgroup: PathBuf, netns: &Path, server: SocketAddrV4) -> SideSpec {
     SideSpec {
         cgroup,
-        netns: None,
-        dst: SERVER,
+        netns: Some(netns.to_owned()),
+        dst: server,
+    }
+}
+
+/// The network namespace of a running container (`/proc/<its pid>/ns/net`).
+fn netns_of(fleet: &Fleet, id: &ContainerId) -> Result<PathBuf> {
+    let pid = fleet.inspect(id, "{{.State.Pid}}")?;
+    match pid.parse::<u32>() {
+        Ok(p) if p > 0 => Ok(PathBuf::from(format!("/proc/{p}/ns/net"))),
+        _ => bail!("container {} has no pid ({pid:?})", id.short()),
+    }
+}
+
+/// The pid and IPv4 address of a running container on [`BRIDGE`].
+fn pid_and_ip(fleet: &Fleet, id: &ContainerId) -> Result<(u32, Ipv4Addr)> {
+    let out = fleet.inspect(id, "{{.State.Pid}} {{.NetworkSettings.IPAddress}}")?;
+    let mut it = out.split_whitespace();
+    match (
+        it.next().and_then(|p| p.parse::<u32>().ok()),
+        it.next().and_then(|a| a.parse::<Ipv4Addr>().ok()),
+    ) {
+        (Some(pid), Some(ip)) if pid > 0 => Ok((pid, ip)),
+        _ => bail!("container {}: no pid and address ({out:?})", id.short()),
     }
 }
 
@@ -177,22 +202,15 @@ fn wait_cgroups(fleet: &Fleet, ids: &[ContainerId]) -> Result<()> {
     Ok(())
 }
 
-/// Each name once from `cgroup`, retried until the proxy answers it (see `dns-learn`).
-fn learn(exe: &Path, cgroup: PathBuf, names: &[String]) -> Result<ClientReport> {
+/// Each name once from `side`, retried until the proxy answers it (see `dns-learn`).
+fn learn(exe: &Path, side: &SideSpec, names: &[String]) -> Result<ClientReport> {
     let load = Load {
         batch: names.len(),
         batches: 1,
         warmup: 0,
         settle: 0,
     };
-    run_client_with(
-        exe,
-        Op::DnsLearn,
-        &side(cgroup),
-        None,
-        load,
-        &names_arg(names),
-    )
+    run_client_with(exe, Op::DnsLearn, side, None, load, &names_arg(names))
 }
 
 /// How many more running containers the host's available memory allows (half of it at most).
@@ -218,41 +236,45 @@ fn ms(ns: f64) -> f64 {
     ns / 1e6
 }
 
-pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
-    let build = if o.quick { "debug" } else { "release" };
-    // Dropped in reverse order: the containers (with `b`), the DNS servers, then `ground`.
-    let (docker, ground) = Ground::new(cg2, "dns")?;
-    let attach = ground.attach();
-    // The agent's own `--dns-server` (it resolves nothing in learn mode), and the server the
-    // containers ask.
-    let agent_zone = Zone::start(DNS_IP, 0)?;
-    let server = Zone::start_on(SocketAddr::V4(SERVER))?;
-    let dir = bench_dir();
-    let policy_file = dir.join("dns-policy.toml");
-    fs::write(&policy_file, "# Made by `cargo xtask bench`: no rules.\n")?;
-    let mut b = Bench {
-        dir: &dir,
-        pin: ground.pins.path.clone(),
-        attach: attach.clone(),
-        fleet: Fleet::new(docker, &attach),
-        zone: &agent_zone,
-        policy_file,
-        serial: 0,
-    };
+/// The rows, targets and raw figures of the section.
+type Measured = (
+    Vec<(String, String)>,
+    Vec<Target>,
+    serde_json::Map<String, serde_json::Value>,
+);
+
+/// What [`run`] measures with the agent running (pid `apid`): the table's rows, the targets and
+/// the raw figures.
+fn measure(
+    b: &mut Bench<'_>,
+    exe: &Path,
+    o: &Opts,
+    server: &Zone,
+    server_addr: SocketAddrV4,
+    apid: u32,
+    build: &str,
+) -> Result<Measured> {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut targets = Vec::new();
     let mut raw = serde_json::Map::new();
-
-    let agent = b.start_agent("dns")?;
-    let apid = agent.0.pid();
     let asked = vec![server.learn_domain(0)];
-    let ids = b
-        .fleet
-        .run_many_on("host", &[allow(asked.join(",")), Vec::new()], PARALLEL_RUNS)?;
+    let dns_opt = server_addr.ip().to_string();
+    let bridge = ["--network", BRIDGE, "--dns", &dns_opt];
+    let ids = b.fleet.run_many_on(
+        &bridge,
+        &[allow(asked.join(",")), Vec::new()],
+        PARALLEL_RUNS,
+    )?;
     wait_cgroups(&b.fleet, &ids)?;
-    let (policed, direct) = (b.fleet.cgroup_of(&ids[0]), b.fleet.cgroup_of(&ids[1]));
+    let policed_ns = netns_of(&b.fleet, &ids[0])?;
+    let policed = side(b.fleet.cgroup_of(&ids[0]), &policed_ns, server_addr);
+    let direct = side(
+        b.fleet.cgroup_of(&ids[1]),
+        &netns_of(&b.fleet, &ids[1])?,
+        server_addr,
+    );
     note("dns: waiting for the policed container's DNS proxy");
-    learn(exe, policed.clone(), &asked)?;
+    learn(exe, &policed, &asked)?;
 
     // 1. Latency and rate: direct (A, the unlabelled container) against the proxy (B).
     let mut paired = Vec::new();
@@ -280,8 +302,8 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
             reports.push(run_client_with(
                 exe,
                 op,
-                &side(direct.clone()),
-                Some(&side(policed.clone())),
+                &direct,
+                Some(&policed),
                 load,
                 &extra,
             )?);
@@ -383,13 +405,17 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
     let (rss_start, _) = memory(apid)?;
     let t0 = Instant::now();
     let labels: Vec<Vec<(String, String)>> = names.iter().map(|l| allow(l.join(","))).collect();
-    let many = b.fleet.run_many_on("host", &labels, PARALLEL_RUNS)?;
+    let joined = format!("container:{}", ids[0].as_str());
+    let many = b
+        .fleet
+        .run_many_on(&["--network", &joined], &labels, PARALLEL_RUNS)?;
     wait_cgroups(&b.fleet, &many)?;
     let started = t0.elapsed();
     let t0 = Instant::now();
     for (id, names) in many.iter().zip(&names) {
         interrupt::check()?;
-        learn(exe, b.fleet.cgroup_of(id), names)?;
+        let side = side(b.fleet.cgroup_of(id), &policed_ns, server_addr);
+        learn(exe, &side, names)?;
     }
     let learned = t0.elapsed();
     thread::sleep(Duration::from_secs(2));
@@ -419,7 +445,8 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
     drop(maps);
     rows.push((
         format!(
-            "agent RSS with {n} more policed containers (`--network host`, started in {:.0} s) \
+            "agent RSS with {n} more policed containers (in the first one's network \
+             namespace, started in {:.0} s) \
              that each looked up {NAMES_PER_CONTAINER} names of their own through the proxy \
              ({:.1} s for all): before / peak / after",
             started.as_secs_f64(),
@@ -450,7 +477,48 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
             "start_s": started.as_secs_f64(), "learn_s": learned.as_secs_f64(),
         }),
     );
-    b.stop_agent(agent)?;
+    Ok((rows, targets, raw))
+}
+
+pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
+    let build = if o.quick { "debug" } else { "release" };
+    // Dropped in reverse order: the containers (with `b`), the DNS servers, then `ground`.
+    let (docker, ground) = Ground::new(cg2, "dns")?;
+    let attach = ground.attach();
+    // The agent's own `--dns-server` (it resolves nothing in learn mode).
+    let agent_zone = Zone::start(DNS_IP, 0)?;
+    let dir = bench_dir();
+    let policy_file = dir.join("dns-policy.toml");
+    fs::write(&policy_file, "# Made by `cargo xtask bench`: no rules.\n")?;
+    let mut b = Bench {
+        dir: &dir,
+        pin: ground.pins.path.clone(),
+        attach: attach.clone(),
+        fleet: Fleet::new(docker, &attach),
+        zone: &agent_zone,
+        policy_file,
+        serial: 0,
+    };
+    // The server the containers ask: port 53 of an unlabelled container of the bench's (its
+    // sockets bound in that container's network namespace, served from here).
+    let host = b
+        .fleet
+        .run_many_on(&["--network", BRIDGE], &[Vec::new()], 1)?;
+    let (pid, ip) = pid_and_ip(&b.fleet, &host[0])?;
+    let server_addr = SocketAddrV4::new(ip, 53);
+    let server = Zone::start_in_netns_of(pid, SocketAddr::V4(server_addr))?;
+    let agent = b.start_agent("dns")?;
+    let measured = measure(&mut b, exe, o, &server, server_addr, agent.0.pid(), build);
+    // The agent's log is kept in `target/bench` whatever happened.
+    let stopped = b.stop_agent(agent);
+    let (rows, targets, raw) = measured.with_context(|| {
+        format!(
+            "the DNS part ({} questions reached the bench's server; the agent's log is in {})",
+            server.total_queries(),
+            b.dir.display()
+        )
+    })?;
+    stopped?;
     drop(b);
     drop(server);
     drop(agent_zone);
@@ -465,15 +533,18 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
         title: "5. DNS proxy".into(),
         intro: format!(
             "The real `egress-agent run` ({build} build) with the host's dockerd and its DNS \
-             proxy in its default `learn` mode. Two busybox containers (`{}`) with `--network \
-             host` ask the bench's DNS server on {SERVER}: an unlabelled one directly, a \
-             policed one through the agent's proxy (the programs redirect its port-53 traffic). \
-             The load generator runs in their cgroups, alternating between them batch by batch \
-             (A B B A …); a question is a new socket, the question, the answer and `close`. \
-             Added latency is the median over rounds of (proxy − direct) at each percentile; \
-             rates are medians of per-pair ratios [95 % CI]. RSS is VmRSS; the peak is VmHWM, \
-             reset before the containers start.",
-            egress_tests::docker::image()
+             proxy in its default `learn` mode. Two busybox containers (`{}`) on Docker's \
+             default bridge with `--dns {}` ask the bench's DNS server in a third one, \
+             {server_addr}: an unlabelled one directly, a policed one through the \
+             agent's proxy (the programs redirect its port-53 traffic to the proxy in its network \
+             namespace, which forwards to the same server). The load generator runs in their \
+             cgroups and network namespaces, alternating between them batch by batch (A B B A \
+             …); a question is a new socket, the question, the answer and `close`. Added latency \
+             is the median over rounds of (proxy − direct) at each percentile; rates are \
+             medians of per-pair ratios [95 % CI]. RSS is VmRSS; the peak is VmHWM, reset \
+             before the containers start.",
+            egress_tests::docker::image(),
+            server_addr.ip()
         ),
         markdown: md,
         targets,

@@ -1,5 +1,5 @@
-//! The bench's containers: busybox (the harness's test image) with `--network none` (or
-//! `--network host` for the DNS part, whose containers ask a server on a loopback address), the
+//! The bench's containers: busybox (the harness's test image) with `--network none` (the DNS
+//! part's: the default bridge with `--dns` at its gateway, or another container's network), the
 //! agent's attach cgroup as `--cgroup-parent` and this run's label, named and removed through
 //! the harness's [`Containers`]. Also the cleanup of what containers leave: the cgroups runc
 //! mirrors in the v1 hierarchies, and the containers of killed runs.
@@ -73,14 +73,14 @@ impl Fleet {
 
     /// `docker run` or `create` of a new bench container running `cmd`, `--network none`.
     pub fn command(&mut self, launch: Launch, labels: &Labels, cmd: &[&str]) -> Command {
-        self.command_on(launch, "none", labels, cmd)
+        self.command_on(launch, &["--network", "none"], labels, cmd)
     }
 
-    /// [`command`](Self::command) on `--network NETWORK`.
+    /// [`command`](Self::command) with these network options (`--network ...`, `--dns ...`).
     pub fn command_on(
         &mut self,
         launch: Launch,
-        network: &str,
+        network: &[&str],
         labels: &Labels,
         cmd: &[&str],
     ) -> Command {
@@ -93,7 +93,8 @@ impl Fleet {
             Launch::Create => &["create"],
         });
         let parent = self.attach.file_name().unwrap_or_default();
-        c.args(["--name", &name, "--network", network])
+        c.args(["--name", &name])
+            .args(network)
             .arg("--cgroup-parent")
             .arg(Path::new("/").join(parent))
             .arg("--label")
@@ -131,11 +132,11 @@ impl Fleet {
         parse_id(launch, &out.stdout)
     }
 
-    /// Starts a long-running container for each of `labels` on `--network NETWORK`, `parallel`
-    /// `docker run -d` at a time; returns their ids in order.
+    /// Starts a long-running container for each of `labels` with these network options,
+    /// `parallel` `docker run -d` at a time; returns their ids in order.
     pub fn run_many_on(
         &mut self,
-        network: &str,
+        network: &[&str],
         labels: &[Vec<(String, String)>],
         parallel: usize,
     ) -> Result<Vec<ContainerId>> {
@@ -167,6 +168,14 @@ impl Fleet {
             }
         }
         Ok(ids)
+    }
+
+    /// `docker inspect --format FORMAT` of a container.
+    pub fn inspect(&self, id: &ContainerId, format: &str) -> Result<String> {
+        self.docker
+            .try_run(&["inspect", "--format", format, id.as_str()])
+            .map(|s| s.trim().to_owned())
+            .map_err(anyhow::Error::msg)
     }
 
     /// The cgroup v2 directory of `--cgroup-parent`.
