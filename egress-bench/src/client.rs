@@ -22,9 +22,10 @@
 //!   UDP socket or a new TCP connection ([`crate::dns_client`]); the latency is the whole
 //!   exchange. `dns-udp-window`: `--window` questions in flight on one UDP socket per batch;
 //!   the latency is each question's, the rate the server's under load. `dns-learn`: each of
-//!   `--names` once, over UDP, each retried (every 20 ms, for 10 s) until it is answered: what
+//!   `--names` once, over UDP, each retried (every 20 ms, for 3 s) until it is answered: what
 //!   a container that looks up its names does, also while the agent's DNS proxy for it is
-//!   still being set up. An answer other than NOERROR with records counts as an error.
+//!   still being set up; it stops at the first name never answered. An answer other than
+//!   NOERROR with records counts as an error.
 //!
 //! It prints one JSON line ([`ClientReport`]) on stdout.
 
@@ -343,8 +344,8 @@ fn dns_batch(
             }
         }
         Op::DnsLearn => {
-            for _ in 0..n {
-                let deadline = Instant::now() + Duration::from_secs(10);
+            'names: for _ in 0..n {
+                let deadline = Instant::now() + Duration::from_secs(3);
                 loop {
                     match dns_client::udp_once(to, q) {
                         Ok(d) => {
@@ -353,7 +354,7 @@ fn dns_batch(
                         }
                         Err(e) if Instant::now() > deadline => {
                             note(e, "DNS over UDP (learning)");
-                            break;
+                            break 'names;
                         }
                         // The same name again: step back to it.
                         Err(_) => {
