@@ -18,6 +18,14 @@
 //! - `http-cycle`: one unloaded HTTP request on a new connection: `connect`, `GET /small.txt`,
 //!   read the whole response (by its `Content-Length`), `close` with `SO_LINGER` 0; the latency
 //!   is the whole cycle. A response other than `200` counts as an error.
+//! - `dns-udp`, `dns-tcp`: one A question for each of `--names` in turn, over a new connected
+//!   UDP socket or a new TCP connection ([`crate::dns_client`]); the latency is the whole
+//!   exchange. `dns-udp-window`: `--window` questions in flight on one UDP socket per batch;
+//!   the latency is each question's, the rate the server's under load. `dns-learn`: each of
+//!   `--names` once, over UDP, each retried (every 20 ms, for 3 s) until it is answered: what
+//!   a container that looks up its names does, also while the agent's DNS proxy for it is
+//!   still being set up; it stops at the first name never answered. An answer other than
+//!   NOERROR with records counts as an error.
 //!
 //! It prints one JSON line ([`ClientReport`]) on stdout.
 
@@ -36,11 +44,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::dns_client;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Op {
     TcpConnect,
     UdpSendto,
     HttpCycle,
+    DnsUdp,
+    DnsTcp,
+    DnsUdpWindow,
+    DnsLearn,
 }
 
 impl Op {
@@ -49,7 +63,18 @@ impl Op {
             Op::TcpConnect => "tcp-connect",
             Op::UdpSendto => "udp-sendto",
             Op::HttpCycle => "http-cycle",
+            Op::DnsUdp => "dns-udp",
+            Op::DnsTcp => "dns-tcp",
+            Op::DnsUdpWindow => "dns-udp-window",
+            Op::DnsLearn => "dns-learn",
         }
+    }
+
+    fn is_dns(self) -> bool {
+        matches!(
+            self,
+            Op::DnsUdp | Op::DnsTcp | Op::DnsUdpWindow | Op::DnsLearn
+        )
     }
 }
 
@@ -84,6 +109,19 @@ pub struct ClientArgs {
     /// Untimed operations after each move, before the batch.
     #[arg(long, default_value_t = 10)]
     pub settle: usize,
+    /// The names the DNS operations ask for (A), in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Questions in flight for `dns-udp-window`.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+}
+
+/// What one operation is, with what the DNS operations ask.
+struct Work {
+    op: Op,
+    questions: Option<dns_client::Questions>,
+    window: usize,
 }
 
 /// One side's figures.
@@ -163,7 +201,16 @@ pub fn run(args: ClientArgs) -> Result<()> {
     if let (Some(cg), Some(dst)) = (&args.b_cgroup, args.b_dst) {
         sides.push(Side::new(cg, args.b_netns.as_ref(), dst)?);
     }
-    let report = measure(&args, &sides)?;
+    let mut work = Work {
+        op: args.op,
+        questions: if args.op.is_dns() {
+            Some(dns_client::Questions::new(&args.names)?)
+        } else {
+            None
+        },
+        window: args.window,
+    };
+    let report = measure(&args, &sides, &mut work)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -176,7 +223,7 @@ pub fn schedule(sides: usize, batches_per_side: usize) -> Vec<usize> {
         .collect()
 }
 
-fn measure(args: &ClientArgs, sides: &[Side]) -> Result<ClientReport> {
+fn measure(args: &ClientArgs, sides: &[Side], work: &mut Work) -> Result<ClientReport> {
     let mut errors = 0;
     let mut first_error: Option<String> = None;
     let mut note = |e: io::Error, what: &str| {
@@ -185,7 +232,7 @@ fn measure(args: &ClientArgs, sides: &[Side]) -> Result<ClientReport> {
     };
     for s in sides {
         s.enter()?;
-        let _ = batch(args.op, &s.dst, args.warmup, &mut note, false);
+        let _ = batch(work, &s.dst, args.warmup, &mut note, false);
     }
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); sides.len()];
     let mut elapsed = vec![Duration::ZERO; sides.len()];
@@ -193,9 +240,9 @@ fn measure(args: &ClientArgs, sides: &[Side]) -> Result<ClientReport> {
     for side in schedule(sides.len(), args.batches) {
         let s = &sides[side];
         s.enter()?;
-        let _ = batch(args.op, &s.dst, args.settle, &mut note, false);
+        let _ = batch(work, &s.dst, args.settle, &mut note, false);
         let t0 = Instant::now();
-        let l = batch(args.op, &s.dst, args.batch, &mut note, true);
+        let l = batch(work, &s.dst, args.batch, &mut note, true);
         let dt = t0.elapsed();
         elapsed[side] += dt;
         batch_rates.push((side, args.batch as f64 / dt.as_secs_f64()));
@@ -222,13 +269,21 @@ fn measure(args: &ClientArgs, sides: &[Side]) -> Result<ClientReport> {
 
 /// `n` operations; returns their latencies if `timed`.
 fn batch(
-    op: Op,
+    work: &mut Work,
     dst: &libc::sockaddr_in,
     n: usize,
     note: &mut impl FnMut(io::Error, &str),
     timed: bool,
 ) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(if timed { n } else { 0 });
+    let op = work.op;
+    if let Some(q) = work.questions.as_mut() {
+        dns_batch(op, q, work.window, dst, n, note, &mut lat);
+        if !timed {
+            lat.clear();
+        }
+        return lat;
+    }
     match op {
         Op::TcpConnect | Op::HttpCycle => {
             let (once, what): (fn(&libc::sockaddr_in) -> io::Result<Duration>, _) = match op {
@@ -262,8 +317,82 @@ fn batch(
             // SAFETY: fd is ours.
             unsafe { libc::close(fd) };
         }
+        Op::DnsUdp | Op::DnsTcp | Op::DnsUdpWindow | Op::DnsLearn => {
+            unreachable!("DNS operations have their questions")
+        }
     }
     lat
+}
+
+/// `n` DNS operations (see the module docs); their latencies go to `lat`.
+fn dns_batch(
+    op: Op,
+    q: &mut dns_client::Questions,
+    window: usize,
+    dst: &libc::sockaddr_in,
+    n: usize,
+    note: &mut impl FnMut(io::Error, &str),
+    lat: &mut Vec<Duration>,
+) {
+    let to = std::net::SocketAddr::V4(socket_addr(dst));
+    match op {
+        Op::DnsUdpWindow => {
+            let (l, errors) = dns_client::udp_window(to, q, n, window);
+            lat.extend(l);
+            for e in errors {
+                note(e, "DNS over UDP (window)");
+            }
+        }
+        Op::DnsLearn => {
+            'names: for _ in 0..n {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                loop {
+                    match dns_client::udp_once(to, q) {
+                        Ok(d) => {
+                            lat.push(d);
+                            break;
+                        }
+                        Err(e) if Instant::now() > deadline => {
+                            note(e, "DNS over UDP (learning)");
+                            break 'names;
+                        }
+                        // The same name again: step back to it.
+                        Err(_) => {
+                            q.back();
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            for _ in 0..n {
+                let r = if op == Op::DnsTcp {
+                    dns_client::tcp_once(|| connect_rst(dst).map(|(s, _)| s), q)
+                } else {
+                    dns_client::udp_once(to, q)
+                };
+                match r {
+                    Ok(d) => lat.push(d),
+                    Err(e) => note(
+                        e,
+                        if op == Op::DnsTcp {
+                            "DNS over TCP"
+                        } else {
+                            "DNS over UDP"
+                        },
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn socket_addr(a: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        u32::from_be(a.sin_addr.s_addr).into(),
+        u16::from_be(a.sin_port),
+    )
 }
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {

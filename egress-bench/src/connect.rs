@@ -74,6 +74,18 @@ pub fn run_client(
     b: Option<&SideSpec>,
     load: Load,
 ) -> Result<ClientReport> {
+    run_client_with(exe, op, a, b, load, &[])
+}
+
+/// [`run_client`] with more arguments for the client (e.g. `--names` of the DNS operations).
+pub fn run_client_with(
+    exe: &Path,
+    op: Op,
+    a: &SideSpec,
+    b: Option<&SideSpec>,
+    load: Load,
+    extra: &[String],
+) -> Result<ClientReport> {
     let mut cmd = Placement {
         cgroup: Some(a.cgroup.clone()),
         netns: a.netns.clone(),
@@ -95,7 +107,8 @@ pub fn run_client(
         .arg("--warmup")
         .arg(load.warmup.to_string())
         .arg("--settle")
-        .arg(load.settle.to_string());
+        .arg(load.settle.to_string())
+        .args(extra);
     let total = (load.batch + load.settle) * load.batches * 2 + load.warmup * 2;
     // Generous: an operation takes microseconds; a stuck run is killed.
     let timeout = Duration::from_secs(60) + Duration::from_millis(total as u64);
@@ -205,7 +218,7 @@ impl Bench<'_> {
         let (dst, batch) = match op {
             Op::TcpConnect => (self.tcp, self.o.tcp_batch),
             Op::UdpSendto => (self.udp, self.o.udp_batch),
-            Op::HttpCycle => unreachable!("part 1 measures connects and sends only"),
+            _ => unreachable!("part 1 measures connects and sends only"),
         };
         (
             dst,

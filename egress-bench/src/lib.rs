@@ -15,6 +15,10 @@
 //! 4. [`agent`]: the agent with Docker: time from `docker run` to the policy in the map,
 //!    `docker run` latency with and without the agent, the agent's RSS and CPU with 100
 //!    policed containers, during churn, with 1,000 policies, and refreshing 1,000 domains.
+//! 5. [`agent::dns`]: the agent's DNS proxy: the latency it adds to a question (p50, p99; UDP
+//!    and TCP) and the questions per second through it, against the same client asking the
+//!    server directly, and the agent's RSS with 1,000 policed containers that each learned 20
+//!    names.
 //!
 //! Configurations alternate in rounds (A B C, B C A, ...) so that drift and noise on this
 //! shared machine hit every side alike; tables show medians over rounds and ratios measured
@@ -26,13 +30,15 @@
 //!
 //! Other modules: [`client`] the load generator (this binary's hidden `client` subcommand),
 //! [`lab`] the in-process enforcer and its cgroups, [`floor`] the minimal programs,
-//! [`bpf_stats`] the kernel's run-time statistics, [`zone`] the bench's DNS names, [`stats`]
+//! [`bpf_stats`] the kernel's run-time statistics, [`zone`] the bench's DNS names,
+//! [`dns_client`] the load generator's DNS questions, [`stats`]
 //! the statistics, [`report`] the markdown.
 
 pub mod agent;
 pub mod bpf_stats;
 pub mod client;
 pub mod connect;
+pub mod dns_client;
 pub mod floor;
 pub mod lab;
 pub mod nft;
@@ -72,7 +78,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
 
-    /// Run only these parts (comma-separated): connect, nft, proxy, agent. Default: all.
+    /// Run only these parts (comma-separated): connect, nft, proxy, agent, dns. Default: all.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
 
@@ -103,6 +109,7 @@ pub enum Part {
     Nft,
     Proxy,
     Agent,
+    Dns,
 }
 
 /// Where the bench writes its report, its servers' files and its logs: `$EGRESS_BENCH_DIR`
@@ -138,7 +145,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return client::run(c);
     }
     let parts: Vec<Part> = if args.only.is_empty() {
-        vec![Part::Connect, Part::Nft, Part::Proxy, Part::Agent]
+        vec![
+            Part::Connect,
+            Part::Nft,
+            Part::Proxy,
+            Part::Agent,
+            Part::Dns,
+        ]
     } else {
         args.only.clone()
     };
@@ -149,7 +162,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if parts.contains(&Part::Nft) {
         nft::check_tools()?;
     }
-    if parts.contains(&Part::Agent) {
+    if parts.contains(&Part::Agent) || parts.contains(&Part::Dns) {
         agent::check_tools()?;
     }
     if args.preflight {
@@ -244,7 +257,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                         },
                     },
                 )?,
-                Part::Agent => continue,
+                Part::Agent | Part::Dns => continue,
             };
             foreign.extend(lab.foreign_programs());
             note(&format!(
@@ -258,6 +271,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if parts.contains(&Part::Agent) {
         let t0 = Instant::now();
         let s = agent::run(&cg2, &agent::Opts::new(quick, rounds))?;
+        note(&format!(
+            "{}: done in {:.0} s",
+            s.title,
+            t0.elapsed().as_secs_f64()
+        ));
+        sections.push((s, t0.elapsed()));
+    }
+    if parts.contains(&Part::Dns) {
+        let t0 = Instant::now();
+        let s = agent::dns::run(&cg2, &exe, &agent::dns::Opts::new(quick, rounds))?;
         note(&format!(
             "{}: done in {:.0} s",
             s.title,

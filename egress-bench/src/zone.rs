@@ -5,6 +5,8 @@
 //! - `c<N>.bench.test` → `127.78.<N / 256>.<N % 256>`, TTL 300 (container policies); its AAAA
 //!   query gets a no-data answer whose negative TTL (the zone's) is 300 too, so neither family
 //!   is asked again within a run;
+//! - `l<N>.learn.bench.test` → `127.81.<N / 256>.<N % 256>`, TTL 300: the names the DNS part's
+//!   containers look up (through the agent's proxy, which learns their addresses);
 //! - `r<N>.refresh.bench.test` → `127.<79 + version>.<N / 256>.<N % 256>` and `::1`, TTL 5:
 //!   both families are asked again every 5 s, and the refresh test bumps the version to change
 //!   every A answer at once. (The AAAA record stands in for a no-data answer with a 5 s negative
@@ -32,6 +34,16 @@ pub fn container_addr(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 78, (n >> 8) as u8, n as u8)
 }
 
+/// `l<n>.learn.bench.test`.
+pub fn learn_domain(n: usize) -> String {
+    format!("l{n}.learn.{ZONE}")
+}
+
+/// What `l<n>.learn.bench.test` resolves to.
+pub fn learn_addr(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 81, (n >> 8) as u8, n as u8)
+}
+
 /// `r<n>.refresh.bench.test`.
 pub fn refresh_domain(n: usize) -> String {
     format!("r{n}.refresh.{ZONE}")
@@ -53,13 +65,39 @@ impl Zone {
     /// names at version 0.
     pub fn start(ip: IpAddr, refresh: usize) -> Result<Self> {
         let dns = TestDns::try_start(ip).with_context(|| format!("DNS server on {ip}"))?;
+        Ok(Self::serve(dns, refresh))
+    }
+
+    /// Starts the server on `addr` (e.g. port 53 of a loopback address of the bench's, which a
+    /// container's DNS goes to), without refresh names.
+    pub fn start_on(addr: SocketAddr) -> Result<Self> {
+        let dns = TestDns::start_on(addr).with_context(|| format!("DNS server on {addr}"))?;
+        Ok(Self::serve(dns, 0))
+    }
+
+    /// [`Zone::start_on`] in the network namespace of process `pid` (a container's): its
+    /// sockets are bound there (on an address of that namespace); the server runs here.
+    pub fn start_in_netns_of(pid: u32, addr: SocketAddr) -> Result<Self> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // This short-lived thread only (the server's thread, made here, inherits it).
+                egress_tests::netns::enter_netns_of(pid).map_err(anyhow::Error::msg)?;
+                Self::start_on(addr)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread binding the DNS server panicked"))?
+        })
+        .with_context(|| format!("the DNS server in the network namespace of pid {pid}"))
+    }
+
+    fn serve(dns: TestDns, refresh: usize) -> Self {
         dns.set_negative_ttl(TTL_STATIC);
         let zone = Self {
             dns,
             refresh_names: refresh,
         };
         zone.set_version(0);
-        Ok(zone)
+        zone
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -71,6 +109,14 @@ impl Zone {
         let name = container_domain(n);
         self.dns
             .set_a(&name, &[IpAddr::V4(container_addr(n))], TTL_STATIC);
+        name
+    }
+
+    /// `l<n>.learn.bench.test`, answered from now on.
+    pub fn learn_domain(&self, n: usize) -> String {
+        let name = learn_domain(n);
+        self.dns
+            .set_a(&name, &[IpAddr::V4(learn_addr(n))], TTL_STATIC);
         name
     }
 
@@ -113,5 +159,7 @@ mod tests {
         assert_eq!(refresh_domain(7), "r7.refresh.bench.test");
         assert_eq!(refresh_addr(7, 1), Ipv4Addr::new(127, 80, 0, 7));
         assert!(refresh_addr(999, 3).is_loopback());
+        assert_eq!(learn_domain(3), "l3.learn.bench.test");
+        assert_eq!(learn_addr(20_001), Ipv4Addr::new(127, 81, 78, 33));
     }
 }

@@ -71,9 +71,9 @@
 //! - Malformed labels: a rule only takes over the parts of the labels it fully supersedes. The
 //!   errors of `egress.allow` no longer matter if a matching rule has `replace = true` (the
 //!   label's entries are discarded anyway), and those of `egress.mode` (`egress.dns`) no longer
-//!   matter if a matching rule sets `mode` (`dns`). Any other error (an unknown `egress.*` key, whose intent the
-//!   agent cannot know, or an error in a label no rule supersedes) keeps the container
-//!   [`Classification::Invalid`]: all egress denied. This is stricter than ignoring bad labels
+//!   matter if a matching rule sets `mode` (`dns`). Any other error (an unknown `egress.*`
+//!   key, whose intent the agent cannot know, or an error in a label no rule supersedes) keeps
+//!   the container [`Classification::Invalid`]: all egress denied. This is stricter than ignoring bad labels
 //!   and more useful than "a file can never fix a label": the result is exactly what the
 //!   operator wrote, and a container cut off by a typo in its labels can be repaired without
 //!   recreating it. [`PolicyFile::resolve`] returns the superseded errors so they can still be

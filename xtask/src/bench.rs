@@ -2,7 +2,7 @@
 //! agent (the debug build for `--quick`, the release build otherwise), installs the Debian
 //! packages of the tools it compares with if missing, checks the host tools
 //! (`egress-bench --preflight`), makes sure dockerd runs and has the test image when the agent
-//! part is measured (`egress-lab dockerd-up`), then runs `egress-bench` with the same
+//! or DNS part is measured (`egress-lab dockerd-up`), then runs `egress-bench` with the same
 //! arguments. A dockerd this command started is stopped (and its host changes undone) after the
 //! bench, also on Ctrl-C.
 
@@ -19,8 +19,8 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The arguments of `egress-bench` (`--quick`, `--only connect,nft,proxy,agent`, `--rounds
-    /// N`, `--out FILE`; `--help` lists them).
+    /// The arguments of `egress-bench` (`--quick`, `--only connect,nft,proxy,agent,dns`,
+    /// `--rounds N`, `--out FILE`; `--help` lists them).
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -29,8 +29,8 @@ pub struct BenchArgs {
     pub args: Vec<OsString>,
 }
 
-/// What the arguments ask of this command: the agent's build, and whether the agent part
-/// (which needs dockerd) runs.
+/// What the arguments ask of this command: the agent's build, and whether a part that needs
+/// dockerd (agent, dns) runs.
 #[derive(Debug, PartialEq, Eq)]
 struct Plan {
     quick: bool,
@@ -54,7 +54,7 @@ fn plan(args: &[OsString]) -> Plan {
     }
     Plan {
         quick: args.iter().any(|a| a == "--quick"),
-        agent: only.is_empty() || only.contains(&"agent"),
+        agent: only.is_empty() || only.contains(&"agent") || only.contains(&"dns"),
         help: args.iter().any(|a| a == "--help" || a == "-h"),
     }
 }
@@ -164,6 +164,7 @@ mod tests {
         assert!(of(&["--only", "connect", "--only", "agent"]).agent);
         assert!(of(&["--only=proxy,agent", "--quick"]).agent);
         assert!(!of(&["--only=proxy"]).agent);
+        assert!(of(&["--only=dns"]).agent, "the DNS part needs dockerd too");
         assert!(of(&["--help"]).help);
     }
 }

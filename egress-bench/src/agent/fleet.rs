@@ -1,4 +1,5 @@
-//! The bench's containers: busybox (the harness's test image) with `--network none`, the
+//! The bench's containers: busybox (the harness's test image) with `--network none` (the DNS
+//! part's: the default bridge with `--dns` at its gateway, or another container's network), the
 //! agent's attach cgroup as `--cgroup-parent` and this run's label, named and removed through
 //! the harness's [`Containers`]. Also the cleanup of what containers leave: the cgroups runc
 //! mirrors in the v1 hierarchies, and the containers of killed runs.
@@ -70,8 +71,19 @@ impl Fleet {
         c
     }
 
-    /// `docker run` or `create` of a new bench container running `cmd`.
+    /// `docker run` or `create` of a new bench container running `cmd`, `--network none`.
     pub fn command(&mut self, launch: Launch, labels: &Labels, cmd: &[&str]) -> Command {
+        self.command_on(launch, &["--network", "none"], labels, cmd)
+    }
+
+    /// [`command`](Self::command) with these network options (`--network ...`, `--dns ...`).
+    pub fn command_on(
+        &mut self,
+        launch: Launch,
+        network: &[&str],
+        labels: &Labels,
+        cmd: &[&str],
+    ) -> Command {
         let name = self.names.name("c");
         self.made.push(name.clone());
         let mut c = self.docker_cmd();
@@ -81,7 +93,8 @@ impl Fleet {
             Launch::Create => &["create"],
         });
         let parent = self.attach.file_name().unwrap_or_default();
-        c.args(["--name", &name, "--network", "none"])
+        c.args(["--name", &name])
+            .args(network)
             .arg("--cgroup-parent")
             .arg(Path::new("/").join(parent))
             .arg("--label")
@@ -113,12 +126,56 @@ impl Fleet {
 
     fn long_running(&mut self, launch: Launch, labels: &Labels) -> Result<ContainerId> {
         let out = run_ok(
-            &mut self.command(launch, labels, &["sleep", "3600"]),
+            &mut self.command(launch, labels, &SLEEP),
             Duration::from_secs(120),
         )?;
-        let id = out.stdout.trim().to_owned();
-        id.parse()
-            .map_err(|e| anyhow::anyhow!("`docker {launch:?}` printed {id:?}: {e}"))
+        parse_id(launch, &out.stdout)
+    }
+
+    /// Starts a long-running container for each of `labels` with these network options,
+    /// `parallel` `docker run -d` at a time; returns their ids in order.
+    pub fn run_many_on(
+        &mut self,
+        network: &[&str],
+        labels: &[Vec<(String, String)>],
+        parallel: usize,
+    ) -> Result<Vec<ContainerId>> {
+        let mut ids = Vec::with_capacity(labels.len());
+        for chunk in labels.chunks(parallel.max(1)) {
+            let children: Vec<std::process::Child> = chunk
+                .iter()
+                .map(|l| {
+                    self.command_on(Launch::Detached, network, l, &SLEEP)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                })
+                .collect::<std::io::Result<_>>()?;
+            for child in children {
+                let out = child.wait_with_output()?;
+                if !out.status.success() {
+                    anyhow::bail!(
+                        "`docker run -d` failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                ids.push(parse_id(
+                    Launch::Detached,
+                    &String::from_utf8_lossy(&out.stdout),
+                )?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `docker inspect --format FORMAT` of a container.
+    pub fn inspect(&self, id: &ContainerId, format: &str) -> Result<String> {
+        self.docker
+            .try_run(&["inspect", "--format", format, id.as_str()])
+            .map(|s| s.trim().to_owned())
+            .map_err(anyhow::Error::msg)
     }
 
     /// The cgroup v2 directory of `--cgroup-parent`.
@@ -130,6 +187,16 @@ impl Fleet {
     pub fn cgroup_of(&self, id: &ContainerId) -> PathBuf {
         self.attach.join(id.as_str())
     }
+}
+
+/// What a long-running bench container runs.
+const SLEEP: [&str; 2] = ["sleep", "3600"];
+
+/// The container id `docker run -d` or `docker create` printed.
+fn parse_id(launch: Launch, stdout: &str) -> Result<ContainerId> {
+    let id = stdout.trim();
+    id.parse()
+        .map_err(|e| anyhow::anyhow!("`docker {launch:?}` printed {id:?}: {e}"))
 }
 
 impl Drop for Fleet {

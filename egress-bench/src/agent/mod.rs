@@ -17,7 +17,10 @@
 //! 127.77.2.1; the containers run with `--network none` and send nothing. Everything is removed
 //! at the end: containers, agent, pins, cgroups (also those runc made in the v1 hierarchies).
 //! The dockerd is the host's, or the one `cargo xtask bench` started (and stops).
+//!
+//! Part 5, the agent's DNS proxy, is [`dns`]: it shares this part's agent runner and fleet.
 
+pub mod dns;
 mod fleet;
 mod maps;
 mod procfs;
@@ -193,28 +196,55 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// What an agent part stands on: the agent's pin directory and attach cgroup (with the cgroups
+/// runc makes for it in the v1 hierarchies). Dropped after the part's containers and DNS
+/// servers, in field order.
+struct Ground {
+    pins: PinDir,
+    _runc_cgroups: MirroredParents,
+    tree: CgroupTree,
+}
+
+impl Ground {
+    /// Checks that dockerd answers, removes the containers of killed runs, and makes the pin
+    /// directory and attach cgroup named after `tag`; returns the daemon too.
+    fn new(cg2: &Path, tag: &str) -> Result<(Docker, Self)> {
+        let docker = docker();
+        if !docker.ping() {
+            bail!(
+                "dockerd does not answer on {}; `sudo -E cargo xtask bench` starts one if none \
+                 runs",
+                docker.host
+            );
+        }
+        fleet::sweep_killed_runs(&docker);
+        let tree = CgroupTree::create(&format!("bench-{tag}"));
+        let attach = &tree.root.path;
+        let runc = MirroredParents {
+            name: attach
+                .strip_prefix(cg2)
+                .unwrap_or(attach)
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let ground = Self {
+            pins: PinDir::new(&format!("bench-{tag}-agent")),
+            _runc_cgroups: runc,
+            tree,
+        };
+        Ok((docker, ground))
+    }
+
+    fn attach(&self) -> PathBuf {
+        self.tree.root.path.clone()
+    }
+}
+
 pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
     let build = if o.quick { "debug" } else { "release" };
-    let docker = docker();
-    if !docker.ping() {
-        bail!(
-            "dockerd does not answer on {}; `sudo -E cargo xtask bench` starts one if none runs",
-            docker.host
-        );
-    }
-    fleet::sweep_killed_runs(&docker);
-    // Dropped in reverse order: the containers (with `b`), the DNS server, the pins, what runc
-    // made in the v1 hierarchies, the attach cgroup.
-    let tree = CgroupTree::create("bench-docker");
-    let attach = tree.root.path.clone();
-    let _runc_cgroups = MirroredParents {
-        name: attach
-            .strip_prefix(cg2)
-            .unwrap_or(&attach)
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let pins = PinDir::new("bench-agent");
+    // Dropped in reverse order: the containers (with `b`), the DNS server, then `ground`.
+    let (docker, ground) = Ground::new(cg2, "docker")?;
+    let attach = ground.attach();
     let zone = Zone::start(DNS_IP, o.domains)?;
     let dir = bench_dir();
     let policy_file = dir.join("agent-policy.toml");
@@ -231,7 +261,7 @@ pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
     }
     let mut b = Bench {
         dir: &dir,
-        pin: pins.path.clone(),
+        pin: ground.pins.path.clone(),
         attach: attach.clone(),
         fleet: Fleet::new(docker, &attach),
         zone: &zone,
@@ -576,7 +606,7 @@ pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
     thread::sleep(Duration::from_secs(1));
     let (rss_none, _) = memory(a.pid())?;
     b.stop_plain_agent(a)?;
-    let pol_dir = tree.child("policies").path;
+    let pol_dir = ground.tree.child("policies").path;
     let mut policies = Vec::new();
     for n in 0..o.policies {
         let cg = pol_dir.join(format!("p{n:04}"));
@@ -647,8 +677,8 @@ pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
         }),
     );
     drop(b);
-    drop(pins);
-    drop(tree);
+    drop(zone);
+    drop(ground);
 
     let mut md = String::from("| measurement | result |\n|---|---|\n");
     for (k, v) in &rows {
