@@ -265,6 +265,12 @@ async fn find_and_serve(inner: Arc<Inner>, id: ContainerId, source: NetnsSource,
         match discover::find(&source, inner.own_ns) {
             Ok(Some(ns)) => break ns,
             Ok(None) => {}
+            // The process Docker named is gone: the container stopped, and its `die` event
+            // starts the search again.
+            Err(e) if matches!(source, NetnsSource::Pid(_)) => {
+                debug!(container = %id.short(), ?source, "the container's process is gone: {e}");
+                return;
+            }
             Err(e) => {
                 debug!(container = %id.short(), ?source, "network namespace not found yet: {e}")
             }
