@@ -235,7 +235,13 @@ impl Proxied {
     /// not take (past the per-name cap).
     async fn learn(&self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<Vec<IpAddr>, String> {
         let mut st = self.learned.lock().await;
+        // An answer the name holds every address of already only refreshes their expiry: the
+        // allow set stays as written (the common case: a name asked again).
+        let known = addrs
+            .iter()
+            .all(|ip| st.store.names_of(*ip).any(|n| n == name));
         let outcome = st.store.learn(name, addrs, ttl, Instant::now());
+        let refreshed_only = known && outcome.removed.is_empty() && outcome.evicted == 0;
         if outcome.evicted > 0 {
             self.counters
                 .evicted
@@ -244,7 +250,9 @@ impl Proxied {
                 cap = self.cfg.max_ips_per_name,
                 "more addresses for one name than --dns-max-ips-per-name: the oldest are forgotten");
         }
-        self.write_learned(&mut st).await?;
+        if !refreshed_only {
+            self.write_learned(&mut st).await?;
+        }
         Ok(outcome.not_held)
     }
 
