@@ -48,6 +48,8 @@ struct LogLimit {
 struct LearnState {
     store: Store,
     written: BTreeSet<Rule>,
+    /// The store changed since `written` was last written (a write failed or timed out).
+    dirty: bool,
 }
 
 pub struct Proxied {
@@ -95,6 +97,7 @@ impl Proxied {
                     max_names: cfg.max_names,
                 }),
                 written: BTreeSet::new(),
+                dirty: false,
             }),
             log_limit: Mutex::new(LogLimit {
                 window: Instant::now(),
@@ -241,7 +244,8 @@ impl Proxied {
             .iter()
             .all(|ip| st.store.names_of(*ip).any(|n| n == name));
         let outcome = st.store.learn(name, addrs, ttl, Instant::now());
-        let refreshed_only = known && outcome.removed.is_empty() && outcome.evicted == 0;
+        let refreshed_only =
+            known && !st.dirty && outcome.removed.is_empty() && outcome.evicted == 0;
         if outcome.evicted > 0 {
             self.counters
                 .evicted
@@ -280,8 +284,10 @@ impl Proxied {
             })
             .collect();
         if rules == st.written {
+            st.dirty = false;
             return Ok(());
         }
+        st.dirty = true;
         let written = self
             .enforcer
             .set_learned_rules(self.owner, rules.clone())
@@ -291,6 +297,7 @@ impl Proxied {
             return Err("the enforcer does not police the container (yet)".into());
         }
         st.written = rules;
+        st.dirty = false;
         Ok(())
     }
 
