@@ -313,6 +313,23 @@ fn exchange(
     if via == Via::Tcp {
         return exchange_tcp(server, bytes, timeout).map(|b| (b, None));
     }
+    let mut buf = vec![0u8; 4096];
+    if via == Via::ConnectedUdp {
+        // As glibc's resolver does it: `socket`, then `connect`, never `bind` (std's
+        // UdpSocket cannot connect an unbound socket).
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(server),
+            socket2::Type::DGRAM,
+            None,
+        )?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.connect(&server.into())?;
+        let s: UdpSocket = sock.into();
+        s.send(bytes)?;
+        let n = s.recv(&mut buf)?;
+        buf.truncate(n);
+        return Ok((buf, None));
+    }
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
@@ -320,12 +337,7 @@ fn exchange(
     };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
-    let mut buf = vec![0u8; 4096];
-    let (n, from) = if via == Via::ConnectedUdp {
-        s.connect(server)?;
-        s.send(bytes)?;
-        (s.recv(&mut buf)?, None)
-    } else {
+    let (n, from) = {
         s.send_to(bytes, server)?;
         let (n, from) = s.recv_from(&mut buf)?;
         (n, Some(from))

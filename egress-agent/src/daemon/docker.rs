@@ -102,9 +102,14 @@ pub async fn follow(
     let host_resolvers = std::fs::read_to_string(host::get().resolv_conf())
         .map(|t| resolvers::parse_resolv_conf(&t))
         .unwrap_or_default();
-    let dns = DnsService::start(config.dns.clone(), handle.clone(), &config.pin_dir)
-        .await
-        .context("starting the DNS proxy")?;
+    let dns = DnsService::start(
+        config.dns.clone(),
+        handle.clone(),
+        &config.pin_dir,
+        index.clone(),
+    )
+    .await
+    .context("starting the DNS proxy")?;
     let reconciler = Reconciler::new(
         ReconcileConfig {
             caps: config.caps,

@@ -31,7 +31,7 @@ use super::{
     peers::Peers,
     upstream::Upstream,
 };
-use crate::{enforcer::Owner, owner::EnforcerHandle};
+use crate::{enforcer::Owner, owner::EnforcerHandle, reconcile::index::SharedIndex};
 
 /// Most refused-question lines logged per container per [`LOG_WINDOW`]; the rest are counted
 /// and summed up in one line.
@@ -68,6 +68,8 @@ pub struct Proxied {
     cfg: Arc<DnsConfig>,
     counters: Arc<Counters>,
     enforcer: EnforcerHandle,
+    /// Where the denial log finds the names a learned address was asked as.
+    index: SharedIndex,
 }
 
 impl Proxied {
@@ -82,6 +84,7 @@ impl Proxied {
         cfg: Arc<DnsConfig>,
         counters: Arc<Counters>,
         enforcer: EnforcerHandle,
+        index: SharedIndex,
     ) -> Self {
         Self {
             owner,
@@ -109,6 +112,7 @@ impl Proxied {
             cfg,
             counters,
             enforcer,
+            index,
         }
     }
 
@@ -298,6 +302,14 @@ impl Proxied {
         }
         st.written = rules;
         st.dirty = false;
+        if let Owner::Container(id) = self.owner {
+            let store = &st.store;
+            let names = store
+                .addrs()
+                .map(|ip| (ip, store.names_of(ip).map(str::to_owned).collect()))
+                .collect();
+            self.index.set_learned(id, names);
+        }
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use super::{
     serve, sockets,
     upstream::Upstream,
 };
-use crate::{enforcer::Owner, owner::EnforcerHandle};
+use crate::{enforcer::Owner, owner::EnforcerHandle, reconcile::index::SharedIndex};
 
 /// How often a container being made is looked for, at first, and later.
 const POLL_FAST: Duration = Duration::from_millis(2);
@@ -90,6 +90,7 @@ struct Entry {
 }
 
 struct Inner {
+    index: SharedIndex,
     peers: Arc<Peers>,
     cfg: Arc<DnsConfig>,
     counters: Arc<Counters>,
@@ -114,6 +115,7 @@ impl DnsService {
         cfg: DnsConfig,
         enforcer: EnforcerHandle,
         pin_dir: &std::path::Path,
+        index: SharedIndex,
     ) -> anyhow::Result<Self> {
         let own_ns = Netns::current()
             .map_err(|e| anyhow::anyhow!("reading the agent's network namespace: {e}"))?
@@ -126,6 +128,7 @@ impl DnsService {
             .map(|(owner, r)| (owner, r.port))
             .collect();
         let inner = Arc::new(Inner {
+            index,
             peers: Arc::new(Peers::open(pin_dir)),
             cfg: Arc::new(cfg),
             counters: Arc::default(),
@@ -335,6 +338,7 @@ async fn serve_in(
             inner.cfg.clone(),
             inner.counters.clone(),
             inner.enforcer.clone(),
+            inner.index.clone(),
         ));
         (proxied, entry.target.name.clone())
     };

@@ -111,7 +111,7 @@ pub(super) async fn run<O: PolicyOwners>(
             }
         }
         let meta = container.and_then(|c| index.meta(&c)).unwrap_or_default();
-        let domains = index.domains_of(&ev.addr).join(",");
+        let domains = index.domains_of(container.as_ref(), &ev.addr).join(",");
         let id = container.map(|c| c.short().to_owned()).unwrap_or_default();
         match ev.verdict {
             Verdict::Denied => log_egress!(warn, "egress denied", ev, meta, id, domains, meta.mode),

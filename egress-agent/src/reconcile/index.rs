@@ -26,6 +26,8 @@ pub struct Index {
     meta: HashMap<ContainerId, ContainerMeta>,
     /// IP -> the allowed domains (of any container) it was resolved from.
     domains: HashMap<IpAddr, BTreeSet<String>>,
+    /// Per container, IP -> the names the DNS proxy learned it under from its answers.
+    learned: HashMap<ContainerId, HashMap<IpAddr, BTreeSet<String>>>,
 }
 
 /// The index, shared between the reconciler (writer) and the logger (reader).
@@ -58,9 +60,20 @@ impl SharedIndex {
         self.write().domains = domains;
     }
 
+    /// Replaces what the DNS proxy learned for container `id` (IP -> names).
+    pub fn set_learned(&self, id: ContainerId, learned: HashMap<IpAddr, BTreeSet<String>>) {
+        let mut w = self.write();
+        if learned.is_empty() {
+            w.learned.remove(&id);
+        } else {
+            w.learned.insert(id, learned);
+        }
+    }
+
     pub fn remove_container(&self, id: &ContainerId) {
         let mut w = self.write();
         w.meta.remove(id);
+        w.learned.remove(id);
         w.by_cgroup.retain(|_, c| c != id);
     }
 
@@ -76,12 +89,20 @@ impl SharedIndex {
         self.read().meta.get(id).cloned()
     }
 
-    /// The allowed domains `ip` was resolved from (empty if none).
-    pub fn domains_of(&self, ip: &IpAddr) -> Vec<String> {
-        self.read()
+    /// The allowed domains `ip` was resolved from, and the names `container` learned it under
+    /// (empty if none).
+    pub fn domains_of(&self, container: Option<&ContainerId>, ip: &IpAddr) -> Vec<String> {
+        let r = self.read();
+        let learned = container
+            .and_then(|c| r.learned.get(c))
+            .and_then(|m| m.get(ip));
+        let names: BTreeSet<&String> = r
             .domains
             .get(ip)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+            .into_iter()
+            .chain(learned)
+            .flatten()
+            .collect();
+        names.into_iter().cloned().collect()
     }
 }
