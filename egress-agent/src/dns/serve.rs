@@ -43,10 +43,30 @@ pub fn spawn(
     }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<Counters>) {
-    let mut buf = vec![0u8; MAX_UDP];
+/// The next datagram on `socket`, at most `max` bytes, in a buffer of its own: a socket that
+/// waits holds no buffer (a thousand idle containers' listeners would otherwise hold megabytes).
+pub(super) async fn recv_datagram(
+    socket: &UdpSocket,
+    max: usize,
+) -> std::io::Result<(Vec<u8>, SocketAddr)> {
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
+        socket.readable().await?;
+        let mut buf = vec![0u8; max];
+        match socket.try_recv_from(&mut buf) {
+            Ok((n, from)) => {
+                buf.truncate(n);
+                buf.shrink_to_fit();
+                return Ok((buf, from));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<Counters>) {
+    loop {
+        let (question, from) = match recv_datagram(&socket, MAX_UDP).await {
             Ok(r) => r,
             Err(e) => {
                 debug!(container = %proxied.name, "DNS proxy UDP receive: {e}");
@@ -57,7 +77,6 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<
             bump(&counters.dropped_busy);
             continue;
         };
-        let question = buf[..n].to_vec();
         let socket = socket.clone();
         let proxied = proxied.clone();
         tokio::spawn(async move {

@@ -104,12 +104,11 @@ impl UdpMux {
 }
 
 async fn read_answers(socket: Arc<UdpSocket>, waiters: Waiters) {
-    let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+        let Ok((answer, from)) = super::serve::recv_datagram(&socket, MAX_MESSAGE).await else {
             continue;
         };
-        let Some(id) = egress_dns::answer::id_of(&buf[..n]) else {
+        let Some(id) = egress_dns::answer::id_of(&answer) else {
             continue;
         };
         let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,7 +116,7 @@ async fn read_answers(socket: Arc<UdpSocket>, waiters: Waiters) {
         if w.get(&id).is_some_and(|(server, _)| *server == from)
             && let Some((_, tx)) = w.remove(&id)
         {
-            let _ = tx.send(buf[..n].to_vec());
+            let _ = tx.send(answer);
         }
     }
 }
