@@ -66,6 +66,9 @@ impl PrivateDockerd {
             .append(true)
             .open(self.dir.join("dockerd.log"))
             .expect("dockerd.log");
+        // A dockerd started with `--bridge none` deletes the host's `docker0` (moby's
+        // removeDefaultBridgeInterface), which the host's own dockerd and later tests need.
+        let docker0 = docker0_addrs();
         let d = &self.dir;
         let child = Command::new(dockerd)
             .arg("--host")
@@ -95,6 +98,9 @@ impl PrivateDockerd {
         let child = self.child.insert(child);
         if let Err(e) = wait_answering(&sock, child, START_TIMEOUT) {
             panic!("the private dockerd {e:#}: {}", self.log_tail());
+        }
+        if let Some(addrs) = &docker0 {
+            restore_docker0(addrs);
         }
     }
 
@@ -180,4 +186,47 @@ impl Drop for PrivateDockerd {
         }
         reap_for(Duration::from_millis(500));
     }
+}
+
+/// The IPv4 addresses of the host's `docker0` (`a.b.c.d/len`), None if there is none.
+fn docker0_addrs() -> Option<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "dev", "docker0"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|t| *t == "inet")?;
+                w.next().map(str::to_owned)
+            })
+            .collect(),
+    )
+}
+
+/// Makes `docker0` again, with `addrs`, if the private dockerd deleted it (the host's dockerd
+/// finds its default bridge by name, so it works on as before).
+fn restore_docker0(addrs: &[String]) {
+    let exists = Command::new("ip")
+        .args(["link", "show", "dev", "docker0"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if exists {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "restoring docker0: ip {args:?} failed");
+    };
+    ip(&["link", "add", "docker0", "type", "bridge"]);
+    for a in addrs {
+        ip(&["addr", "add", a, "dev", "docker0"]);
+    }
+    ip(&["link", "set", "docker0", "up"]);
 }
