@@ -518,6 +518,7 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
         zone: &agent_zone,
         policy_file,
         serial: 0,
+        dns_mode: None,
     };
     // The server the containers ask: port 53 of an unlabelled container of the bench's (its
     // sockets bound in that container's network namespace, served from here).

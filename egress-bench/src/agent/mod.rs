@@ -140,6 +140,8 @@ struct Bench<'a> {
     zone: &'a Zone,
     policy_file: PathBuf,
     serial: usize,
+    /// `--dns-mode` of the agents it starts (None: the agent's default, `learn`).
+    dns_mode: Option<&'static str>,
 }
 
 impl Bench<'_> {
@@ -152,6 +154,7 @@ impl Bench<'_> {
             grace: 0,
             policy_file: Some(self.policy_file.clone()),
             attach_cgroup: Some(self.attach.clone()),
+            dns_mode: self.dns_mode,
             ..AgentOpts::default()
         };
         Ok((Agent::start_docker(&self.pin, self.zone.addr(), &opts), log))
@@ -267,6 +270,9 @@ pub fn run(cg2: &Path, o: &Opts) -> Result<Section> {
         zone: &zone,
         policy_file,
         serial: 0,
+        // This part measures the agent's own resolution of the allowed names (and their
+        // refresh): the `resolve` mode.
+        dns_mode: Some("resolve"),
     };
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut targets = Vec::new();
