@@ -156,7 +156,7 @@ impl DnsService {
                 let (servers, _) = watch::channel(target.servers.clone());
                 let generation = self.inner.next_generation();
                 let finder = tokio::spawn(find_and_serve(
-                    self.inner.clone(),
+                    Arc::downgrade(&self.inner),
                     id,
                     target.netns.clone(),
                     generation,
@@ -252,7 +252,7 @@ impl Inner {
         }
         entry.generation = self.next_generation();
         let finder = tokio::spawn(find_and_serve(
-            self.clone(),
+            Arc::downgrade(self),
             id,
             entry.target.netns.clone(),
             entry.generation,
@@ -262,11 +262,20 @@ impl Inner {
 }
 
 /// Looks for the namespace of `id` until found, then serves it.
-async fn find_and_serve(inner: Arc<Inner>, id: ContainerId, source: NetnsSource, generation: u64) {
+/// Looks for the namespace of `id` until found, then serves it. Holds the service only
+/// weakly while it looks: a container that never starts must not keep the service (and the
+/// enforcer's handle in it) alive when the agent stops.
+async fn find_and_serve(
+    weak: std::sync::Weak<Inner>,
+    id: ContainerId,
+    source: NetnsSource,
+    generation: u64,
+) {
     let started = Instant::now();
-    let ns = loop {
+    let (inner, ns) = loop {
+        let Some(inner) = weak.upgrade() else { return };
         match discover::find(&source, inner.own_ns) {
-            Ok(Some(ns)) => break ns,
+            Ok(Some(ns)) => break (inner, ns),
             Ok(None) => {}
             // The process Docker named is gone: the container stopped, and its `die` event
             // starts the search again.
@@ -278,6 +287,7 @@ async fn find_and_serve(inner: Arc<Inner>, id: ContainerId, source: NetnsSource,
                 debug!(container = %id.short(), ?source, "network namespace not found yet: {e}")
             }
         }
+        drop(inner);
         let wait = if started.elapsed() < FAST_FOR {
             POLL_FAST
         } else {
