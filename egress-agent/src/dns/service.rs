@@ -143,10 +143,6 @@ impl DnsService {
         Ok(Self { inner })
     }
 
-    pub fn counters(&self) -> Snapshot {
-        self.inner.counters.snapshot()
-    }
-
     /// A policed container, new or changed.
     pub fn upsert(&self, target: DnsTarget) {
         let mut entries = self.inner.lock();
