@@ -13,13 +13,14 @@
 //! - An address held under several names stays until the last of them lets it go.
 //!   [`Store::expire`] returns the addresses that left the store entirely, as
 //!   [`Learned::removed`] does for those a cap pushed out.
+//! - Every policed container has a store, so it is kept small: each name owns its addresses
+//!   and only a count of holders is kept per address (no copy by address or by expiry).
 //!
 //! Time is a [`std::time::Instant`] the caller passes in; the store never reads a clock.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::IpAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -71,14 +72,19 @@ pub struct Counters {
 }
 
 /// One owner's learned addresses.
+///
+/// Kept small, since every policed container has one: each name owns its addresses (no
+/// second copy by address or by expiry). How many names hold each address is counted
+/// (`holders`), so learning and letting go stay O(1) per address; the expiry sweep walks
+/// the entries, and only when the earliest expiry ([`Store::next_expiry`]) has passed.
 #[derive(Debug)]
 pub struct Store {
     limits: Limits,
-    names: HashMap<Arc<str>, NameEntry>,
-    /// Each held address and the names holding it.
-    holders: HashMap<IpAddr, Vec<Arc<str>>>,
-    /// Every (name, address) entry by expiry.
-    expiries: BTreeSet<(Instant, Arc<str>, IpAddr)>,
+    names: HashMap<Box<str>, NameEntry>,
+    /// Each held address and how many names hold it.
+    holders: HashMap<IpAddr, u32>,
+    /// The earliest expiry of any entry.
+    soonest: Option<Instant>,
     /// Orders names by their last learn (for the cap on names).
     clock: u64,
     counters: Counters,
@@ -108,7 +114,7 @@ impl Store {
             },
             names: HashMap::new(),
             holders: HashMap::new(),
-            expiries: BTreeSet::new(),
+            soonest: None,
             clock: 0,
             counters: Counters::default(),
         }
@@ -139,14 +145,72 @@ impl Store {
         let expires = now
             .checked_add(Duration::from_secs(u64::from(ttl.min(MAX_TTL))) + self.limits.grace)
             .unwrap_or(now);
-        let name = self.entry_for(name, &mut learned);
+        if !self.names.contains_key(name) {
+            if self.names.len() >= self.limits.max_names {
+                self.evict_oldest_name(&mut learned);
+            }
+            self.names.insert(
+                name.into(),
+                NameEntry {
+                    held: Vec::new(),
+                    last_learned: 0,
+                },
+            );
+        }
         self.clock += 1;
         let clock = self.clock;
-        if let Some(entry) = self.names.get_mut(&name) {
-            entry.last_learned = clock;
-        }
+        let Some(entry) = self.names.get_mut(name) else {
+            return learned;
+        };
+        entry.last_learned = clock;
+        let mut pushed_out = Vec::new();
+        let mut new_addrs = Vec::new();
+        // An entry that was the earliest to expire moved or left: the earliest is looked for
+        // again.
+        let mut soonest_moved = false;
+        // The earliest expiry among the entries this answer holds (a refreshed entry keeps
+        // the later of its two).
+        let mut held_until = None::<Instant>;
         for addr in unique {
-            self.hold(&name, addr, expires, &mut learned);
+            if let Some(i) = entry.held.iter().position(|h| h.addr == addr) {
+                let old = entry.held.remove(i);
+                soonest_moved |= Some(old.expires) == self.soonest && old.expires < expires;
+                let kept = old.expires.max(expires);
+                held_until = Some(held_until.map_or(kept, |t| t.min(kept)));
+                entry.held.push(Held {
+                    addr,
+                    expires: kept,
+                });
+                continue;
+            }
+            held_until = Some(held_until.map_or(expires, |t| t.min(expires)));
+            if entry.held.len() >= cap {
+                let old = entry.held.remove(0);
+                soonest_moved |= Some(old.expires) == self.soonest;
+                pushed_out.push(old.addr);
+            }
+            entry.held.push(Held { addr, expires });
+            new_addrs.push(addr);
+        }
+        entry.held.shrink_to_fit();
+        self.soonest = match (soonest_moved, self.soonest, held_until) {
+            (true, _, _) => self.earliest(),
+            (false, Some(s), Some(h)) => Some(s.min(h)),
+            (false, s, h) => s.or(h),
+        };
+        for addr in new_addrs {
+            let n = self.holders.entry(addr).or_insert(0);
+            if *n == 0 {
+                learned.added.push(addr);
+            }
+            *n += 1;
+        }
+        for addr in pushed_out {
+            self.counters.addrs_evicted += 1;
+            learned.evicted += 1;
+            if self.release(addr) {
+                learned.removed.push(addr);
+            }
         }
         learned
     }
@@ -154,19 +218,26 @@ impl Store {
     /// Lets go of every entry expired at `now`; returns the addresses that left the store
     /// entirely (no name holds them any more).
     pub fn expire(&mut self, now: Instant) -> Vec<IpAddr> {
-        let mut gone = Vec::new();
-        while let Some((expires, name, addr)) = self.expiries.first().cloned() {
-            if expires > now {
-                break;
-            }
-            self.expiries.pop_first();
-            if let Some(entry) = self.names.get_mut(&name) {
-                entry.held.retain(|h| h.addr != addr);
-                if entry.held.is_empty() {
-                    self.names.remove(&name);
+        if self.soonest.is_none_or(|s| s > now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut soonest: Option<Instant> = None;
+        self.names.retain(|_, entry| {
+            entry.held.retain(|h| {
+                if h.expires <= now {
+                    expired.push(h.addr);
+                    return false;
                 }
-            }
-            if self.release(&name, addr) {
+                soonest = Some(soonest.map_or(h.expires, |s| s.min(h.expires)));
+                true
+            });
+            !entry.held.is_empty()
+        });
+        self.soonest = soonest;
+        let mut gone = Vec::new();
+        for addr in expired {
+            if self.release(addr) {
                 gone.push(addr);
             }
         }
@@ -175,7 +246,7 @@ impl Store {
 
     /// When the next entry expires, if any is held.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.expiries.first().map(|(expires, _, _)| *expires)
+        self.soonest
     }
 
     /// Every address held (under any name), each once, in no particular order.
@@ -190,11 +261,25 @@ impl Store {
 
     /// The names holding `addr`.
     pub fn names_of(&self, addr: IpAddr) -> impl Iterator<Item = &str> + '_ {
-        self.holders
-            .get(&addr)
-            .into_iter()
-            .flatten()
-            .map(|name| &**name)
+        let held = self.holds(addr);
+        self.names
+            .iter()
+            .filter(move |(_, entry)| held && entry.held.iter().any(|h| h.addr == addr))
+            .map(|(name, _)| &**name)
+    }
+
+    /// Whether `name` holds every one of `addrs`.
+    pub fn name_holds_all(&self, name: &str, addrs: &[IpAddr]) -> bool {
+        self.names
+            .get(name)
+            .is_some_and(|e| addrs.iter().all(|a| e.held.iter().any(|h| h.addr == *a)))
+    }
+
+    /// Each name and the addresses it holds, oldest learned first.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = IpAddr> + '_)> + '_ {
+        self.names
+            .iter()
+            .map(|(name, entry)| (&**name, entry.held.iter().map(|h| h.addr)))
     }
 
     /// The addresses `name` holds and when each expires, oldest learned first.
@@ -223,23 +308,11 @@ impl Store {
         self.counters
     }
 
-    /// The store's key for `name`, making room (the cap on names) when it is new.
-    fn entry_for(&mut self, name: &str, learned: &mut Learned) -> Arc<str> {
-        if let Some((key, _)) = self.names.get_key_value(name) {
-            return key.clone();
-        }
-        if self.names.len() >= self.limits.max_names {
-            self.evict_oldest_name(learned);
-        }
-        let key: Arc<str> = name.into();
-        self.names.insert(
-            key.clone(),
-            NameEntry {
-                held: Vec::new(),
-                last_learned: 0,
-            },
-        );
-        key
+    fn earliest(&self) -> Option<Instant> {
+        self.names
+            .values()
+            .flat_map(|e| e.held.iter().map(|h| h.expires))
+            .min()
     }
 
     fn evict_oldest_name(&mut self, learned: &mut Learned) {
@@ -257,63 +330,36 @@ impl Store {
         self.counters.names_evicted += 1;
         learned.evicted += entry.held.len();
         for held in entry.held {
-            self.expiries
-                .remove(&(held.expires, oldest.clone(), held.addr));
-            if self.release(&oldest, held.addr) {
+            if self.release(held.addr) {
                 learned.removed.push(held.addr);
             }
         }
+        self.soonest = self.earliest();
     }
 
-    /// Holds (or refreshes) `addr` under `name` until `expires`.
-    fn hold(&mut self, name: &Arc<str>, addr: IpAddr, expires: Instant, learned: &mut Learned) {
-        let cap = self.limits.max_addrs_per_name;
-        let Some(entry) = self.names.get_mut(name) else {
-            return;
-        };
-        if let Some(i) = entry.held.iter().position(|h| h.addr == addr) {
-            let old = entry.held.remove(i);
-            let expires = old.expires.max(expires);
-            entry.held.push(Held { addr, expires });
-            self.expiries.remove(&(old.expires, name.clone(), addr));
-            self.expiries.insert((expires, name.clone(), addr));
-            return;
-        }
-        let pushed_out = (entry.held.len() >= cap).then(|| entry.held.remove(0));
-        entry.held.push(Held { addr, expires });
-        self.expiries.insert((expires, name.clone(), addr));
-        let holders = self.holders.entry(addr).or_default();
-        if holders.is_empty() {
-            learned.added.push(addr);
-        }
-        holders.push(name.clone());
-        if let Some(old) = pushed_out {
-            self.counters.addrs_evicted += 1;
-            learned.evicted += 1;
-            self.expiries.remove(&(old.expires, name.clone(), old.addr));
-            if self.release(name, old.addr) {
-                learned.removed.push(old.addr);
-            }
-        }
-    }
-
-    /// Drops `name` from `addr`'s holders; true when no name holds `addr` any more.
-    fn release(&mut self, name: &str, addr: IpAddr) -> bool {
-        let Some(holders) = self.holders.get_mut(&addr) else {
+    /// One name fewer holds `addr`; true when no name holds it any more.
+    fn release(&mut self, addr: IpAddr) -> bool {
+        let Some(n) = self.holders.get_mut(&addr) else {
             return false;
         };
-        holders.retain(|n| &**n != name);
-        if holders.is_empty() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
             self.holders.remove(&addr);
             return true;
         }
         false
     }
+
+    /// Every entry's expiry, for the tests' bound checks.
+    #[cfg(test)]
+    fn entry_count(&self) -> usize {
+        self.names.values().map(|e| e.held.len()).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::{collections::BTreeSet, net::Ipv4Addr};
 
     use super::*;
 
@@ -454,11 +500,62 @@ mod tests {
             s.learn(&name, &addrs, i % 13, t0 + secs(u64::from(i)));
             assert!(s.name_count() <= 4);
             assert!(s.addr_count() <= 12);
-            assert!(s.expiries.len() <= 12);
+            assert!(s.entry_count() <= 12);
             assert!(s.names.values().all(|e| e.held.len() <= 3));
         }
         s.expire(t0 + secs(10_000));
-        assert!(s.is_empty() && s.holders.is_empty() && s.expiries.is_empty());
+        assert!(s.is_empty() && s.holders.is_empty() && s.next_expiry().is_none());
+    }
+
+    /// Random learns and expiries against the invariants: the count of holders is the number
+    /// of names holding each address, the next expiry is the earliest entry's, and what
+    /// `learn` and `expire` report as added, removed and gone matches the store before and
+    /// after.
+    #[test]
+    fn random_operations_keep_the_indexes_exact() {
+        let t0 = Instant::now();
+        let mut s = store(2, 3, 5);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        for step in 0..5_000u64 {
+            let now = t0 + secs(step / 4);
+            let before: BTreeSet<IpAddr> = s.addrs().collect();
+            if next(5) == 0 {
+                let gone: BTreeSet<IpAddr> = s.expire(now).into_iter().collect();
+                let after: BTreeSet<IpAddr> = s.addrs().collect();
+                assert_eq!(gone, &before - &after, "step {step}");
+            } else {
+                let name = format!("n{}.test", next(8));
+                let addrs: Vec<IpAddr> = (0..1 + next(4)).map(|_| ip(next(12) as u8)).collect();
+                let ttl = next(6) as u32;
+                let l = s.learn(&name, &addrs, ttl, now);
+                let after: BTreeSet<IpAddr> = s.addrs().collect();
+                let added: BTreeSet<IpAddr> = l.added.iter().copied().collect();
+                let removed: BTreeSet<IpAddr> = l.removed.iter().copied().collect();
+                // An address may leave with an evicted name and come back with this one.
+                assert_eq!(after, &(&before - &removed) | &added, "step {step}");
+                assert!((&added & &before).is_subset(&removed), "step {step}");
+                assert!((&removed & &after).is_subset(&added), "step {step}");
+            }
+            for (addr, n) in &s.holders {
+                let holding = s
+                    .names
+                    .values()
+                    .filter(|e| e.held.iter().any(|h| h.addr == *addr));
+                assert_eq!(holding.count() as u32, *n, "step {step}");
+            }
+            let in_entries: BTreeSet<IpAddr> = s
+                .names
+                .values()
+                .flat_map(|e| e.held.iter().map(|h| h.addr))
+                .collect();
+            assert_eq!(in_entries, s.addrs().collect(), "step {step}");
+            assert_eq!(s.next_expiry(), s.earliest(), "step {step}");
+            assert!(s.name_count() <= 5 && s.names.values().all(|e| e.held.len() <= 3));
+        }
     }
 
     #[test]

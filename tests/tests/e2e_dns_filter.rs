@@ -7,7 +7,7 @@
 //! Wildcards, one case per rule: `*.x` matches one label, not two, not the apex; `**.x`
 //! matches any depth, not the apex.
 //!
-//! Labs (`egress_tests::e2e::Lab`): networks 82, 83 and 84; the names are marker names under
+//! Labs (`egress_tests::e2e::Lab`): networks 82, 83, 84 and 94; the names are marker names under
 //! `leak.test` that no table holds. Needs root, a dockerd and the test image:
 //! `cargo xtask test --with-docker -- e2e_dns_filter`.
 
@@ -155,4 +155,34 @@ fn wildcards_match_one_label_or_any_depth_never_the_apex() {
             assert_stopped(&r, "NXDomain", name, &[&lab.dns], rule);
         }
     }
+}
+
+/// A denial of an address the container learned from its own answer names the name it was
+/// learned under (read from the proxy's store, the only copy): `a.learned.test` is allowed on
+/// port 8080 only, its address is learned, and a connect to its port 8081 is denied with
+/// `domain = a.learned.test` in the line. A name the proxy never answered stays unnamed.
+#[test]
+fn a_denial_names_the_learned_name_of_its_address() {
+    let mut lab = Lab::new("dns-denial-name", 94);
+    let t = lab.start_target("t", 10);
+    let ip = t.ip.unwrap();
+    lab.dns.set_a("a.learned.test", &[ip], 60);
+    lab.start_agent(&AgentOpts::default());
+    let c = lab.dns_client("client", &[(ALLOW, "a.learned.test:8080")]);
+    let (reports, text) = lab.probe(&c.name, &["dns-connect", "a.learned.test", "8080"]);
+    assert!(reports.iter().all(|r| r.ok), "port 8080 is allowed: {text}");
+    let (reports, text) = lab.probe(&c.name, &["dns-connect", "a.learned.test", "8081"]);
+    assert!(
+        reports.iter().all(|r| r.denied()),
+        "port 8081 is not allowed: {text}"
+    );
+    let line = lab.agent().wait_for(
+        "denying the connect to port 8081",
+        std::time::Duration::from_secs(15),
+        |f| f["message"] == "egress denied" && f["port"] == 8081,
+    );
+    assert_eq!(
+        line["domain"], "a.learned.test",
+        "the denial names the learned name: {line}"
+    );
 }

@@ -30,7 +30,7 @@ use crate::{
     observe::Observer,
     owner::{self, EnforcerHandle},
     reconcile::index::SharedIndex,
-    sys::mounts,
+    sys::{memory, mounts},
 };
 
 /// Runs the daemon with `config` until `shutdown` completes; enforcement stays pinned after it
@@ -51,6 +51,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         warn!(reason = %why, "replaced an incompatible pinned state");
     }
     let (handle, task) = owner::spawn(enforcer);
+    // The programs are loaded: their BTF's few MiB are free now.
+    let trimmer = memory::spawn_trimmer();
     let docker_host = watch::docker_host();
     let use_docker = docker::follows(config.docker, &docker_host);
     docker::prepare(&handle, use_docker, config.unclassified).await?;
@@ -98,6 +100,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => docker::without_docker(&handle, &ready, &mut shutdown).await,
     }
     reloads.abort();
+    trimmer.abort();
     stop(handle, task, observer).await;
     Ok(())
 }

@@ -31,7 +31,7 @@ use super::{
     peers::Peers,
     upstream::Upstream,
 };
-use crate::{enforcer::Owner, owner::EnforcerHandle, reconcile::index::SharedIndex};
+use crate::{enforcer::Owner, owner::EnforcerHandle, reconcile::index::LearnedNames};
 
 /// Most refused-question lines logged per container per [`LOG_WINDOW`]; the rest are counted
 /// and summed up in one line.
@@ -44,11 +44,9 @@ struct LogLimit {
     suppressed: u64,
 }
 
-/// What the container learned and what of it is written.
-struct LearnState {
-    store: Store,
-    written: BTreeSet<Rule>,
-    /// The store changed since `written` was last written (a write failed or timed out).
+/// Whether the store changed since the allow set was last written (a write failed or timed
+/// out). Its lock makes writes of the allow set one at a time.
+struct Writes {
     dirty: bool,
 }
 
@@ -60,7 +58,9 @@ pub struct Proxied {
     servers: watch::Receiver<Option<Vec<SocketAddr>>>,
     peers: Arc<Peers>,
     upstream: Upstream,
-    learned: tokio::sync::Mutex<LearnState>,
+    /// What the container learned: the one copy (the denial log reads it too).
+    store: Mutex<Store>,
+    writes: tokio::sync::Mutex<Writes>,
     log_limit: Mutex<LogLimit>,
     /// Questions in flight (UDP) or connections open (TCP).
     pub in_flight: Arc<Semaphore>,
@@ -68,8 +68,6 @@ pub struct Proxied {
     cfg: Arc<DnsConfig>,
     counters: Arc<Counters>,
     enforcer: EnforcerHandle,
-    /// Where the denial log finds the names a learned address was asked as.
-    index: SharedIndex,
 }
 
 impl Proxied {
@@ -84,7 +82,6 @@ impl Proxied {
         cfg: Arc<DnsConfig>,
         counters: Arc<Counters>,
         enforcer: EnforcerHandle,
-        index: SharedIndex,
     ) -> Self {
         Self {
             owner,
@@ -93,15 +90,12 @@ impl Proxied {
             servers,
             peers,
             upstream,
-            learned: tokio::sync::Mutex::new(LearnState {
-                store: Store::new(Limits {
-                    grace: cfg.grace,
-                    max_addrs_per_name: cfg.max_ips_per_name,
-                    max_names: cfg.max_names,
-                }),
-                written: BTreeSet::new(),
-                dirty: false,
-            }),
+            store: Mutex::new(Store::new(Limits {
+                grace: cfg.grace,
+                max_addrs_per_name: cfg.max_ips_per_name,
+                max_names: cfg.max_names,
+            })),
+            writes: tokio::sync::Mutex::new(Writes { dirty: false }),
             log_limit: Mutex::new(LogLimit {
                 window: Instant::now(),
                 logged: 0,
@@ -112,8 +106,11 @@ impl Proxied {
             cfg,
             counters,
             enforcer,
-            index,
         }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn policy(&self) -> Arc<DnsPolicy> {
@@ -127,8 +124,8 @@ impl Proxied {
     /// lose their addresses).
     pub async fn set_policy(&self, policy: DnsPolicy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        let mut st = self.learned.lock().await;
-        if let Err(e) = self.write_learned(&mut st).await {
+        let mut writes = self.writes.lock().await;
+        if let Err(e) = self.write_learned(&mut writes).await {
             error!(container = %self.name, "rewriting learned addresses after a policy change: {e}");
         }
     }
@@ -241,15 +238,16 @@ impl Proxied {
     /// Learns `addrs` for `name` and writes the allow set; returns the addresses the store did
     /// not take (past the per-name cap).
     async fn learn(&self, name: &str, addrs: &[IpAddr], ttl: u32) -> Result<Vec<IpAddr>, String> {
-        let mut st = self.learned.lock().await;
-        // An answer the name holds every address of already only refreshes their expiry: the
-        // allow set stays as written (the common case: a name asked again).
-        let known = addrs
-            .iter()
-            .all(|ip| st.store.names_of(*ip).any(|n| n == name));
-        let outcome = st.store.learn(name, addrs, ttl, Instant::now());
+        let mut writes = self.writes.lock().await;
+        let (known, outcome) = {
+            let mut store = self.store();
+            // An answer the name holds every address of already only refreshes their expiry:
+            // the allow set stays as written (the common case: a name asked again).
+            let known = store.name_holds_all(name, addrs);
+            (known, store.learn(name, addrs, ttl, Instant::now()))
+        };
         let refreshed_only =
-            known && !st.dirty && outcome.removed.is_empty() && outcome.evicted == 0;
+            known && !writes.dirty && outcome.removed.is_empty() && outcome.evicted == 0;
         if outcome.evicted > 0 {
             self.counters
                 .evicted
@@ -259,57 +257,42 @@ impl Proxied {
                 "more addresses for one name than --dns-max-ips-per-name: the oldest are forgotten");
         }
         if !refreshed_only {
-            self.write_learned(&mut st).await?;
+            self.write_learned(&mut writes).await?;
         }
         Ok(outcome.not_held)
     }
 
     /// Forgets what expired; rewrites the allow set if that changed it.
     pub async fn expire(&self, now: Instant) {
-        let mut st = self.learned.lock().await;
-        if st.store.expire(now).is_empty() {
+        self.upstream
+            .close_idle(tokio::time::Instant::from_std(now));
+        let mut writes = self.writes.lock().await;
+        if self.store().expire(now).is_empty() {
             return;
         }
-        if let Err(e) = self.write_learned(&mut st).await {
+        if let Err(e) = self.write_learned(&mut writes).await {
             error!(container = %self.name, "removing expired learned addresses: {e}");
         }
     }
 
-    async fn write_learned(&self, st: &mut LearnState) -> Result<(), String> {
+    /// Writes the allow set from the store (the enforcer writes only what changed).
+    async fn write_learned(&self, writes: &mut Writes) -> Result<(), String> {
         let policy = self.policy();
-        let store = &st.store;
-        let rules: BTreeSet<Rule> = store
-            .addrs()
-            .flat_map(|ip| {
-                store
-                    .names_of(ip)
-                    .flat_map(|name| policy.rules_for(name, [ip]))
-                    .collect::<Vec<_>>()
-            })
+        let rules: BTreeSet<Rule> = self
+            .store()
+            .entries()
+            .flat_map(|(name, addrs)| policy.rules_for(name, addrs))
             .collect();
-        if rules == st.written {
-            st.dirty = false;
-            return Ok(());
-        }
-        st.dirty = true;
+        writes.dirty = true;
         let written = self
             .enforcer
-            .set_learned_rules(self.owner, rules.clone())
+            .set_learned_rules(self.owner, rules)
             .await
             .map_err(|e| e.to_string())?;
         if !written {
             return Err("the enforcer does not police the container (yet)".into());
         }
-        st.written = rules;
-        st.dirty = false;
-        if let Owner::Container(id) = self.owner {
-            let store = &st.store;
-            let names = store
-                .addrs()
-                .map(|ip| (ip, store.names_of(ip).map(str::to_owned).collect()))
-                .collect();
-            self.index.set_learned(id, names);
-        }
+        writes.dirty = false;
         Ok(())
     }
 
@@ -339,5 +322,11 @@ impl Proxied {
             warn!(container = %self.name, name = %q.key, qtype = %q.qtype(),
                 "DNS question refused: the name is not allowed");
         }
+    }
+}
+
+impl LearnedNames for Proxied {
+    fn names_of(&self, ip: IpAddr) -> Vec<String> {
+        self.store().names_of(ip).map(str::to_owned).collect()
     }
 }

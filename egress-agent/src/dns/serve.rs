@@ -1,6 +1,8 @@
-//! The listener loops of one proxied container: UDP questions each answered in a task of its
-//! own (at most [`super::upstream::MAX_IN_FLIGHT`] at once, more are dropped and counted), TCP
-//! connections (at most [`super::MAX_TCP_CONNS`]) answered one question at a time.
+//! The listener loop of one proxied container: one task waits on all its listeners (a
+//! thousand containers are a thousand idle tasks, not four thousand). UDP questions are each
+//! answered in a task of their own (at most [`super::upstream::MAX_IN_FLIGHT`] at once, more
+//! are dropped and counted), TCP connections (at most [`super::MAX_TCP_CONNS`]) one question
+//! at a time.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,23 +25,38 @@ const MAX_UDP: usize = 4096;
 /// How long one TCP question may take to arrive once its length has.
 const TCP_READ: Duration = Duration::from_secs(5);
 
-/// Starts the loops of `proxied` on these sockets into `tasks`.
+/// A container's listeners: IPv4 always, IPv6 when its namespace has `::1`.
+pub struct Listeners {
+    pub udp4: UdpSocket,
+    pub tcp4: TcpListener,
+    pub v6: Option<(UdpSocket, TcpListener)>,
+}
+
+/// Starts the loop of `proxied` on its listeners; dropping the handle's task stops it.
 pub fn spawn(
     tasks: &mut JoinSet<()>,
     proxied: &Arc<Proxied>,
     counters: &Arc<Counters>,
-    udp: Vec<UdpSocket>,
-    tcp: Vec<TcpListener>,
+    listeners: Listeners,
 ) {
-    for socket in udp {
-        tasks.spawn(serve_udp(
-            Arc::new(socket),
-            proxied.clone(),
-            counters.clone(),
-        ));
-    }
-    for listener in tcp {
-        tasks.spawn(serve_tcp(listener, proxied.clone()));
+    tasks.spawn(serve(listeners, proxied.clone(), counters.clone()));
+}
+
+async fn serve(l: Listeners, proxied: Arc<Proxied>, counters: Arc<Counters>) {
+    let udp4 = Arc::new(l.udp4);
+    let (udp6, tcp6) = match l.v6 {
+        Some((u, t)) => (Some(Arc::new(u)), Some(t)),
+        None => (None, None),
+    };
+    loop {
+        // Every branch is cancel-safe: readiness and accept take nothing from a socket that
+        // loses the race.
+        tokio::select! {
+            got = recv_datagram(&udp4, MAX_UDP) => on_datagram(got, &udp4, &proxied, &counters),
+            (got, socket) = recv_on(udp6.as_ref()) => on_datagram(got, socket, &proxied, &counters),
+            got = l.tcp4.accept() => on_connection(got, &proxied),
+            got = accept_on(tcp6.as_ref()) => on_connection(got, &proxied),
+        }
     }
 }
 
@@ -64,45 +81,64 @@ pub(super) async fn recv_datagram(
     }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, proxied: Arc<Proxied>, counters: Arc<Counters>) {
-    loop {
-        let (question, from) = match recv_datagram(&socket, MAX_UDP).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(container = %proxied.name, "DNS proxy UDP receive: {e}");
-                continue;
-            }
-        };
-        let Ok(permit) = proxied.in_flight.clone().try_acquire_owned() else {
-            bump(&counters.dropped_busy);
-            continue;
-        };
-        let socket = socket.clone();
-        let proxied = proxied.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(reply) = proxied.answer(&question, from, Transport::Udp).await {
-                let _ = socket.send_to(&reply, from).await;
-            }
-        });
+/// The next datagram on `socket`; never, without one.
+async fn recv_on(
+    socket: Option<&Arc<UdpSocket>>,
+) -> (std::io::Result<(Vec<u8>, SocketAddr)>, &Arc<UdpSocket>) {
+    match socket {
+        Some(s) => (recv_datagram(s, MAX_UDP).await, s),
+        None => std::future::pending().await,
     }
 }
 
-async fn serve_tcp(listener: TcpListener, proxied: Arc<Proxied>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        // Over the limit: the connection is closed at once (the client retries or fails).
-        let Ok(permit) = proxied.tcp_conns.clone().try_acquire_owned() else {
-            continue;
-        };
-        let proxied = proxied.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, &proxied).await;
-        });
+/// The next connection on `listener`; never, without one.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
+}
+
+fn on_datagram(
+    got: std::io::Result<(Vec<u8>, SocketAddr)>,
+    socket: &Arc<UdpSocket>,
+    proxied: &Arc<Proxied>,
+    counters: &Counters,
+) {
+    let (question, from) = match got {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(container = %proxied.name, "DNS proxy UDP receive: {e}");
+            return;
+        }
+    };
+    let Ok(permit) = proxied.in_flight.clone().try_acquire_owned() else {
+        bump(&counters.dropped_busy);
+        return;
+    };
+    let socket = socket.clone();
+    let proxied = proxied.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Some(reply) = proxied.answer(&question, from, Transport::Udp).await {
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+}
+
+fn on_connection(got: std::io::Result<(TcpStream, SocketAddr)>, proxied: &Arc<Proxied>) {
+    let Ok((stream, peer)) = got else {
+        return;
+    };
+    // Over the limit: the connection is closed at once (the client retries or fails).
+    let Ok(permit) = proxied.tcp_conns.clone().try_acquire_owned() else {
+        return;
+    };
+    let proxied = proxied.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        serve_connection(stream, peer, &proxied).await;
+    });
 }
 
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, proxied: &Proxied) {

@@ -322,13 +322,15 @@ async fn serve_in(
         .run(ns.clone(), move || sockets::bind_listeners(preferred))
         .await?;
     let port = l.port;
-    let mut udp = vec![UdpSocket::from_std(l.udp4)?];
-    let mut tcp = vec![TcpListener::from_std(l.tcp4)?];
     let v6 = l.v6.is_some();
-    if let Some((u, t)) = l.v6 {
-        udp.push(UdpSocket::from_std(u)?);
-        tcp.push(TcpListener::from_std(t)?);
-    }
+    let listeners = serve::Listeners {
+        udp4: UdpSocket::from_std(l.udp4)?,
+        tcp4: TcpListener::from_std(l.tcp4)?,
+        v6: match l.v6 {
+            Some((u, t)) => Some((UdpSocket::from_std(u)?, TcpListener::from_std(t)?)),
+            None => None,
+        },
+    };
     let (proxied, name) = {
         let entries = inner.lock();
         let Some(entry) = entries.get(&id).filter(|e| e.generation == generation) else {
@@ -344,12 +346,14 @@ async fn serve_in(
             inner.cfg.clone(),
             inner.counters.clone(),
             inner.enforcer.clone(),
-            inner.index.clone(),
         ));
+        let names: std::sync::Weak<dyn crate::reconcile::index::LearnedNames> =
+            Arc::downgrade(&proxied) as _;
+        inner.index.set_learned(id, names);
         (proxied, entry.target.name.clone())
     };
     let mut tasks = JoinSet::new();
-    serve::spawn(&mut tasks, &proxied, &inner.counters, udp, tcp);
+    serve::spawn(&mut tasks, &proxied, &inner.counters, listeners);
     let redirect = DnsRedirect::new(port, if v6 { REDIRECT_V6_LOOPBACK } else { 0 });
     inner
         .enforcer

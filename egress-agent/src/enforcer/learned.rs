@@ -45,8 +45,8 @@ impl LearnedLayer {
 
 impl Enforcer {
     /// Replaces the learned rules of `owner` (a policed container) with `rules` and writes its
-    /// policy with them: only what changed is written. False, writing nothing, if the owner is
-    /// no policed container.
+    /// policy with them: only what changed is written (nothing, if the rules are the ones it
+    /// has). False, writing nothing, if the owner is no policed container.
     pub fn set_learned_rules(&mut self, owner: Owner, rules: BTreeSet<Rule>) -> Result<bool> {
         let Owner::Container(container) = owner else {
             return Ok(false);
@@ -57,6 +57,9 @@ impl Enforcer {
         let Some(given) = self.learned.given.get(&container).cloned() else {
             return Ok(false);
         };
+        if self.learned.learned.get(&container) == Some(&rules) {
+            return Ok(true);
+        }
         self.learned.learned.insert(container, rules);
         let policy = self.learned.merged(&container, &given);
         let targets = Targets {

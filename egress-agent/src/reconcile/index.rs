@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, Weak},
 };
 
 use crate::sys::cgroup::CgroupId;
@@ -20,14 +20,31 @@ pub struct ContainerMeta {
     pub mode: String,
 }
 
-#[derive(Debug, Default)]
+/// Where the names a container learned an address under are found: the DNS proxy's store
+/// of that container (read when a denial is logged, never copied).
+pub trait LearnedNames: Send + Sync {
+    fn names_of(&self, ip: IpAddr) -> Vec<String>;
+}
+
+#[derive(Default)]
 pub struct Index {
     by_cgroup: HashMap<CgroupId, ContainerId>,
     meta: HashMap<ContainerId, ContainerMeta>,
     /// IP -> the allowed domains (of any container) it was resolved from.
     domains: HashMap<IpAddr, BTreeSet<String>>,
-    /// Per container, IP -> the names the DNS proxy learned it under from its answers.
-    learned: HashMap<ContainerId, HashMap<IpAddr, BTreeSet<String>>>,
+    /// Per container, what the DNS proxy learned from its answers.
+    learned: HashMap<ContainerId, Weak<dyn LearnedNames>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("by_cgroup", &self.by_cgroup)
+            .field("meta", &self.meta)
+            .field("domains", &self.domains.len())
+            .field("learned", &self.learned.len())
+            .finish()
+    }
 }
 
 /// The index, shared between the reconciler (writer) and the logger (reader).
@@ -60,14 +77,9 @@ impl SharedIndex {
         self.write().domains = domains;
     }
 
-    /// Replaces what the DNS proxy learned for container `id` (IP -> names).
-    pub fn set_learned(&self, id: ContainerId, learned: HashMap<IpAddr, BTreeSet<String>>) {
-        let mut w = self.write();
-        if learned.is_empty() {
-            w.learned.remove(&id);
-        } else {
-            w.learned.insert(id, learned);
-        }
+    /// Where the names container `id` learned are looked up (its DNS proxy).
+    pub fn set_learned(&self, id: ContainerId, learned: Weak<dyn LearnedNames>) {
+        self.write().learned.insert(id, learned);
     }
 
     pub fn remove_container(&self, id: &ContainerId) {
@@ -95,14 +107,52 @@ impl SharedIndex {
         let r = self.read();
         let learned = container
             .and_then(|c| r.learned.get(c))
-            .and_then(|m| m.get(ip));
-        let names: BTreeSet<&String> = r
+            .and_then(Weak::upgrade)
+            .map(|source| source.names_of(*ip))
+            .unwrap_or_default();
+        let names: BTreeSet<String> = r
             .domains
             .get(ip)
             .into_iter()
-            .chain(learned)
             .flatten()
+            .cloned()
+            .chain(learned)
             .collect();
-        names.into_iter().cloned().collect()
+        names.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Names(Vec<(IpAddr, &'static str)>);
+
+    impl LearnedNames for Names {
+        fn names_of(&self, ip: IpAddr) -> Vec<String> {
+            let names = self.0.iter().filter(|(a, _)| *a == ip);
+            names.map(|(_, n)| (*n).to_owned()).collect()
+        }
+    }
+
+    #[test]
+    fn learned_names_are_read_from_their_source_while_it_lives() {
+        let index = SharedIndex::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let id: ContainerId = "ab".repeat(32).parse().unwrap();
+        let other: ContainerId = "cd".repeat(32).parse().unwrap();
+        index.set_domains(HashMap::from([(
+            a,
+            BTreeSet::from(["api.test".to_owned()]),
+        )]));
+        let source: Arc<dyn LearnedNames> = Arc::new(Names(vec![(a, "cdn.test"), (b, "x.test")]));
+        index.set_learned(id, Arc::downgrade(&source));
+        assert_eq!(index.domains_of(Some(&id), &a), ["api.test", "cdn.test"]);
+        assert_eq!(index.domains_of(Some(&id), &b), ["x.test"]);
+        assert_eq!(index.domains_of(Some(&other), &b), Vec::<String>::new());
+        assert_eq!(index.domains_of(None, &a), ["api.test"]);
+        // The proxy is gone (the container stopped): nothing of it is named.
+        drop(source);
+        assert!(index.domains_of(Some(&id), &b).is_empty());
     }
 }
