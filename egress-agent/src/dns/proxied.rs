@@ -262,7 +262,8 @@ impl Proxied {
         Ok(outcome.not_held)
     }
 
-    /// Forgets what expired; rewrites the allow set if that changed it.
+    /// Forgets what expired (and closes idle upstream connections); rewrites the allow set if
+    /// that changed it.
     pub async fn expire(&self, now: Instant) {
         self.upstream
             .close_idle(tokio::time::Instant::from_std(now));

@@ -4,7 +4,9 @@
 //!
 //! UDP: one socket per family and container, its answers told apart by the id the proxy gave
 //! each question (random, never two alike in flight) and by the server they come from. TCP: a
-//! connection per question. Servers are tried in order within the deadline.
+//! connection carries one question at a time and is kept for the next (at most
+//! [`IDLE_TCP_PER_SERVER`] per server, for [`TCP_KEEP`]): a question over TCP then costs no
+//! handshake and no trip into the namespace. Servers are tried in order within the deadline.
 
 use std::{
     collections::HashMap,
@@ -16,7 +18,7 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, UdpSocket},
+    net::{TcpSocket, TcpStream, UdpSocket},
     sync::oneshot,
     task::JoinHandle,
     time::{Instant, timeout_at},
@@ -33,6 +35,9 @@ use super::{
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Largest DNS message read from a server.
 const MAX_MESSAGE: usize = 65_535;
+/// Idle TCP connections kept per server, and for how long.
+const IDLE_TCP_PER_SERVER: usize = 2;
+const TCP_KEEP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -127,6 +132,9 @@ pub struct Upstream {
     thread: Arc<NetnsThread>,
     v4: tokio::sync::OnceCell<UdpMux>,
     v6: tokio::sync::OnceCell<UdpMux>,
+    /// TCP connections that answered a question and wait for the next, by server, with the
+    /// time they went idle.
+    idle_tcp: Mutex<Vec<(SocketAddr, TcpStream, Instant)>>,
 }
 
 impl Upstream {
@@ -136,6 +144,40 @@ impl Upstream {
             thread,
             v4: tokio::sync::OnceCell::new(),
             v6: tokio::sync::OnceCell::new(),
+            idle_tcp: Mutex::default(),
+        }
+    }
+
+    /// Closes the idle TCP connections kept longer than [`TCP_KEEP`].
+    pub fn close_idle(&self, now: Instant) {
+        self.idle()
+            .retain(|(_, _, since)| now.duration_since(*since) < TCP_KEEP);
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, TcpStream, Instant)>> {
+        self.idle_tcp.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kept connection to `server` that the server has not closed, if there is one.
+    fn take_idle(&self, server: SocketAddr) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut idle = self.idle();
+        while let Some(i) = idle.iter().rposition(|(s, _, _)| *s == server) {
+            let (_, stream, since) = idle.swap_remove(i);
+            // Readable now means closed by the server (or an answer nobody asked for).
+            let mut probe = [0u8; 1];
+            let open = matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if open && now.duration_since(since) < TCP_KEEP {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn keep_idle(&self, server: SocketAddr, stream: TcpStream) {
+        let mut idle = self.idle();
+        if idle.iter().filter(|(s, _, _)| *s == server).count() < IDLE_TCP_PER_SERVER {
+            idle.push((server, stream, Instant::now()));
         }
     }
 
@@ -228,21 +270,35 @@ impl Upstream {
         }
     }
 
+    /// One question to `server` over TCP: on a kept connection (a fresh one if the server
+    /// closed it meanwhile), else on a new one. The connection is kept once it answered.
     async fn tcp_once(&self, server: SocketAddr, query: Vec<u8>) -> io::Result<Vec<u8>> {
+        let framed = egress_dns::tcp::frame(&query).map_err(io::Error::other)?;
+        if let Some(mut stream) = self.take_idle(server)
+            && let Ok(answer) = ask_tcp(&mut stream, &framed).await
+        {
+            self.keep_idle(server, stream);
+            return Ok(answer);
+        }
         let std = self
             .thread
             .run(self.ns.clone(), move || sockets::upstream_tcp(&server))
             .await?;
         let mut stream = TcpSocket::from_std_stream(std).connect(server).await?;
-        stream
-            .write_all(&egress_dns::tcp::frame(&query).map_err(io::Error::other)?)
-            .await?;
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len).await?;
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut answer).await?;
+        let answer = ask_tcp(&mut stream, &framed).await?;
+        self.keep_idle(server, stream);
         Ok(answer)
     }
+}
+
+/// Writes the framed question and reads one framed answer.
+async fn ask_tcp(stream: &mut TcpStream, framed: &[u8]) -> io::Result<Vec<u8>> {
+    stream.write_all(framed).await?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut answer).await?;
+    Ok(answer)
 }
 
 fn timeout(servers: &[SocketAddr]) -> UpstreamError {
