@@ -75,21 +75,6 @@ impl Zone {
         Ok(Self::serve(dns, 0))
     }
 
-    /// [`Zone::start_on`] in the network namespace of process `pid` (a container's): its
-    /// sockets are bound there (on an address of that namespace); the server runs here.
-    pub fn start_in_netns_of(pid: u32, addr: SocketAddr) -> Result<Self> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // This short-lived thread only (the server's thread, made here, inherits it).
-                egress_tests::netns::enter_netns_of(pid).map_err(anyhow::Error::msg)?;
-                Self::start_on(addr)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread binding the DNS server panicked"))?
-        })
-        .with_context(|| format!("the DNS server in the network namespace of pid {pid}"))
-    }
-
     fn serve(dns: TestDns, refresh: usize) -> Self {
         dns.set_negative_ttl(TTL_STATIC);
         let zone = Self {

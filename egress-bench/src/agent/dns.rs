@@ -29,7 +29,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -70,6 +70,8 @@ const MEMORY_SHARE: f64 = 0.6;
 const PARALLEL_RUNS: usize = 4;
 /// Questions in flight for the rate under load.
 const WINDOW: usize = 16;
+/// How many containers look up their names at once (the 1,000-container phase).
+const LEARNERS: usize = 8;
 
 pub struct Opts {
     pub quick: bool,
@@ -177,19 +179,6 @@ fn netns_of(fleet: &Fleet, id: &ContainerId) -> Result<PathBuf> {
     }
 }
 
-/// The pid and IPv4 address of a running container on [`BRIDGE`].
-fn pid_and_ip(fleet: &Fleet, id: &ContainerId) -> Result<(u32, Ipv4Addr)> {
-    let out = fleet.inspect(id, "{{.State.Pid}} {{.NetworkSettings.IPAddress}}")?;
-    let mut it = out.split_whitespace();
-    match (
-        it.next().and_then(|p| p.parse::<u32>().ok()),
-        it.next().and_then(|a| a.parse::<Ipv4Addr>().ok()),
-    ) {
-        (Some(pid), Some(ip)) if pid > 0 => Ok((pid, ip)),
-        _ => bail!("container {}: no pid and address ({out:?})", id.short()),
-    }
-}
-
 fn names_arg(names: &[String]) -> Vec<String> {
     vec!["--names".into(), names.join(",")]
 }
@@ -216,6 +205,60 @@ fn learn(exe: &Path, side: &SideSpec, names: &[String]) -> Result<ClientReport> 
         settle: 0,
     };
     run_client_with(exe, Op::DnsLearn, side, None, load, &names_arg(names))
+}
+
+/// Each container of `ids` looks up its `names` (see [`learn`]), [`LEARNERS`] containers at a
+/// time; returns the indices of those whose names were all answered, and what went wrong for
+/// the others.
+fn learn_all(
+    exe: &Path,
+    fleet: &Fleet,
+    ids: &[ContainerId],
+    names: &[Vec<String>],
+    server: SocketAddrV4,
+) -> Result<(Vec<usize>, Vec<String>)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = std::sync::Mutex::new(Vec::with_capacity(ids.len()));
+    thread::scope(|scope| {
+        let workers: Vec<_> = (0..LEARNERS)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        interrupt::check()?;
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (Some(id), Some(names)) = (ids.get(i), names.get(i)) else {
+                            return Ok(());
+                        };
+                        let outcome = netns_of(fleet, id)
+                            .and_then(|ns| {
+                                learn(exe, &side(fleet.cgroup_of(id), &ns, server), names)
+                            })
+                            .map(|_| ())
+                            .map_err(|e| format!("{}: {e:#}", id.short()));
+                        outcomes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((i, outcome));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| bail!("a learning thread panicked"))
+        })
+    })?;
+    let mut outcomes = outcomes.into_inner().unwrap_or_else(|p| p.into_inner());
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut answered = Vec::new();
+    let mut unanswered = Vec::new();
+    for (i, outcome) in outcomes {
+        match outcome {
+            Ok(()) => answered.push(i),
+            Err(e) => unanswered.push(e),
+        }
+    }
+    Ok((answered, unanswered))
 }
 
 /// How many more running containers the host's available memory allows.
@@ -415,16 +458,7 @@ fn measure(
     let started = t0.elapsed();
     let t0 = Instant::now();
     // Containers whose names were all answered; the others are counted and reported.
-    let mut answered = Vec::new();
-    let mut unanswered: Vec<String> = Vec::new();
-    for (i, (id, names)) in many.iter().zip(&names).enumerate() {
-        interrupt::check()?;
-        let side = side(b.fleet.cgroup_of(id), &netns_of(&b.fleet, id)?, server_addr);
-        match learn(exe, &side, names) {
-            Ok(_) => answered.push(i),
-            Err(e) => unanswered.push(format!("{}: {e:#}", id.short())),
-        }
-    }
+    let (answered, unanswered) = learn_all(exe, &b.fleet, &many, &names, server_addr)?;
     let learned = t0.elapsed();
     thread::sleep(Duration::from_secs(2));
     let (rss_end, rss_peak) = memory(apid)?;
@@ -520,14 +554,15 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
         serial: 0,
         dns_mode: None,
     };
-    // The server the containers ask: port 53 of an unlabelled container of the bench's (its
-    // sockets bound in that container's network namespace, served from here).
-    let host = b
-        .fleet
-        .run_many_on(&["--network", BRIDGE], &[Vec::new()], 1)?;
-    let (pid, ip) = pid_and_ip(&b.fleet, &host[0])?;
-    let server_addr = SocketAddrV4::new(ip, 53);
-    let server = Zone::start_in_netns_of(pid, SocketAddr::V4(server_addr))?;
+    // The server the containers ask: port 53 of the bridge's gateway, the host's side of
+    // `docker0` (the bench's own server; it fails to start if the host serves port 53 there).
+    // Not a container's: with a thousand containers on the bridge, the containers' ARP for
+    // another container's address went unanswered (their neighbour entries FAILED) and every
+    // question to it timed out.
+    let gateway = b.fleet.bridge_gateway()?;
+    let server_addr = SocketAddrV4::new(gateway, 53);
+    let server = Zone::start_on(SocketAddr::V4(server_addr))
+        .with_context(|| format!("the bench's DNS server on the bridge's gateway {server_addr}"))?;
     let agent = b.start_agent("dns")?;
     let measured = measure(&mut b, exe, o, &server, server_addr, agent.0.pid(), build);
     // The agent's log is kept in `target/bench` whatever happened.

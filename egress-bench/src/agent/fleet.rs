@@ -178,6 +178,23 @@ impl Fleet {
             .map_err(anyhow::Error::msg)
     }
 
+    /// The IPv4 gateway of Docker's default bridge (the host's side of `docker0`).
+    pub fn bridge_gateway(&self) -> Result<std::net::Ipv4Addr> {
+        let out = self
+            .docker
+            .try_run(&[
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+                "bridge",
+            ])
+            .map_err(anyhow::Error::msg)?;
+        out.split_whitespace()
+            .find_map(|a| a.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("the bridge network has no IPv4 gateway ({out:?})"))
+    }
+
     /// The cgroup v2 directory of `--cgroup-parent`.
     pub fn attach(&self) -> &Path {
         &self.attach
