@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use egress_common::container::ContainerId;
 use egress_tests::{
     cgroup::remove_tree,
@@ -190,9 +190,35 @@ impl Fleet {
                 "bridge",
             ])
             .map_err(anyhow::Error::msg)?;
-        out.split_whitespace()
-            .find_map(|a| a.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("the bridge network has no IPv4 gateway ({out:?})"))
+        if let Some(gw) = out.split_whitespace().find_map(|a| a.parse().ok()) {
+            return Ok(gw);
+        }
+        // The default bridge often leaves `Gateway` empty: the address of its interface.
+        let dev = self
+            .docker
+            .try_run(&[
+                "network",
+                "inspect",
+                "--format",
+                "{{index .Options \"com.docker.network.bridge.name\"}}",
+                "bridge",
+            ])
+            .map_err(anyhow::Error::msg)?;
+        let dev = dev.trim();
+        let addrs = Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", dev])
+            .output()
+            .with_context(|| format!("ip -4 addr show dev {dev}"))?;
+        String::from_utf8_lossy(&addrs.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the bridge network has no IPv4 gateway ({out:?}; {dev:?} has no IPv4 address)"
+                )
+            })
     }
 
     /// The cgroup v2 directory of `--cgroup-parent`.
