@@ -27,7 +27,7 @@ use egress_policy::policy::{Policy, Rule};
 
 /// How many decoded events may wait for slow subscribers before the oldest are dropped (and
 /// counted).
-const EVENT_BACKLOG: usize = 8192;
+const EVENT_BACKLOG: usize = 2048;
 /// Commands that may wait in the bulk queue (senders wait beyond that).
 const BULK_BACKLOG: usize = 256;
 /// Incremental writes that may wait in their queue, ahead of the bulk one.

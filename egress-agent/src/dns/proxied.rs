@@ -75,7 +75,7 @@ impl Proxied {
     pub fn new(
         owner: Owner,
         name: String,
-        policy: DnsPolicy,
+        policy: Arc<DnsPolicy>,
         servers: watch::Receiver<Option<Vec<SocketAddr>>>,
         peers: Arc<Peers>,
         upstream: Upstream,
@@ -86,7 +86,7 @@ impl Proxied {
         Self {
             owner,
             name,
-            policy: RwLock::new(Arc::new(policy)),
+            policy: RwLock::new(policy),
             servers,
             peers,
             upstream,
@@ -122,8 +122,8 @@ impl Proxied {
 
     /// Replaces the policy and rewrites what was learned under it (names it no longer allows
     /// lose their addresses).
-    pub async fn set_policy(&self, policy: DnsPolicy) {
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    pub async fn set_policy(&self, policy: Arc<DnsPolicy>) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         let mut writes = self.writes.lock().await;
         if let Err(e) = self.write_learned(&mut writes).await {
             error!(container = %self.name, "rewriting learned addresses after a policy change: {e}");

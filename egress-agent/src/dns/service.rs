@@ -56,7 +56,8 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(60);
 pub struct DnsTarget {
     pub id: ContainerId,
     pub name: String,
-    pub policy: DnsPolicy,
+    /// Shared with the container's proxy (one copy per container).
+    pub policy: Arc<DnsPolicy>,
     pub netns: NetnsSource,
     /// Its resolvers; None until Docker has said (questions wait for them).
     pub servers: Option<Vec<SocketAddr>>,
@@ -182,6 +183,11 @@ impl DnsService {
                 }
                 let moved = entry.target.netns != target.netns
                     && !self.inner.same_netns(&entry.state, &target.netns);
+                // An unchanged policy keeps the copy its proxy holds.
+                let mut target = target;
+                if entry.target.policy == target.policy {
+                    target.policy = entry.target.policy.clone();
+                }
                 entry.target = target;
                 if moved {
                     self.inner.restart(&mut *entry, id);

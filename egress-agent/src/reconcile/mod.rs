@@ -694,7 +694,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
         dns.upsert(DnsTarget {
             id: *id,
             name: t.info.name.clone(),
-            policy,
+            policy: std::sync::Arc::new(policy),
             netns: self.netns_source(&t.info),
             servers: self.dns_servers(id, &t.info),
         });

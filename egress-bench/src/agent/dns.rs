@@ -611,8 +611,8 @@ pub fn run(cg2: &Path, exe: &Path, o: &Opts) -> Result<Section> {
         intro: format!(
             "The real `egress-agent run` ({build} build) with the host's dockerd and its DNS \
              proxy in its default `learn` mode. Two busybox containers (`{}`) on Docker's \
-             default bridge with `--dns {}` ask the bench's DNS server in a third one, \
-             {server_addr}: an unlabelled one directly, a policed one through the \
+             default bridge with `--dns {}` ask the bench's DNS server on the bridge's \
+             gateway, {server_addr}: an unlabelled one directly, a policed one through the \
              agent's proxy (the programs redirect its port-53 traffic to the proxy in its network \
              namespace, which forwards to the same server). The load generator runs in their \
              cgroups and network namespaces, alternating between them batch by batch (A B B A \
