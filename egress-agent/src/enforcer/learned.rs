@@ -22,24 +22,25 @@ impl LearnedLayer {
     /// Remembers `policy` as the container's given policy; returns it with the learned rules.
     pub fn with_learned(&mut self, container: &ContainerId, policy: &Policy) -> Policy {
         self.given.insert(*container, policy.clone());
-        self.merged(container, policy)
-    }
-
-    fn merged(&self, container: &ContainerId, policy: &Policy) -> Policy {
-        match self.learned.get(container) {
-            Some(extra) if !extra.is_empty() => {
-                Policy::new(policy.mode, policy.rules.iter().chain(extra).copied())
-                    .with_loopback(policy.loopback)
-                    .with_notes(policy.notes)
-            }
-            _ => policy.clone(),
-        }
+        merged(policy, self.learned.get(container))
     }
 
     /// Forgets the container (it is gone or no longer policed).
     pub fn forget(&mut self, container: &ContainerId) {
         self.given.remove(container);
         self.learned.remove(container);
+    }
+}
+
+/// `policy` with the learned rules `extra`.
+fn merged(policy: &Policy, extra: Option<&BTreeSet<Rule>>) -> Policy {
+    match extra {
+        Some(extra) if !extra.is_empty() => {
+            Policy::new(policy.mode, policy.rules.iter().chain(extra).copied())
+                .with_loopback(policy.loopback)
+                .with_notes(policy.notes)
+        }
+        _ => policy.clone(),
     }
 }
 
@@ -60,13 +61,16 @@ impl Enforcer {
         if self.learned.learned.get(&container) == Some(&rules) {
             return Ok(true);
         }
-        self.learned.learned.insert(container, rules);
-        let policy = self.learned.merged(&container, &given);
+        let policy = merged(&given, Some(&rules));
         let targets = Targets {
             container: Some(&container),
             cgroups: &[],
         };
         self.write_policy(owner, policy_id, &policy, &targets)?;
+        // Recorded once written: after a failed write the old rules stay recorded, so the proxy
+        // asking again with the same rules writes them again (never skipped as unchanged while
+        // the maps still hold an address it let go of).
+        self.learned.learned.insert(container, rules);
         Ok(true)
     }
 }
