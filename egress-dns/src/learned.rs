@@ -14,12 +14,12 @@
 //!   [`Store::expire`] returns the addresses that left the store entirely, as
 //!   [`Learned::removed`] does for those a cap pushed out.
 //! - Every policed container has a store, so it is kept small: each name owns its addresses
-//!   and only a count of holders is kept per address (no copy by address or by expiry).
+//!   and only a count of holders is kept per address (no copy by address or by expiry), in
+//!   sorted vectors of exact capacity (a hash table holds up to twice its entries' room).
 //!
 //! Time is a [`std::time::Instant`] the caller passes in; the store never reads a clock.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -80,9 +80,10 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Store {
     limits: Limits,
-    names: HashMap<Box<str>, NameEntry>,
-    /// Each held address and how many names hold it.
-    holders: HashMap<IpAddr, u32>,
+    /// Sorted by name.
+    names: Vec<NameEntry>,
+    /// Each held address and how many names hold it, sorted by address.
+    holders: Vec<(IpAddr, u32)>,
     /// The earliest expiry of any entry.
     soonest: Option<Instant>,
     /// Orders names by their last learn (for the cap on names).
@@ -92,6 +93,7 @@ pub struct Store {
 
 #[derive(Debug)]
 struct NameEntry {
+    name: Box<str>,
     /// Oldest learned first.
     held: Vec<Held>,
     last_learned: u64,
@@ -112,8 +114,8 @@ impl Store {
                 max_names: limits.max_names.max(1),
                 ..limits
             },
-            names: HashMap::new(),
-            holders: HashMap::new(),
+            names: Vec::new(),
+            holders: Vec::new(),
             soonest: None,
             clock: 0,
             counters: Counters::default(),
@@ -145,23 +147,28 @@ impl Store {
         let expires = now
             .checked_add(Duration::from_secs(u64::from(ttl.min(MAX_TTL))) + self.limits.grace)
             .unwrap_or(now);
-        if !self.names.contains_key(name) {
-            if self.names.len() >= self.limits.max_names {
-                self.evict_oldest_name(&mut learned);
+        let at = match self.find(name) {
+            Ok(at) => at,
+            Err(_) => {
+                if self.names.len() >= self.limits.max_names {
+                    self.evict_oldest_name(&mut learned);
+                }
+                let at = self.find(name).unwrap_or_else(|at| at);
+                insert_exact(
+                    &mut self.names,
+                    at,
+                    NameEntry {
+                        name: name.into(),
+                        held: Vec::new(),
+                        last_learned: 0,
+                    },
+                );
+                at
             }
-            self.names.insert(
-                name.into(),
-                NameEntry {
-                    held: Vec::new(),
-                    last_learned: 0,
-                },
-            );
-        }
+        };
         self.clock += 1;
         let clock = self.clock;
-        let Some(entry) = self.names.get_mut(name) else {
-            return learned;
-        };
+        let entry = &mut self.names[at];
         entry.last_learned = clock;
         let mut pushed_out = Vec::new();
         let mut new_addrs = Vec::new();
@@ -199,11 +206,13 @@ impl Store {
             (false, s, h) => s.or(h),
         };
         for addr in new_addrs {
-            let n = self.holders.entry(addr).or_insert(0);
-            if *n == 0 {
-                learned.added.push(addr);
+            match self.holders.binary_search_by_key(&addr, |(a, _)| *a) {
+                Ok(i) => self.holders[i].1 += 1,
+                Err(i) => {
+                    insert_exact(&mut self.holders, i, (addr, 1));
+                    learned.added.push(addr);
+                }
             }
-            *n += 1;
         }
         for addr in pushed_out {
             self.counters.addrs_evicted += 1;
@@ -223,7 +232,7 @@ impl Store {
         }
         let mut expired = Vec::new();
         let mut soonest: Option<Instant> = None;
-        self.names.retain(|_, entry| {
+        self.names.retain_mut(|entry| {
             entry.held.retain(|h| {
                 if h.expires <= now {
                     expired.push(h.addr);
@@ -232,8 +241,10 @@ impl Store {
                 soonest = Some(soonest.map_or(h.expires, |s| s.min(h.expires)));
                 true
             });
+            entry.held.shrink_to_fit();
             !entry.held.is_empty()
         });
+        self.names.shrink_to_fit();
         self.soonest = soonest;
         let mut gone = Vec::new();
         for addr in expired {
@@ -241,6 +252,7 @@ impl Store {
                 gone.push(addr);
             }
         }
+        self.holders.shrink_to_fit();
         gone
     }
 
@@ -251,12 +263,14 @@ impl Store {
 
     /// Every address held (under any name), each once, in no particular order.
     pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.holders.keys().copied()
+        self.holders.iter().map(|(a, _)| *a)
     }
 
     /// Whether some name holds `addr`.
     pub fn holds(&self, addr: IpAddr) -> bool {
-        self.holders.contains_key(&addr)
+        self.holders
+            .binary_search_by_key(&addr, |(a, _)| *a)
+            .is_ok()
     }
 
     /// The names holding `addr`.
@@ -264,14 +278,13 @@ impl Store {
         let held = self.holds(addr);
         self.names
             .iter()
-            .filter(move |(_, entry)| held && entry.held.iter().any(|h| h.addr == addr))
-            .map(|(name, _)| &**name)
+            .filter(move |entry| held && entry.held.iter().any(|h| h.addr == addr))
+            .map(|entry| &*entry.name)
     }
 
     /// Whether `name` holds every one of `addrs`.
     pub fn name_holds_all(&self, name: &str, addrs: &[IpAddr]) -> bool {
-        self.names
-            .get(name)
+        self.entry(name)
             .is_some_and(|e| addrs.iter().all(|a| e.held.iter().any(|h| h.addr == *a)))
     }
 
@@ -279,13 +292,12 @@ impl Store {
     pub fn entries(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = IpAddr> + '_)> + '_ {
         self.names
             .iter()
-            .map(|(name, entry)| (&**name, entry.held.iter().map(|h| h.addr)))
+            .map(|entry| (&*entry.name, entry.held.iter().map(|h| h.addr)))
     }
 
     /// The addresses `name` holds and when each expires, oldest learned first.
     pub fn addrs_of(&self, name: &str) -> impl Iterator<Item = (IpAddr, Instant)> + '_ {
-        self.names
-            .get(name)
+        self.entry(name)
             .into_iter()
             .flat_map(|entry| entry.held.iter().map(|h| (h.addr, h.expires)))
     }
@@ -308,9 +320,18 @@ impl Store {
         self.counters
     }
 
+    /// Where `name` is in `names` (Ok), or where it would go (Err).
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.names.binary_search_by(|e| (*e.name).cmp(name))
+    }
+
+    fn entry(&self, name: &str) -> Option<&NameEntry> {
+        self.find(name).ok().map(|at| &self.names[at])
+    }
+
     fn earliest(&self) -> Option<Instant> {
         self.names
-            .values()
+            .iter()
             .flat_map(|e| e.held.iter().map(|h| h.expires))
             .min()
     }
@@ -319,14 +340,13 @@ impl Store {
         let Some(oldest) = self
             .names
             .iter()
+            .enumerate()
             .min_by_key(|(_, entry)| entry.last_learned)
-            .map(|(name, _)| name.clone())
+            .map(|(at, _)| at)
         else {
             return;
         };
-        let Some(entry) = self.names.remove(&oldest) else {
-            return;
-        };
+        let entry = self.names.remove(oldest);
         self.counters.names_evicted += 1;
         learned.evicted += entry.held.len();
         for held in entry.held {
@@ -339,12 +359,13 @@ impl Store {
 
     /// One name fewer holds `addr`; true when no name holds it any more.
     fn release(&mut self, addr: IpAddr) -> bool {
-        let Some(n) = self.holders.get_mut(&addr) else {
+        let Ok(i) = self.holders.binary_search_by_key(&addr, |(a, _)| *a) else {
             return false;
         };
+        let n = &mut self.holders[i].1;
         *n = n.saturating_sub(1);
         if *n == 0 {
-            self.holders.remove(&addr);
+            self.holders.remove(i);
             return true;
         }
         false
@@ -353,8 +374,17 @@ impl Store {
     /// Every entry's expiry, for the tests' bound checks.
     #[cfg(test)]
     fn entry_count(&self) -> usize {
-        self.names.values().map(|e| e.held.len()).sum()
+        self.names.iter().map(|e| e.held.len()).sum()
     }
+}
+
+/// Inserts `value` at `at`, growing `v` by exactly one slot when it is full (these vectors
+/// are many and small: doubling would leave up to half of each unused).
+fn insert_exact<T>(v: &mut Vec<T>, at: usize, value: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(1);
+    }
+    v.insert(at, value);
 }
 
 #[cfg(test)]
@@ -501,7 +531,7 @@ mod tests {
             assert!(s.name_count() <= 4);
             assert!(s.addr_count() <= 12);
             assert!(s.entry_count() <= 12);
-            assert!(s.names.values().all(|e| e.held.len() <= 3));
+            assert!(s.names.iter().all(|e| e.held.len() <= 3));
         }
         s.expire(t0 + secs(10_000));
         assert!(s.is_empty() && s.holders.is_empty() && s.next_expiry().is_none());
@@ -543,18 +573,23 @@ mod tests {
             for (addr, n) in &s.holders {
                 let holding = s
                     .names
-                    .values()
+                    .iter()
                     .filter(|e| e.held.iter().any(|h| h.addr == *addr));
                 assert_eq!(holding.count() as u32, *n, "step {step}");
             }
             let in_entries: BTreeSet<IpAddr> = s
                 .names
-                .values()
+                .iter()
                 .flat_map(|e| e.held.iter().map(|h| h.addr))
                 .collect();
             assert_eq!(in_entries, s.addrs().collect(), "step {step}");
             assert_eq!(s.next_expiry(), s.earliest(), "step {step}");
-            assert!(s.name_count() <= 5 && s.names.values().all(|e| e.held.len() <= 3));
+            assert!(s.name_count() <= 5 && s.names.iter().all(|e| e.held.len() <= 3));
+            assert!(
+                s.names.windows(2).all(|w| w[0].name < w[1].name),
+                "step {step}"
+            );
+            assert!(s.holders.windows(2).all(|w| w[0].0 < w[1].0), "step {step}");
         }
     }
 

@@ -12,7 +12,7 @@
 //! one that is forgotten loses its entry. Learned addresses expire in a sweep every second.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -98,7 +98,7 @@ struct Inner {
     thread: Arc<NetnsThread>,
     enforcer: EnforcerHandle,
     own_ns: u64,
-    entries: Mutex<HashMap<ContainerId, Entry>>,
+    entries: Mutex<BTreeMap<ContainerId, Entry>>,
     /// Ports the pinned redirects name (a restarted agent reopens them).
     pinned_ports: Mutex<BTreeMap<Owner, u16>>,
     generations: std::sync::atomic::AtomicU64,
@@ -215,7 +215,7 @@ impl DnsService {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ContainerId, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -4,7 +4,7 @@
 //! a full write of the container's policy keeps what was learned, and the proxy replaces its
 //! layer without knowing the rest.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use egress_common::container::ContainerId;
 use egress_policy::policy::{Policy, Rule};
@@ -14,15 +14,17 @@ use super::{Enforcer, Owner, Result, Targets};
 /// Per policed container: the policy the reconciler gave it, and its learned rules.
 #[derive(Default)]
 pub struct LearnedLayer {
-    given: HashMap<ContainerId, Policy>,
-    learned: HashMap<ContainerId, BTreeSet<Rule>>,
+    given: BTreeMap<ContainerId, Policy>,
+    /// Sorted, as the proxy's set gave them (a slice: a thousand containers' sets in B-trees
+    /// would cost twice the memory).
+    learned: BTreeMap<ContainerId, Box<[Rule]>>,
 }
 
 impl LearnedLayer {
     /// Remembers `policy` as the container's given policy; returns it with the learned rules.
     pub fn with_learned(&mut self, container: &ContainerId, policy: &Policy) -> Policy {
         self.given.insert(*container, policy.clone());
-        merged(policy, self.learned.get(container))
+        merged(policy, self.learned.get(container).map(|r| &r[..]))
     }
 
     /// Forgets the container (it is gone or no longer policed).
@@ -33,7 +35,7 @@ impl LearnedLayer {
 }
 
 /// `policy` with the learned rules `extra`.
-fn merged(policy: &Policy, extra: Option<&BTreeSet<Rule>>) -> Policy {
+fn merged(policy: &Policy, extra: Option<&[Rule]>) -> Policy {
     match extra {
         Some(extra) if !extra.is_empty() => {
             Policy::new(policy.mode, policy.rules.iter().chain(extra).copied())
@@ -58,9 +60,15 @@ impl Enforcer {
         let Some(given) = self.learned.given.get(&container).cloned() else {
             return Ok(false);
         };
-        if self.learned.learned.get(&container) == Some(&rules) {
+        if self
+            .learned
+            .learned
+            .get(&container)
+            .is_some_and(|had| had.iter().eq(rules.iter()))
+        {
             return Ok(true);
         }
+        let rules: Box<[Rule]> = rules.into_iter().collect();
         let policy = merged(&given, Some(&rules));
         let targets = Targets {
             container: Some(&container),

@@ -105,7 +105,7 @@ pub struct Reconciler<W = crate::owner::EnforcerHandle, N = ResolverHandle> {
     resolver: N,
     policy_file: Option<PolicyFile>,
     driver: CgroupDriver,
-    containers: HashMap<ContainerId, Tracked>,
+    containers: BTreeMap<ContainerId, Tracked>,
     /// Effective IPs of every domain in use, from the resolver.
     domain_ips: HashMap<String, BTreeSet<IpAddr>>,
     index: SharedIndex,
@@ -140,7 +140,7 @@ impl<W: MapWriter, N: NameResolver> Reconciler<W, N> {
             resolver,
             policy_file,
             driver: CgroupDriver::Cgroupfs,
-            containers: HashMap::new(),
+            containers: BTreeMap::new(),
             domain_ips: HashMap::new(),
             index,
             parents: HashMap::new(),
