@@ -5,8 +5,10 @@
 //! - `c<N>.bench.test` → `127.78.<N / 256>.<N % 256>`, TTL 300 (container policies); its AAAA
 //!   query gets a no-data answer whose negative TTL (the zone's) is 300 too, so neither family
 //!   is asked again within a run;
-//! - `l<N>.learn.bench.test` → `127.81.<N / 256>.<N % 256>`, TTL 300: the names the DNS part's
-//!   containers look up (through the agent's proxy, which learns their addresses);
+//! - `l<N>.learn.bench.test` → `127.81.<N / 256>.<N % 256>`, TTL 3600: the names the DNS part's
+//!   containers look up (through the agent's proxy, which learns their addresses); an hour, so
+//!   that what the first containers learned is still held when the phase checks it (starting
+//!   1,000 containers takes 6–10 minutes on a busy host);
 //! - `r<N>.refresh.bench.test` → `127.<79 + version>.<N / 256>.<N % 256>` and `::1`, TTL 5:
 //!   both families are asked again every 5 s, and the refresh test bumps the version to change
 //!   every A answer at once. (The AAAA record stands in for a no-data answer with a 5 s negative
@@ -22,6 +24,7 @@ use hickory_proto::rr::RecordType;
 
 pub const ZONE: &str = "bench.test";
 const TTL_STATIC: u32 = 300;
+const TTL_LEARN: u32 = 3600;
 pub const TTL_REFRESH: u32 = 5;
 
 /// `c<n>.bench.test`.
@@ -101,7 +104,7 @@ impl Zone {
     pub fn learn_domain(&self, n: usize) -> String {
         let name = learn_domain(n);
         self.dns
-            .set_a(&name, &[IpAddr::V4(learn_addr(n))], TTL_STATIC);
+            .set_a(&name, &[IpAddr::V4(learn_addr(n))], TTL_LEARN);
         name
     }
 
