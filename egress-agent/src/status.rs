@@ -32,6 +32,9 @@ pub struct Status {
     /// `empty`, `compatible` or `incompatible: <reason>`.
     pub pinned_state: String,
     pub links: Vec<LinkStatus>,
+    /// Which layers of the backstop (what the connect and sendmsg hooks never see) are
+    /// attached.
+    pub backstop: Backstop,
     /// Cgroups policed on their own or by a policed path.
     pub policies: Vec<PolicyStatus>,
     /// Cgroup paths policed with every cgroup made at or below them (`--policy`).
@@ -47,6 +50,57 @@ pub struct Status {
     /// How full the maps the agent inserts into are.
     pub maps: Vec<MapFill>,
     pub counters: Option<Counters>,
+}
+
+/// The backstop's layers, each true when its program's link is pinned.
+#[derive(Debug, Serialize)]
+pub struct Backstop {
+    /// Raw, ping and non-TCP/UDP inet sockets refused for policed cgroups.
+    pub sock_create: bool,
+    /// Source routes (`IP_OPTIONS`, `IPV6_RTHDR`) refused.
+    pub setsockopt: bool,
+    /// Source-routed packets dropped, other protocols judged by destination.
+    pub egress: bool,
+    /// Non-IP address families (`AF_PACKET`, `AF_XDP`, ...) refused (BPF LSM).
+    pub lsm_socket_create: bool,
+    /// What stays possible for a policed container, one line per missing layer.
+    pub missing: Vec<&'static str>,
+}
+
+impl Backstop {
+    fn of(links: &[LinkStatus]) -> Self {
+        let has = |hook: &str| links.iter().any(|l| l.hook == hook);
+        let (sock_create, setsockopt, egress, lsm_socket_create) = (
+            has("sock_create"),
+            has("setsockopt"),
+            has("egress"),
+            has("lsm_socket_create"),
+        );
+        let mut missing = Vec::new();
+        if !sock_create {
+            missing.push("sock_create: raw, ping, UDP-Lite and SCTP sockets are NOT refused");
+        }
+        if !setsockopt {
+            missing.push("setsockopt: source routes on sockets are NOT refused");
+        }
+        if !egress {
+            missing.push(
+                "egress: source-routed packets and packets of other protocols are NOT dropped",
+            );
+        }
+        if !lsm_socket_create {
+            missing.push(
+                "BPF LSM socket_create: not attached (the kernel does not run the BPF LSM, or refused its program: the agent's start says which): AF_PACKET, AF_XDP and other non-IP sockets are NOT refused; drop NET_RAW (--cap-drop NET_RAW) for policed containers",
+            );
+        }
+        Self {
+            sock_create,
+            setsockopt,
+            egress,
+            lsm_socket_create,
+            missing,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -411,6 +465,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         pinned_state,
+        backstop: Backstop::of(&links),
         links,
         policies,
         policy_paths,
@@ -441,6 +496,7 @@ impl std::fmt::Display for Status {
                     "  {:<9} at {} (cgroup id {}), kernel reports programs {:?} attached there",
                     l.hook,
                     match (l.cgroup_id, l.cgroup.as_deref()) {
+                        (0, _) if l.hook.starts_with("lsm_") => "the BPF LSM hook (all tasks)",
                         (0, _) => "the cgroup tracepoint (all cgroups)",
                         (_, Some(p)) => p,
                         (_, None) => "<cgroup gone>",
@@ -448,6 +504,19 @@ impl std::fmt::Display for Status {
                     l.cgroup_id,
                     l.kernel_attached_prog_ids
                 )?;
+            }
+        }
+        if !self.links.is_empty() {
+            if self.backstop.missing.is_empty() {
+                writeln!(
+                    f,
+                    "backstop: complete (sock_create, setsockopt, egress, BPF LSM socket_create)"
+                )?;
+            } else {
+                writeln!(f, "backstop: INCOMPLETE")?;
+                for m in &self.backstop.missing {
+                    writeln!(f, "  {m}")?;
+                }
             }
         }
         writeln!(f, "policed cgroups: {}", self.policies.len())?;

@@ -7,6 +7,10 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum CgroupAttachType {
+    /// `cgroup_skb/egress`.
+    InetEgress = 1,
+    /// `cgroup/sock_create`.
+    InetSockCreate = 2,
     Connect4 = 10,
     Connect6 = 11,
     Sendmsg4 = 14,
@@ -15,14 +19,21 @@ pub enum CgroupAttachType {
     Recvmsg6 = 20,
     Getpeername4 = 29,
     Getpeername6 = 30,
+    /// `cgroup/setsockopt`.
+    Setsockopt = 22,
 }
 
 /// Where a program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
-    /// A cgroup `sock_addr` program, attached through bpf_link to the attach cgroup (the cgroup
-    /// v2 root or `--attach-cgroup`); its link pin names the cgroup.
+    /// A cgroup program (`sock_addr`, `sock`, `sockopt` or `skb`, as its attach type says),
+    /// attached through bpf_link to the attach cgroup (the cgroup v2 root or
+    /// `--attach-cgroup`); its link pin names the cgroup.
     Cgroup(CgroupAttachType),
+    /// A BPF LSM program on this hook (its link pin names cgroup id 0). Attached only where
+    /// the kernel runs the BPF LSM (`bpf` in `/sys/kernel/security/lsm`); elsewhere the agent
+    /// says what stays possible without it.
+    Lsm { hook: &'static str },
     /// A tracepoint program of this category, named as the program (its link pin names cgroup
     /// id 0).
     Tracepoint { category: &'static str },
@@ -43,6 +54,13 @@ const fn cgroup(name: &'static str, t: CgroupAttachType) -> ProgramSpec {
     }
 }
 
+const fn lsm(name: &'static str, hook: &'static str) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        attach: Attach::Lsm { hook },
+    }
+}
+
 const fn tracepoint(name: &'static str, category: &'static str) -> ProgramSpec {
     ProgramSpec {
         name,
@@ -60,6 +78,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     cgroup("recvmsg6", CgroupAttachType::Recvmsg6),
     cgroup("getpeername4", CgroupAttachType::Getpeername4),
     cgroup("getpeername6", CgroupAttachType::Getpeername6),
+    // The backstop: what the hooks above never see (see `egress-ebpf/src/backstop.rs`).
+    cgroup("sock_create", CgroupAttachType::InetSockCreate),
+    cgroup("setsockopt", CgroupAttachType::Setsockopt),
+    cgroup("egress", CgroupAttachType::InetEgress),
+    lsm("lsm_socket_create", "socket_create"),
     tracepoint("cgroup_mkdir", "cgroup"),
     tracepoint("cgroup_rmdir", "cgroup"),
 ];
@@ -112,7 +135,7 @@ mod tests {
 
     #[test]
     fn every_cgroup_hook_is_listed_once_with_its_name() {
-        assert_eq!(CgroupAttachType::ALL.len(), 8);
+        assert_eq!(CgroupAttachType::ALL.len(), 11);
         for t in CgroupAttachType::ALL {
             assert_eq!(CgroupAttachType::of_program(t.name()), Some(t));
         }

@@ -94,7 +94,7 @@ const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// policy's exact rules of that family all allow any port), then with any port; then the same
 /// in the CIDR trie if the policy has CIDR rules of that family.
 #[inline(always)]
-fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
+pub fn allowed(policy: &CgroupPolicy, dest: &Dest) -> bool {
     let id = policy.policy_id;
     let port = dest.port;
     // SAFETY (every `get` on a hash map below): the value is only tested for presence.

@@ -1,10 +1,13 @@
 //! Entry points of the egress programs, thin wrappers: the cgroup connect and sendmsg hooks
 //! over [`judge::judge`] (with the DNS redirect of [`dns`]), the recvmsg and getpeername hooks
-//! over [`unredirect`], the cgroup tracepoints over [`classify`]. The maps are in [`maps`], the
+//! over [`unredirect`], the cgroup tracepoints over [`classify`], and the backstop for what those
+//! hooks never see (socket creation, socket options, packets at egress) over [`backstop`]. The maps are in [`maps`], the
 //! destination decoding in [`dest`].
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod backstop;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
@@ -23,12 +26,15 @@ mod unredirect;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{cgroup_sock_addr, tracepoint},
-        programs::{SockAddrContext, TracePointContext},
+        macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm, tracepoint},
+        programs::{
+            LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext,
+            TracePointContext,
+        },
     };
     use egress_common::event::Hook;
 
-    use crate::{classify, dest, judge::judge, unredirect};
+    use crate::{backstop, classify, dest, judge::judge, unredirect};
 
     #[tracepoint(category = "cgroup", name = "cgroup_mkdir")]
     pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
@@ -78,6 +84,26 @@ mod programs {
     #[cgroup_sock_addr(getpeername6)]
     pub fn getpeername6(ctx: SockAddrContext) -> i32 {
         unredirect::v6(&ctx)
+    }
+
+    #[cgroup_sock(sock_create)]
+    pub fn sock_create(ctx: SockContext) -> i32 {
+        backstop::sock_create(&ctx)
+    }
+
+    #[cgroup_sockopt(setsockopt)]
+    pub fn setsockopt(ctx: SockoptContext) -> i32 {
+        backstop::setsockopt(&ctx)
+    }
+
+    #[cgroup_skb(egress)]
+    pub fn egress(ctx: SkBuffContext) -> i32 {
+        backstop::egress(&ctx)
+    }
+
+    #[lsm(hook = "socket_create")]
+    pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
+        backstop::lsm_socket_create(&ctx)
     }
 }
 

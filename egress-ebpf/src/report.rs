@@ -18,18 +18,32 @@ pub fn count(slot: u32) {
 /// what `fill` adds. A full ring buffer is counted (`stats::EVENTS_LOST`), never waited on.
 #[inline(always)]
 pub fn send(cgroup_id: u64, policy_id: u32, fill: impl FnOnce(&mut Event)) {
+    send_record(cgroup_id, policy_id, true, fill);
+}
+
+/// [`send`] from a program that runs outside the sending task (a packet at egress may leave
+/// from a softirq): pid, tid and comm stay zero.
+#[inline(always)]
+pub fn send_without_task(cgroup_id: u64, policy_id: u32, fill: impl FnOnce(&mut Event)) {
+    send_record(cgroup_id, policy_id, false, fill);
+}
+
+#[inline(always)]
+fn send_record(cgroup_id: u64, policy_id: u32, task: bool, fill: impl FnOnce(&mut Event)) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stats::EVENTS_LOST);
         return;
     };
     let mut ev = Event::zeroed();
     ev.cgroup_id = cgroup_id;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ev.pid = (pid_tgid >> 32) as u32;
-    ev.tid = pid_tgid as u32;
     ev.policy_id = policy_id;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    if task {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.pid = (pid_tgid >> 32) as u32;
+        ev.tid = pid_tgid as u32;
+        if let Ok(comm) = bpf_get_current_comm() {
+            ev.comm = comm;
+        }
     }
     fill(&mut ev);
     entry.write(ev);

@@ -48,3 +48,13 @@ pub fn agent() -> PathBuf {
         "cargo build -p egress-agent",
     )
 }
+
+/// The bypass binary: `$EGRESS_BYPASS_BIN`, or `target/<profile>/egress-bypass`.
+#[track_caller]
+pub fn bypass() -> PathBuf {
+    find(
+        "EGRESS_BYPASS_BIN",
+        "egress-bypass",
+        "cargo build -p egress-tests",
+    )
+}

@@ -23,6 +23,8 @@ use std::{
 pub mod agent;
 pub mod bins;
 pub mod bpf;
+pub mod bypass;
+pub mod capture;
 pub mod cgroup;
 pub mod command;
 pub mod daemon;

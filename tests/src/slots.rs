@@ -52,6 +52,12 @@ pub const PATH_POLICY_NESTED: u8 = 143;
 pub const PATH_VERIFIER: u8 = 144;
 /// `tests/kernel_dns_redirect.rs`: the addresses its cgroups ask on port 53.
 pub const DNS_REDIRECT: u8 = 146;
+/// `tests/kernel_backstop.rs`.
+pub const BACKSTOP: u8 = 147;
+pub const BACKSTOP_LATER: u8 = 148;
+pub const BACKSTOP_ROUTE: u8 = 149;
+pub const BACKSTOP_AUDIT: u8 = 150;
+pub const BACKSTOP_PACKET: u8 = 151;
 
 #[cfg(test)]
 mod tests {
@@ -59,6 +65,11 @@ mod tests {
     fn slots_are_distinct() {
         let all = [
             super::TCP_V4,
+            super::BACKSTOP,
+            super::BACKSTOP_LATER,
+            super::BACKSTOP_ROUTE,
+            super::BACKSTOP_AUDIT,
+            super::BACKSTOP_PACKET,
             super::TCP_V6,
             super::V4_MAPPED,
             super::UDP_V4,

@@ -27,6 +27,20 @@ pub enum EnforcerError {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "program {name}: the kernel's BTF (/sys/kernel/btf/vmlinux) is needed for the BPF LSM and could not be read: {detail}"
+    )]
+    Btf { name: &'static str, detail: String },
+    #[error("program {name}: could not attach it through a new bpf_link: {source}")]
+    RawLink {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("could not pin a link at {path}: {source}")]
+    PinRawLink {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("program {name}: link: {source}")]
     Link {
         name: &'static str,

@@ -139,6 +139,8 @@ pub struct OpenReport {
     pub recovered_policies: usize,
     /// Rules found in the maps that belonged to no policed cgroup, removed.
     pub orphan_rules_removed: usize,
+    /// Why the BPF LSM layer of the backstop is missing on this host, if it is.
+    pub lsm_missing: Option<String>,
 }
 
 /// Typed handles on the maps.
@@ -296,7 +298,10 @@ impl Enforcer {
 
         let attach_cgroup = cgroup::resolve(&cfg.attach_cgroup)?;
         let attach_cgroup_id = cgroup::id_of(&attach_cgroup)?;
-        let old_links = attach::attach_all(&mut ebpf, &attach_cgroup, attach_cgroup_id, &pin)?;
+        let attach::Attached {
+            old_pins: old_links,
+            lsm_missing,
+        } = attach::attach_all(&mut ebpf, &attach_cgroup, attach_cgroup_id, &pin)?;
         // Same maps: the new programs already see every policy, the old links can go now.
         // New maps (replaced layout): the old programs keep enforcing the old policies until
         // the caller has re-applied them and calls `release_previous`.
@@ -340,6 +345,7 @@ impl Enforcer {
             released_links,
             recovered_policies,
             orphan_rules_removed,
+            lsm_missing,
         };
         info!(
             pin_dir = %enforcer.pin.root.display(),
@@ -350,6 +356,15 @@ impl Enforcer {
             orphan_rules_removed = report.orphan_rules_removed,
             "programs attached"
         );
+        match &report.lsm_missing {
+            None => info!(
+                "backstop: raw, ping and non-TCP/UDP inet sockets refused (sock_create), source routes refused (setsockopt) and dropped (egress), other protocols judged at egress, non-IP address families refused (BPF LSM socket_create)"
+            ),
+            Some(why) => warn!(
+                reason = %why,
+                "backstop without its BPF LSM layer: raw, ping and non-TCP/UDP inet sockets refused (sock_create), source routes refused and dropped, other protocols judged at egress; AF_PACKET, AF_XDP and the other non-IP address families are NOT refused for policed containers"
+            ),
+        }
         Ok((enforcer, report))
     }
 

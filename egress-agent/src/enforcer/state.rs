@@ -218,6 +218,9 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::Unclassified => "unclassified_container",
         Reason::PolicyNotWritten => "policy_not_written",
         Reason::DnsProxyNotReady => "dns_proxy_not_ready",
+        Reason::SocketRefused => "socket_refused",
+        Reason::SourceRoute => "source_route",
+        Reason::UnjudgedPacket => "unjudged_packet",
     }
 }
 

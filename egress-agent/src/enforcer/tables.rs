@@ -27,6 +27,26 @@ fn every_program_of_the_object_is_a_row_of_the_table() {
                 let kernel = bpf_attach_type::from(*attach_type) as u32;
                 assert_eq!(kernel, t as u32, "{}: {attach_type:?}", spec.name);
             }
+            (Attach::Cgroup(t), ProgramSection::CgroupSock { attach_type }) => {
+                let kernel = bpf_attach_type::from(*attach_type) as u32;
+                assert_eq!(kernel, t as u32, "{}: {attach_type:?}", spec.name);
+            }
+            (Attach::Cgroup(t), ProgramSection::CgroupSockopt { attach_type }) => {
+                let kernel = bpf_attach_type::from(*attach_type) as u32;
+                assert_eq!(kernel, t as u32, "{}: {attach_type:?}", spec.name);
+            }
+            (
+                Attach::Cgroup(t),
+                ProgramSection::CgroupSkb {
+                    attach_type: Some(attach_type),
+                },
+            ) => {
+                let kernel = bpf_attach_type::from(*attach_type) as u32;
+                assert_eq!(kernel, t as u32, "{}: {attach_type:?}", spec.name);
+            }
+            (Attach::Lsm { hook }, ProgramSection::Lsm { .. }) => {
+                assert_eq!(format!("lsm_{hook}"), spec.name);
+            }
             (Attach::Tracepoint { .. }, ProgramSection::TracePoint) => {}
             (attach, section) => panic!("{}: table {attach:?}, object {section:?}", spec.name),
         }

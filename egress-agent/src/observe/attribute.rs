@@ -116,6 +116,8 @@ mod tests {
             addr: Ipv4Addr::new(10, 0, 0, 1).into(),
             port: 443,
             protocol: 6,
+            family: egress_common::AF_INET,
+            sock_type: 0,
             verdict: Verdict::Denied,
             reason: Reason::NoMatchingRule,
             hook: Hook::Connect4,

@@ -1,15 +1,9 @@
 //! Decoding the programs' event records into something a person can read: denials and audit
 //! hits ([`EgressEvent`]) and the `cgroup_mkdir` tracepoint's notices ([`CgroupNotice`]).
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{fmt, net::IpAddr};
 
-use egress_common::{
-    AF_INET,
-    event::{Event, Hook, NOTICE, Notice, Reason, Verdict},
-};
+use egress_common::event::{Event, Hook, Kind, Notice, Reason, Verdict};
 
 use crate::enforcer::reason_name;
 
@@ -33,9 +27,51 @@ pub struct EgressEvent {
     pub addr: IpAddr,
     pub port: u16,
     pub protocol: u8,
+    /// The address family (a refused socket's, or the destination's).
+    pub family: u8,
+    /// A refused socket's type (`SOCK_RAW` 3, ...), else 0.
+    pub sock_type: u8,
     pub verdict: Verdict,
     pub reason: Reason,
     pub hook: Hook,
+}
+
+/// An address family by name (`AF_PACKET`), or its number.
+fn family_name(family: u8) -> String {
+    match family {
+        1 => "AF_UNIX".into(),
+        2 => "AF_INET".into(),
+        10 => "AF_INET6".into(),
+        16 => "AF_NETLINK".into(),
+        17 => "AF_PACKET".into(),
+        40 => "AF_VSOCK".into(),
+        44 => "AF_XDP".into(),
+        f => format!("family {f}"),
+    }
+}
+
+/// A socket type by name (`SOCK_RAW`), or its number.
+fn type_name(ty: u8) -> String {
+    match ty {
+        1 => "SOCK_STREAM".into(),
+        2 => "SOCK_DGRAM".into(),
+        3 => "SOCK_RAW".into(),
+        5 => "SOCK_SEQPACKET".into(),
+        10 => "SOCK_PACKET".into(),
+        t => format!("type {t}"),
+    }
+}
+
+/// A source-route socket option by name (level and option as the setsockopt program reports
+/// them), or their numbers.
+fn sockopt_name(level: u8, optname: u16) -> String {
+    match (level, optname) {
+        (0, 4) => "IP_OPTIONS".into(),
+        (41, 5) => "IPV6_2292RTHDR".into(),
+        (41, 6) => "IPV6_2292PKTOPTIONS".into(),
+        (41, 57) => "IPV6_RTHDR".into(),
+        (l, o) => format!("level {l} option {o}"),
+    }
 }
 
 /// A notice of the `cgroup_mkdir` tracepoint about a container cgroup it just saw.
@@ -57,63 +93,43 @@ pub enum Record {
     Notice(CgroupNotice),
 }
 
-fn raw(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: the length was checked; Event is plain data valid for any bit pattern, and
-    // read_unaligned copes with the ring buffer's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
 fn comm(e: &Event) -> String {
-    let end = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
-    String::from_utf8_lossy(&e.comm[..end]).into_owned()
+    String::from_utf8_lossy(e.comm_bytes()).into_owned()
 }
 
 impl Record {
-    /// Decodes a raw ring-buffer record; None for a record of the wrong size or with unknown
-    /// codes (a newer kernel object than this agent).
+    /// Decodes a raw ring-buffer record ([`Event::from_bytes`], [`Event::kind`]); None for a
+    /// record too short or with unknown codes (a newer kernel object than this agent).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let e = raw(bytes)?;
-        if e.verdict == NOTICE {
-            return Some(Self::Notice(CgroupNotice {
+        let e = Event::from_bytes(bytes)?;
+        match e.kind()? {
+            Kind::Notice(notice) => Some(Self::Notice(CgroupNotice {
                 cgroup_id: e.cgroup_id,
                 policy_id: e.policy_id,
-                notice: Notice::from_u8(e.reason)?,
+                notice,
                 pid: e.pid,
                 comm: comm(&e),
-            }));
+            })),
+            Kind::Egress { .. } => EgressEvent::from_raw(&e).map(Self::Egress),
         }
-        EgressEvent::from_raw(&e).map(Self::Egress)
     }
 }
 
 impl EgressEvent {
-    /// Decodes a raw ring-buffer record. Returns None for a record of the wrong size, a notice,
-    /// or one with unknown codes (a newer kernel object than this agent).
+    /// Decodes a raw ring-buffer record. Returns None for a record too short, a notice, or one
+    /// with unknown codes (a newer kernel object than this agent).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        Self::from_raw(&raw(bytes)?)
+        Self::from_raw(&Event::from_bytes(bytes)?)
     }
 
     pub fn from_raw(e: &Event) -> Option<Self> {
-        let addr = if e.family == AF_INET {
-            IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(e.addr))
-        };
-        let verdict = match e.verdict {
-            1 => Verdict::Denied,
-            2 => Verdict::Audited,
-            _ => return None,
-        };
-        let reason = Reason::from_u8(e.reason)?;
-        let hook = match e.hook {
-            1 => Hook::Connect4,
-            2 => Hook::Connect6,
-            3 => Hook::Sendmsg4,
-            4 => Hook::Sendmsg6,
-            _ => return None,
+        let Kind::Egress {
+            verdict,
+            reason,
+            hook,
+        } = e.kind()?
+        else {
+            return None;
         };
         Some(Self {
             cgroup_id: e.cgroup_id,
@@ -121,13 +137,40 @@ impl EgressEvent {
             tid: e.tid,
             comm: comm(e),
             policy_id: e.policy_id,
-            addr,
+            addr: e.destination(),
             port: e.port,
             protocol: e.protocol,
+            family: e.family,
+            sock_type: e.sock_type,
             verdict,
             reason,
             hook,
         })
+    }
+
+    /// What was attempted: `connect`, `sendmsg`, `packet` (seen at egress), or the refused
+    /// call itself (`socket(AF_PACKET, SOCK_RAW, 3)`, `setsockopt(IP_OPTIONS)`).
+    pub fn attempt(&self) -> String {
+        match self.hook {
+            Hook::Connect4 | Hook::Connect6 => "connect".into(),
+            Hook::Sendmsg4 | Hook::Sendmsg6 => "sendmsg".into(),
+            Hook::Egress => "packet".into(),
+            Hook::SockCreate | Hook::SocketLsm => format!(
+                "socket({}, {}, {})",
+                family_name(self.family),
+                type_name(self.sock_type),
+                self.protocol
+            ),
+            Hook::Setsockopt => format!("setsockopt({})", sockopt_name(self.protocol, self.port)),
+        }
+    }
+
+    /// Whether the event names a destination (a refused socket or socket option has none).
+    pub fn has_destination(&self) -> bool {
+        !matches!(
+            self.hook,
+            Hook::SockCreate | Hook::SocketLsm | Hook::Setsockopt
+        )
     }
 
     pub fn verdict_name(&self) -> &'static str {
@@ -157,12 +200,20 @@ impl EgressEvent {
 
 impl fmt::Display for EgressEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.has_destination() {
+            format!(
+                "{} {} {}",
+                self.attempt(),
+                self.protocol_name(),
+                self.destination()
+            )
+        } else {
+            self.attempt()
+        };
         write!(
             f,
-            "{} {} {} from pid {} ({}) in cgroup {}: {}",
+            "{} {what} from pid {} ({}) in cgroup {}: {}",
             self.verdict_name(),
-            self.protocol_name(),
-            self.destination(),
             self.pid,
             self.comm,
             self.cgroup_id,
@@ -173,6 +224,10 @@ impl fmt::Display for EgressEvent {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use egress_common::{AF_INET, event::NOTICE};
+
     use super::*;
 
     fn raw() -> Event {
@@ -203,7 +258,30 @@ mod tests {
         assert_eq!(d.destination(), "10.0.0.9:443");
         assert_eq!(
             d.to_string(),
-            "denied tcp 10.0.0.9:443 from pid 100 (curl) in cgroup 42: no_matching_rule"
+            "denied connect tcp 10.0.0.9:443 from pid 100 (curl) in cgroup 42: no_matching_rule"
+        );
+    }
+
+    #[test]
+    fn a_refused_socket_and_socket_option_are_named_without_a_destination() {
+        let mut e = raw();
+        (e.family, e.sock_type, e.protocol, e.port) = (17, 3, 3, 0);
+        (e.reason, e.hook) = (Reason::SocketRefused as u8, Hook::SocketLsm as u8);
+        let d = EgressEvent::from_raw(&e).unwrap();
+        assert_eq!(
+            d.to_string(),
+            "denied socket(AF_PACKET, SOCK_RAW, 3) from pid 100 (curl) in cgroup 42: socket_refused"
+        );
+        (e.family, e.protocol, e.port) = (2, 0, 4);
+        (e.reason, e.hook) = (Reason::SourceRoute as u8, Hook::Setsockopt as u8);
+        let d = EgressEvent::from_raw(&e).unwrap();
+        assert_eq!(d.attempt(), "setsockopt(IP_OPTIONS)");
+        assert!(!d.has_destination());
+        (e.protocol, e.hook, e.reason) = (1, Hook::Egress as u8, Reason::UnjudgedPacket as u8);
+        let d = EgressEvent::from_raw(&e).unwrap();
+        assert_eq!(
+            d.to_string(),
+            "denied packet 1 10.0.0.9:4 from pid 100 (curl) in cgroup 42: unjudged_packet"
         );
     }
 

@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use egress_common::event::Verdict;
+use egress_common::event::{Hook, Verdict};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tracing::{info, warn};
 
@@ -27,6 +27,7 @@ macro_rules! log_egress {
             cgroup_id = $ev.cgroup_id,
             pid = $ev.pid,
             comm = %$ev.comm,
+            attempt = %$ev.attempt(),
             protocol = %$ev.protocol_name(),
             destination = %$ev.addr,
             port = $ev.port,
@@ -47,6 +48,9 @@ struct DenialKey {
     addr: IpAddr,
     port: u16,
     protocol: u8,
+    /// Tells a refused socket (no destination) from a connect, and socket types apart.
+    hook: Hook,
+    sock_type: u8,
     verdict: Verdict,
 }
 
@@ -93,6 +97,8 @@ pub(super) async fn run<O: PolicyOwners>(
             addr: ev.addr,
             port: ev.port,
             protocol: ev.protocol,
+            hook: ev.hook,
+            sock_type: ev.sock_type,
             verdict: ev.verdict,
         };
         let now = std::time::Instant::now();

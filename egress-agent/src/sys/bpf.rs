@@ -1,6 +1,8 @@
-//! The two bpf(2) commands the agent needs that aya 0.14 does not expose: forcing a link to
-//! detach (BPF_LINK_DETACH) and asking the kernel which programs are attached to a cgroup
-//! (BPF_PROG_QUERY), which `status` and the tests use as the kernel's own view.
+//! The bpf(2) commands the agent needs that aya 0.14 does not expose: forcing a link to detach
+//! (BPF_LINK_DETACH), asking the kernel which programs are attached to a cgroup
+//! (BPF_PROG_QUERY, which `status` and the tests use as the kernel's own view), and making and
+//! pinning a cgroup link aya cannot hand out as a plain fd link (BPF_LINK_CREATE, BPF_OBJ_PIN:
+//! aya's `CgroupSockoptLink` has no conversion to `FdLink`).
 
 use std::{
     io,
@@ -9,7 +11,9 @@ use std::{
 
 // BPF_OBJ_GET's attr: pathname (u64 pointer), bpf_fd, file_flags, path_fd.
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -34,6 +38,33 @@ pub fn link_detach(link: impl AsFd) -> io::Result<()> {
     let mut attr = [0u8; 8];
     attr[..4].copy_from_slice(&(link.as_fd().as_raw_fd() as u32).to_ne_bytes());
     sys_bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// Attaches the loaded program `prog` to the cgroup `cgroup` for `attach_type` through a new
+/// bpf_link (the link goes when its last descriptor or pin does).
+pub fn link_create(
+    prog: impl AsFd,
+    cgroup: impl AsFd,
+    attach_type: CgroupAttachType,
+) -> io::Result<std::os::fd::OwnedFd> {
+    // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags.
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&(prog.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(cgroup.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(attach_type as u32).to_ne_bytes());
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the bpf object behind `fd` at `path` (on a bpffs).
+pub fn obj_pin(fd: impl AsFd, path: &std::path::Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = [0u8; 16];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// Opens a pinned bpf object (map, program or link) by path.

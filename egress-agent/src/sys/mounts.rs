@@ -90,6 +90,26 @@ pub fn ensure_tracefs() -> Result<(), MountError> {
         .map_err(|source| MountError::MountTracefs { source })
 }
 
+/// The LSMs the kernel runs, from `/sys/kernel/security/lsm` (securityfs is mounted there
+/// first if nothing is), e.g. `["lockdown", "capability", "landlock", "bpf"]`.
+pub fn active_lsms() -> Result<Vec<String>, MountError> {
+    let dir = Path::new("/sys/kernel/security");
+    let file = dir.join("lsm");
+    if !file.exists() {
+        mount_fs(c"securityfs", c"/sys/kernel/security").map_err(|source| MountError::Io {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    let list = fs::read_to_string(&file).map_err(|source| MountError::Io { path: file, source })?;
+    Ok(list
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// `mount -t FSTYPE FSTYPE TARGET`.
 fn mount_fs(fstype: &CStr, target: &CStr) -> io::Result<()> {
     // SAFETY: NUL-terminated strings that outlive the call; no data argument.

@@ -16,4 +16,4 @@ pub use containers::Containers;
 pub use dockerd::{DockerdProcess, SharedDockerdRestart, dockerd_processes, dockerd_socket};
 pub use host_state::HostState;
 pub use private::PrivateDockerd;
-pub use probe_image::{PROBE_PATH, ensure_glibc_probe_image};
+pub use probe_image::{BYPASS_PATH, PROBE_PATH, ensure_glibc_probe_image};

@@ -1,6 +1,6 @@
 //! A glibc client image, imported without a registry: a rootfs holding only the
-//! `egress-probe` binary (as `/egress-probe`, its entry point), the shared libraries `ldd`
-//! names for it, and an `/etc/nsswitch.conf` that sends host lookups to DNS — so the probe's
+//! `egress-probe` binary (as `/egress-probe`, its entry point) and the `egress-bypass` binary
+//! (as `/egress-bypass`), the shared libraries `ldd` names for them, and an `/etc/nsswitch.conf` that sends host lookups to DNS — so the probe's
 //! `getaddrinfo` is glibc's resolver, reading the `/etc/resolv.conf` Docker mounts. The tag
 //! carries a hash of the binary, so a rebuilt probe gets a fresh image (and the images of
 //! earlier binaries go).
@@ -26,6 +26,8 @@ use crate::{bins, command::run_ok};
 pub const GLIBC_PROBE_REPO: &str = "egress-test-probe-glibc";
 /// Where the probe sits in the image.
 pub const PROBE_PATH: &str = "/egress-probe";
+/// Where the bypass binary sits in the image (`--entrypoint` it).
+pub const BYPASS_PATH: &str = "/egress-bypass";
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -33,9 +35,12 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// daemon has it; returns its tag.
 pub fn ensure_glibc_probe_image(docker: &Docker) -> Result<String> {
     let probe = bins::probe();
-    let bytes = fs::read(&probe).with_context(|| format!("reading {}", probe.display()))?;
+    let bypass = bins::bypass();
     let mut h = DefaultHasher::new();
-    h.write(&bytes);
+    for bin in [&probe, &bypass] {
+        let bytes = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+        h.write(&bytes);
+    }
     let tag = format!("{GLIBC_PROBE_REPO}:{:016x}", h.finish());
     if docker
         .try_run(&["image", "inspect", "--format", "{{.Id}}", &tag])
@@ -51,7 +56,13 @@ pub fn ensure_glibc_probe_image(docker: &Docker) -> Result<String> {
     fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     let dst = rootfs.join(PROBE_PATH.trim_start_matches('/'));
     fs::copy(&probe, &dst).with_context(|| format!("copying {}", probe.display()))?;
-    for lib in shared_libraries(&probe)? {
+    let dst = rootfs.join(BYPASS_PATH.trim_start_matches('/'));
+    fs::copy(&bypass, &dst).with_context(|| format!("copying {}", bypass.display()))?;
+    let mut libs = shared_libraries(&probe)?;
+    libs.extend(shared_libraries(&bypass)?);
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
         let to = rootfs.join(lib.strip_prefix("/").unwrap_or(&lib));
         fs::create_dir_all(to.parent().context("library path without a parent")?)?;
         fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
