@@ -6,6 +6,7 @@
 mod bench;
 mod cargo;
 mod ebpf;
+mod fuzz;
 mod lab;
 mod packages;
 mod sys;
@@ -44,6 +45,10 @@ enum Task {
     /// agent and runs the `egress-bench` crate with the arguments (`--help` lists them).
     #[command(disable_help_flag = true)]
     Bench(bench::BenchArgs),
+    /// Run every cargo-fuzz target of `fuzz/` for a bounded time (installing cargo-fuzz and
+    /// using the pinned nightly), the repository's corpus as read-only seeds; fails naming the
+    /// target and the input of any crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Check the Docker setup of the end-to-end tests: use (or start) dockerd, make the
     /// `egress-test-busybox` image, run `echo` in a container, then stop a dockerd it started
     /// and undo its host changes.
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf { out } => ebpf::build(out).map(|obj| println!("{}", obj.display())),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::DockerCheck => lab::check(),
         Task::AyaBuild => ebpf::aya_build_inner(),
         Task::StopDockerd => lab::stop_leftover(),
