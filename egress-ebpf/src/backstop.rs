@@ -38,7 +38,7 @@ use crate::{
     dest::{Addr, Dest},
     judge::allowed,
     maps::CGROUP_POLICY,
-    report::{count, send, send_without_task},
+    report::{count, send, send_without_task, set_destination},
 };
 
 const ALLOW: i32 = 1;
@@ -112,19 +112,29 @@ pub fn sock_create(ctx: &SockContext) -> i32 {
     let Some(policy) = policed(cgroup_id) else {
         return ALLOW;
     };
-    let verdict = verdict_on(&policy, Reason::SocketRefused);
-    send(cgroup_id, policy.policy_id, |ev| {
-        ev.family = family as u8;
-        ev.sock_type = ty as u8;
-        ev.protocol = protocol as u8;
-        ev.verdict = verdict as u8;
-        ev.reason = Reason::SocketRefused as u8;
-        ev.hook = Hook::SockCreate as u8;
-    });
-    match verdict {
+    let socket = (family as u8, ty as u8, protocol as u8);
+    match refuse_socket(cgroup_id, &policy, socket, Hook::SockCreate) {
         Verdict::Audited => ALLOW,
         Verdict::Denied => DENY,
     }
+}
+
+/// Counts and reports a refused socket `(family, type, protocol)`; the verdict to apply.
+#[inline(always)]
+fn refuse_socket(
+    cgroup_id: u64,
+    policy: &CgroupPolicy,
+    socket: (u8, u8, u8),
+    hook: Hook,
+) -> Verdict {
+    let verdict = verdict_on(policy, Reason::SocketRefused);
+    send(cgroup_id, policy.policy_id, |ev| {
+        (ev.family, ev.sock_type, ev.protocol) = socket;
+        ev.verdict = verdict as u8;
+        ev.reason = Reason::SocketRefused as u8;
+        ev.hook = hook as u8;
+    });
+    verdict
 }
 
 /// LSM `socket_create(family, type, protocol, kern)`: refuses the address families no hook
@@ -149,16 +159,8 @@ pub fn lsm_socket_create(ctx: &LsmContext) -> i32 {
     let Some(policy) = policed(cgroup_id) else {
         return 0;
     };
-    let verdict = verdict_on(&policy, Reason::SocketRefused);
-    send(cgroup_id, policy.policy_id, |ev| {
-        ev.family = family as u8;
-        ev.sock_type = ty as u8;
-        ev.protocol = protocol as u8;
-        ev.verdict = verdict as u8;
-        ev.reason = Reason::SocketRefused as u8;
-        ev.hook = Hook::SocketLsm as u8;
-    });
-    match verdict {
+    let socket = (family as u8, ty as u8, protocol as u8);
+    match refuse_socket(cgroup_id, &policy, socket, Hook::SocketLsm) {
         Verdict::Audited => 0,
         Verdict::Denied => -EPERM,
     }
@@ -283,16 +285,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         ev.verdict = verdict as u8;
         ev.reason = reason as u8;
         ev.hook = Hook::Egress as u8;
-        match dest.addr {
-            Addr::V4(a) => {
-                ev.family = AF_INET;
-                ev.addr[..4].copy_from_slice(&a);
-            }
-            Addr::V6(a) => {
-                ev.family = AF_INET6;
-                ev.addr = a;
-            }
-        }
+        set_destination(ev, &dest);
     });
     match verdict {
         Verdict::Audited => ALLOW,

@@ -5,7 +5,6 @@ use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id, maps::lpm_trie::Key, programs::SockAddrContext,
 };
 use egress_common::{
-    AF_INET, AF_INET6,
     dns::DNS_PORT,
     event::{Hook, Reason, Verdict},
     policy::{
@@ -20,7 +19,7 @@ use crate::{
     dest::{Addr, Dest},
     dns::{self, Outcome},
     maps::{ALLOW_V4, ALLOW_V6, CGROUP_POLICY, CIDR_V4, CIDR_V6},
-    report::{count, send},
+    report::{count, send, set_destination},
 };
 
 const ALLOW: i32 = 1;
@@ -147,15 +146,6 @@ fn report(
         ev.verdict = verdict as u8;
         ev.reason = reason as u8;
         ev.hook = hook as u8;
-        match dest.addr {
-            Addr::V4(a) => {
-                ev.family = AF_INET;
-                ev.addr[..4].copy_from_slice(&a);
-            }
-            Addr::V6(a) => {
-                ev.family = AF_INET6;
-                ev.addr = a;
-            }
-        }
+        set_destination(ev, dest);
     });
 }

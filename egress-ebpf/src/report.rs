@@ -1,9 +1,27 @@
 //! What the programs tell user space: per-CPU counters and ring-buffer records.
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
-use egress_common::{event::Event, stats};
+use egress_common::{AF_INET, AF_INET6, event::Event, stats};
 
-use crate::maps::{EVENTS, STATS};
+use crate::{
+    dest::{Addr, Dest},
+    maps::{EVENTS, STATS},
+};
+
+/// Puts `dest`'s family and address (and only those) into a record.
+#[inline(always)]
+pub fn set_destination(ev: &mut Event, dest: &Dest) {
+    match dest.addr {
+        Addr::V4(a) => {
+            ev.family = AF_INET;
+            ev.addr[..4].copy_from_slice(&a);
+        }
+        Addr::V6(a) => {
+            ev.family = AF_INET6;
+            ev.addr = a;
+        }
+    }
+}
 
 /// Adds one to the counter in `slot` (see `egress_common::stats`).
 #[inline(always)]
