@@ -97,6 +97,27 @@ fn af_packet_is_refused_exactly_where_the_agent_says_the_bpf_lsm_layer_is_attach
     lab.enforce(&cg, &lab.ip(1).to_string());
     let capture = Capture::start("lo");
     let attempt = run(&cg, Kind::Packet, at(lab.ip(2), 9), "bypass-packet", None);
+    // `status` (read from the pins, as an operator would) says the same as the agent's start.
+    let backstop = lab.pins.status()["backstop"].clone();
+    let missing = lab.enforcer().report.lsm_missing.is_some();
+    assert_eq!(
+        backstop["lsm_socket_create"], !missing,
+        "status: {backstop}"
+    );
+    for layer in ["sock_create", "setsockopt", "egress"] {
+        assert_eq!(
+            backstop[layer], true,
+            "status: {layer} attached: {backstop}"
+        );
+    }
+    let says_packet = backstop["missing"].as_array().is_some_and(|m| {
+        m.iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("AF_PACKET")))
+    });
+    assert_eq!(
+        says_packet, missing,
+        "status names AF_PACKET as possible: {backstop}"
+    );
     match &lab.enforcer().report.lsm_missing {
         None => {
             attempt.assert_refused_at(Step::Socket, "an AF_PACKET socket");
